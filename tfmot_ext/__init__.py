@@ -1,0 +1,80 @@
+"""tfmot-ext: deployable quantization-aware training for Keras (tf_keras + tfmot).
+
+Public API (see docs/): quantizers, QuantizeConfigs, rule-based annotation and
+one-call QAT, loading helpers.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from tfmot_ext.annotate import UNSUPPORTED_MODES, Rule, annotate, plan, quantize
+from tfmot_ext.configs import (
+    LayerQuantizeConfig,
+    conv_config,
+    conv_transpose_config,
+    default_config_for,
+    dense_config,
+    depthwise_conv_config,
+    no_op_config,
+    output_channel_axis,
+    output_only_config,
+    separable_conv_config,
+)
+from tfmot_ext.errors import (
+    ConfigError,
+    PolicyError,
+    TfmotExtError,
+    UnsupportedLayerError,
+    UnsupportedModelError,
+)
+from tfmot_ext.quantizers import (
+    FixedRangeQuantizer,
+    LSQQuantizer,
+    MinMaxQuantizer,
+    PowerOfTwoQuantizer,
+    activation_quantizer,
+    weight_quantizer,
+)
+from tfmot_ext.scope import custom_objects, quantize_scope
+from tfmot_ext.summary import LayerQuantSummary, format_summary, summarize
+
+try:
+    __version__ = version("tfmot-ext")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "UNSUPPORTED_MODES",
+    "ConfigError",
+    "FixedRangeQuantizer",
+    "LSQQuantizer",
+    "LayerQuantSummary",
+    "LayerQuantizeConfig",
+    "MinMaxQuantizer",
+    "PolicyError",
+    "PowerOfTwoQuantizer",
+    "Rule",
+    "TfmotExtError",
+    "UnsupportedLayerError",
+    "UnsupportedModelError",
+    "__version__",
+    "activation_quantizer",
+    "annotate",
+    "conv_config",
+    "conv_transpose_config",
+    "custom_objects",
+    "default_config_for",
+    "dense_config",
+    "depthwise_conv_config",
+    "format_summary",
+    "no_op_config",
+    "output_channel_axis",
+    "output_only_config",
+    "plan",
+    "quantize",
+    "quantize_scope",
+    "separable_conv_config",
+    "summarize",
+    "weight_quantizer",
+]

@@ -1,0 +1,81 @@
+"""The single import point for Keras, TensorFlow and tfmot.
+
+tfmot 0.8 works with Keras 2 only, which TensorFlow >= 2.16 ships as the separate
+``tf_keras`` package. Every module of tfmot_ext imports ``keras`` from here, so
+the rest of the code never touches ``tf.keras`` (which is Keras 3 on TF >= 2.16).
+
+This module sets no environment variable. Note that importing
+``tensorflow_model_optimization`` itself sets ``TF_USE_LEGACY_KERAS=1`` (tfmot's
+own ``keras/compat.py``); tfmot_ext adds nothing to that.
+
+Private tfmot names needed by tfmot_ext are imported here and only here, each
+with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from tfmot_ext.errors import UnsupportedModelError
+
+__all__ = [
+    "QuantizeAnnotate",
+    "QuantizeLayer",
+    "QuantizeWrapper",
+    "check_keras2",
+    "keras",
+    "tf",
+    "tfmot",
+]
+
+_qk = tfmot.quantization.keras
+
+# Private import: tfmot does not export the annotation wrapper nor QuantizeLayer
+# (the input quantizer quantize_apply inserts), and tfmot_ext must recognise both
+# when walking a model. Nothing else of tfmot's internals is used anywhere.
+from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: E402
+    quantize_annotate as _quantize_annotate,
+)
+from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: E402
+    quantize_layer as _quantize_layer,
+)
+
+QuantizeWrapper = _qk.QuantizeWrapper  # public; QuantizeWrapperV2 subclasses it
+QuantizeAnnotate = _quantize_annotate.QuantizeAnnotate
+QuantizeLayer = _quantize_layer.QuantizeLayer
+
+
+def _is_keras3_object(obj: Any) -> bool:
+    module = type(obj).__module__ or ""
+    return module == "keras" or module.startswith("keras.")
+
+
+def check_keras2(obj: Any, what: str = "model") -> None:
+    """Raise :class:`UnsupportedModelError` unless ``obj`` is a tf_keras (Keras 2) object.
+
+    Args:
+        obj: a model or layer handed to a public function.
+        what: how to call it in the message ("model", "layer").
+
+    Raises:
+        UnsupportedModelError: for Keras 3 objects (``keras`` / ``tf.keras`` on
+            TF >= 2.16) and for anything that is not a Keras layer.
+    """
+    if isinstance(obj, keras.layers.Layer):
+        return
+    if _is_keras3_object(obj):
+        name = getattr(obj, "name", type(obj).__name__)
+        raise UnsupportedModelError(
+            f"{what} '{name}' is a Keras 3 object ({type(obj).__module__}.{type(obj).__name__}); "
+            "tfmot and tfmot_ext need Keras 2. Rebuild it with tf_keras: "
+            "`import tf_keras as keras` and construct the same layers, or save the Keras 3 "
+            "model's weights (model.save_weights('w.weights.h5')) and load them into the "
+            "tf_keras twin by layer order."
+        )
+    raise UnsupportedModelError(
+        f"expected a tf_keras {what}, got {type(obj).__module__}.{type(obj).__name__}"
+    )

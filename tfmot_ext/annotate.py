@@ -1,0 +1,373 @@
+"""Rule-based annotation of existing Keras models, and one-call QAT.
+
+A *policy* is an ordered list of :class:`Rule`. For every layer the first rule
+that matches decides: a ``QuantizeConfig`` to use, ``"skip"`` (stays float) or
+``"default"`` (the built-in choice). Layers no rule matches get the default:
+tfmot_ext's preset for weighted layers (8-bit per-channel symmetric weights,
+8-bit asymmetric activations), tfmot's registry for the layers it knows (Add,
+Concatenate, pooling, ...), and ``unsupported`` decides the rest.
+
+Example::
+
+    policy = [
+        Rule(name="conv_first", config=conv_config(weight_bits=8)),
+        Rule(layer_type=(Conv2D, DepthwiseConv2D), config=conv_config(weight_bits=4)),
+        Rule(name="re:^head_.*", config="skip"),
+    ]
+    qat = tfmot_ext.quantize(model, policy)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tfmot_ext._compat import QuantizeWrapper, check_keras2, keras, tfmot
+from tfmot_ext.configs import (
+    LayerQuantizeConfig,
+    default_config_for,
+    no_op_config,
+    output_only_config,
+)
+from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
+from tfmot_ext.scope import quantize_scope
+from tfmot_ext.summary import format_summary, summarize
+
+__all__ = ["UNSUPPORTED_MODES", "Rule", "annotate", "consumers", "plan", "quantize"]
+
+logger = logging.getLogger(__name__)
+
+QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
+UNSUPPORTED_MODES = ("error", "skip", "output_only")
+_KEYWORDS = ("skip", "default")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Match layers and say how to quantize them.
+
+    A layer matches when every criterion given matches (a rule with none matches
+    every layer).
+
+    Attributes:
+        config: a ``QuantizeConfig`` (copied for each layer), a callable
+            ``layer -> QuantizeConfig``, ``"skip"`` or ``"default"``.
+        layer_type: a class or tuple of classes (``isinstance``), or a class name
+            (matches the layer's class or any base class by name).
+        name: a glob (``"conv*"``) or, prefixed with ``re:``, a regular expression
+            (``re.fullmatch``) on the layer name.
+        where: a predicate ``layer -> bool``.
+    """
+
+    config: Any
+    layer_type: type | tuple[type, ...] | str | None = None
+    name: str | None = None
+    where: Callable[[Any], bool] | None = None
+    _regex: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        if not (isinstance(c, QuantizeConfig) or c in _KEYWORDS or callable(c)):
+            raise PolicyError(
+                f"Rule config must be a QuantizeConfig, a callable returning one, 'skip' "
+                f"or 'default'; got {c!r}"
+            )
+        lt = self.layer_type
+        if lt is not None and not isinstance(lt, str):
+            types = lt if isinstance(lt, tuple) else (lt,)
+            if not all(isinstance(t, type) for t in types):
+                raise PolicyError(f"Rule layer_type must be a class, tuple of classes or str: {lt!r}")
+        if self.name is not None:
+            if not isinstance(self.name, str):
+                raise PolicyError(f"Rule name must be a str (glob or 're:' regex): {self.name!r}")
+            if self.name.startswith("re:"):
+                try:
+                    object.__setattr__(self, "_regex", re.compile(self.name[3:]))
+                except re.error as e:
+                    raise PolicyError(f"Rule name {self.name!r}: bad regular expression: {e}") from e
+        if self.where is not None and not callable(self.where):
+            raise PolicyError(f"Rule where must be callable: {self.where!r}")
+
+    def matches(self, layer: Any) -> bool:
+        """Whether ``layer`` meets every criterion of this rule."""
+        lt = self.layer_type
+        if isinstance(lt, str):
+            if lt not in {c.__name__ for c in type(layer).__mro__}:
+                return False
+        elif lt is not None and not isinstance(layer, lt):
+            return False
+        if self.name is not None:
+            if self._regex is not None:
+                if not self._regex.fullmatch(layer.name):
+                    return False
+            elif not fnmatch.fnmatchcase(layer.name, self.name):
+                return False
+        return self.where is None or bool(self.where(layer))
+
+    def config_for(self, layer: Any) -> Any:
+        """The config this rule gives ``layer`` (a fresh copy), or a keyword."""
+        c = self.config
+        if isinstance(c, str):
+            return c
+        if isinstance(c, QuantizeConfig):
+            return _copy_config(c)
+        out = c(layer)
+        if not (isinstance(out, QuantizeConfig) or out in _KEYWORDS or out is None):
+            raise PolicyError(
+                f"Rule callable returned {out!r} for layer '{layer.name}'; it must return a "
+                "QuantizeConfig, 'skip', 'default' or None (= skip)"
+            )
+        return "skip" if out is None else out
+
+
+def _copy_config(c: Any) -> Any:
+    if isinstance(c, LayerQuantizeConfig):
+        return c.copy()
+    return type(c).from_config(c.get_config())
+
+
+def _registry() -> Any:
+    return tfmot.quantization.keras.default_8bit.Default8BitQuantizeRegistry()
+
+
+def _check_model(model: Any) -> None:
+    check_keras2(model, "model")
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModelError(
+            f"'{getattr(model, 'name', model)}' is a layer, not a model; wrap it in a "
+            "tf_keras Sequential or functional Model"
+        )
+    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+        raise UnsupportedModelError(
+            f"model '{model.name}' is a subclassed Model; tfmot can only quantize Sequential "
+            "or functional models. Build the same layers with the functional API "
+            "(inputs = keras.Input(...); outputs = ...; keras.Model(inputs, outputs)) and "
+            "copy the weights with set_weights"
+        )
+    if any(isinstance(layer, QuantizeWrapper) for layer in model.layers):
+        raise UnsupportedModelError(
+            f"model '{model.name}' is already quantization-aware (it contains QuantizeWrapper "
+            "layers); annotate the float model instead"
+        )
+    if not model.built:
+        raise UnsupportedModelError(
+            f"model '{model.name}' is not built; call model.build(input_shape) or give it an "
+            "Input layer first"
+        )
+
+
+def _validate_policy(policy: Sequence[Rule] | None) -> list[Rule]:
+    if policy is None:
+        return []
+    if isinstance(policy, Rule):
+        return [policy]
+    rules = list(policy)
+    for i, r in enumerate(rules):
+        if not isinstance(r, Rule):
+            raise PolicyError(
+                f"policy[{i}] is {type(r).__name__}, not a tfmot_ext.Rule; write "
+                "Rule(layer_type=..., name=..., where=..., config=...)"
+            )
+    return rules
+
+
+def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str = "error",
+         strict: bool = False) -> dict[str, Any]:
+    """Decide, without changing anything, what each layer of ``model`` gets.
+
+    Returns:
+        layer name -> a ``QuantizeConfig``, ``None`` (tfmot's registry decides) or
+        ``"skip"``. Input layers are left out.
+
+    Raises:
+        PolicyError: malformed policy; with ``strict=True``, a rule matching no layer.
+        UnsupportedLayerError: a layer nothing can quantize, with ``unsupported="error"``.
+        ConfigError: a config naming an attribute its layer lacks.
+    """
+    _check_model(model)
+    if unsupported not in UNSUPPORTED_MODES:
+        raise PolicyError(f"unsupported={unsupported!r} must be one of {UNSUPPORTED_MODES}")
+    rules = _validate_policy(policy)
+    used = [False] * len(rules)
+    registry = _registry()
+    decisions: dict[str, Any] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        choice: Any = "default"
+        for i, rule in enumerate(rules):
+            if rule.matches(layer):
+                used[i] = True
+                choice = rule.config_for(layer)
+                break
+        if choice == "default":
+            choice = default_config_for(layer)
+            if choice is None and _is_fusable(layer):
+                decisions[layer.name] = _PENDING  # decided by the chain pass below
+                continue
+            if choice is None:
+                if not isinstance(layer, keras.Model) and registry.supports(layer):
+                    decisions[layer.name] = None
+                    continue
+                choice = _unsupported(layer, unsupported)
+        if isinstance(choice, LayerQuantizeConfig):
+            choice.validate_for(layer)
+        decisions[layer.name] = choice
+    _fuse_chains(model, decisions, unsupported)
+    if strict:
+        for rule, u in zip(rules, used):
+            if not u:
+                raise PolicyError(
+                    f"strict policy: {rule!r} matched no layer of model '{model.name}'; "
+                    f"layer names are {[la.name for la in model.layers]}"
+                )
+    return decisions
+
+
+_PENDING = "__pending__"
+
+
+def _is_relu_like(layer: Any) -> bool:
+    if isinstance(layer, keras.layers.ReLU):
+        cfg = layer.get_config()
+        return (not cfg.get("negative_slope")) and not cfg.get("threshold") and (
+            cfg.get("max_value") in (None, 6, 6.0))
+    if isinstance(layer, keras.layers.Activation):
+        return getattr(layer.activation, "__name__", "") in ("relu", "relu6")
+    return False
+
+
+def _is_fusable(layer: Any) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization) or _is_relu_like(layer)
+
+
+def consumers(model: Any) -> dict[str, list[str]]:
+    """Layer name -> names of the layers consuming its output (from the model config)."""
+    out: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
+    if isinstance(model, keras.Sequential):
+        names = [la.name for la in model.layers]
+        for a, b in zip(names, names[1:]):
+            out[a].append(b)
+        return out
+    for entry in model.get_config()["layers"]:
+        for node in entry.get("inbound_nodes", []):
+            items = node if isinstance(node, list) else node.get("args", [])
+            for item in items:
+                if isinstance(item, list) and item and isinstance(item[0], str):
+                    out.setdefault(item[0], []).append(entry["name"])
+    return out
+
+
+def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> None:
+    """Place activation quantizers where TFLite fuses: after Conv/Dense -> [BN] -> [ReLU].
+
+    A weighted layer with a linear activation followed by BatchNormalization and/or a
+    ReLU has its activation quantizer moved to the last layer of that chain: TFLite
+    folds BN and fuses ReLU into the op, so a fake-quant in between would be trained
+    but never deployed. BatchNormalization/ReLU layers no chain claims get tfmot's
+    registry (ReLU) or the ``unsupported`` treatment (a BN after no weighted layer).
+    """
+    by_name = {la.name: la for la in model.layers}
+    cons = consumers(model)
+
+    def single(name: str) -> Any:
+        c = cons.get(name, [])
+        return by_name[c[0]] if len(c) == 1 else None
+
+    for name, cfg in list(decisions.items()):
+        layer = by_name[name]
+        if not (isinstance(cfg, LayerQuantizeConfig) and "activation" in cfg.activations):
+            continue
+        if getattr(getattr(layer, "activation", None), "__name__", "") != "linear":
+            continue
+        chain = []
+        nxt = single(name)
+        if isinstance(nxt, keras.layers.BatchNormalization) and decisions.get(nxt.name) == _PENDING:
+            chain.append(nxt)
+            nxt = single(nxt.name)
+        if nxt is not None and _is_relu_like(nxt) and decisions.get(nxt.name) in (_PENDING, None):
+            chain.append(nxt)
+        if not chain:
+            continue
+        act_q = cfg.activations["activation"]
+        decisions[name] = LayerQuantizeConfig(weights=cfg.weights, output=cfg.output)
+        for member in chain[:-1]:
+            decisions[member.name] = no_op_config()
+        decisions[chain[-1].name] = output_only_config(quantizer=act_q)
+    registry = _registry()
+    for name, cfg in list(decisions.items()):
+        if cfg == _PENDING:
+            layer = by_name[name]
+            decisions[name] = None if registry.supports(layer) else _unsupported(layer,
+                                                                                 unsupported)
+
+
+def _unsupported(layer: Any, mode: str) -> Any:
+    if mode == "skip":
+        return "skip"
+    if mode == "output_only":
+        return output_only_config()
+    kind = "nested Model" if isinstance(layer, keras.Model) else type(layer).__name__
+    raise UnsupportedLayerError(
+        f"layer '{layer.name}' ({kind}) has no quantization config: neither tfmot_ext's "
+        "presets nor tfmot's registry cover it. Add a rule for it, e.g. "
+        f"Rule(name='{layer.name}', config=LayerQuantizeConfig(weights={{...}}, "
+        "output=activation_quantizer())), or pass unsupported='skip' (stays float) or "
+        "unsupported='output_only' (only its output is quantized)"
+    )
+
+
+def annotate(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str = "error",
+             strict: bool = False) -> Any:
+    """Return a clone of ``model`` with layers annotated per ``policy``.
+
+    The clone shares the original layers (and so their weights), exactly as tfmot's
+    ``clone_model(..., clone_function=quantize_annotate_layer)`` recipe does; pass it
+    to ``tfmot.quantization.keras.quantize_apply`` or use :func:`quantize`.
+
+    Args:
+        model: a built tf_keras Sequential or functional model.
+        policy: ordered rules; None uses the defaults only.
+        unsupported: ``"error"``, ``"skip"`` or ``"output_only"`` for layers nothing covers.
+        strict: raise if a rule matches no layer.
+    """
+    decisions = plan(model, policy, unsupported=unsupported, strict=strict)
+    annotate_layer = tfmot.quantization.keras.quantize_annotate_layer
+
+    def clone(layer: Any) -> Any:
+        d = decisions.get(layer.name, "skip")
+        if d == "skip":
+            return layer
+        return annotate_layer(layer, quantize_config=d)
+
+    with quantize_scope():
+        return keras.models.clone_model(model, clone_function=clone)
+
+
+def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = None, *,
+             unsupported: str = "error", strict: bool = False) -> Any:
+    """Make ``model`` quantization-aware in one call: :func:`annotate` + ``quantize_apply``.
+
+    Args:
+        model: a built tf_keras Sequential or functional model (weights are kept).
+        policy: ordered :class:`Rule` list; unmatched layers get the defaults.
+        scheme: a tfmot ``QuantizeScheme``; default ``Default8BitQuantizeScheme()``.
+        unsupported: what to do with layers nothing can quantize (see :func:`annotate`).
+        strict: raise if a rule matches no layer.
+
+    Returns:
+        The QAT model. What was quantized how is logged at INFO level
+        (:func:`tfmot_ext.summary.summarize` returns it as data).
+    """
+    annotated = annotate(model, policy, unsupported=unsupported, strict=strict)
+    if scheme is None:
+        scheme = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    with quantize_scope():
+        qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("quantized model '%s':\n%s", model.name, format_summary(summarize(qat)))
+    return qat

@@ -1,0 +1,41 @@
+"""Exception hierarchy of tfmot_ext.
+
+Every error raised on bad input derives from :class:`TfmotExtError`, and its
+message names the offending layer or file and says how to fix it. The classes
+also derive from the builtin exception a caller would expect (``ValueError``,
+``TypeError``), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "PolicyError",
+    "TfmotExtError",
+    "UnsupportedLayerError",
+    "UnsupportedModelError",
+]
+
+
+class TfmotExtError(Exception):
+    """Base class of every error raised by tfmot_ext."""
+
+
+class ConfigError(TfmotExtError, ValueError):
+    """A quantizer or QuantizeConfig was given invalid arguments.
+
+    Examples: bits outside 2..16, a per-channel axis the tensor lacks, a config
+    naming a weight attribute the layer does not have.
+    """
+
+
+class PolicyError(TfmotExtError, ValueError):
+    """An annotation policy is malformed, or (with ``strict=True``) a rule matched no layer."""
+
+
+class UnsupportedModelError(TfmotExtError, TypeError):
+    """The model cannot be handled: a Keras 3 object, a subclassed model, not a model at all."""
+
+
+class UnsupportedLayerError(TfmotExtError, ValueError):
+    """A layer has no quantization config and ``unsupported="error"`` was requested."""

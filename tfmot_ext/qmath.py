@@ -1,0 +1,309 @@
+"""Pure quantization math, in NumPy (float32, bit-exact with TensorFlow's kernels).
+
+Conventions used throughout tfmot_ext:
+
+* A ``bits``-bit tensor is stored as signed integers ``q`` in ``[qmin, qmax]`` with
+  ``qmin = -2**(bits-1) (+1 if narrow_range)`` and ``qmax = 2**(bits-1) - 1``.
+* The real value is ``r = scale * (q - zero_point)``; symmetric quantization has
+  ``zero_point == 0``.
+* Fake quantization is TensorFlow's ``FakeQuantWithMinMaxVars``: the range
+  ``[min, max]`` is *nudged* so that real 0 is exactly representable, then values
+  are clamped to the nudged range and rounded half up onto the grid. TFLite reads
+  the same op when converting, so these are the numbers that get deployed.
+
+The TF kernel works on the unsigned grid ``[quant_min, quant_max] = [narrow, 2**bits - 1]``;
+the signed integers are ``q = u - 2**(bits-1)`` and ``zero_point = u_zp - 2**(bits-1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tfmot_ext.errors import ConfigError
+
+__all__ = [
+    "MAX_BITS",
+    "MIN_BITS",
+    "MIN_RANGE",
+    "NudgedRange",
+    "fake_quant",
+    "integer_range",
+    "nudge",
+    "pow2_ceil",
+    "power_of_two_range",
+    "quantize_to_int",
+    "symmetric_range",
+    "validate_bits",
+    "widen_range",
+]
+
+MIN_BITS = 2
+MAX_BITS = 16
+#: Smallest ``max - min`` a quantizer lets a range collapse to. Below it the scale
+#: would underflow or divide by zero (all-zero kernels, constant activations); the
+#: range is widened to this width instead, keeping 0 inside it.
+MIN_RANGE = 1e-6
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def validate_bits(bits: int, what: str = "quantizer") -> int:
+    """Return ``bits`` if it is an int in ``[2, 16]``, else raise :class:`ConfigError`."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise ConfigError(f"{what}: bits must be an integer in [2, 16], got {bits!r}")
+    if not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise ConfigError(
+            f"{what}: bits={bits} is outside [2, 16], the widths TensorFlow's FakeQuant "
+            "kernels support; use a value in that range"
+        )
+    return int(bits)
+
+
+def integer_range(bits: int, narrow_range: bool = False) -> tuple[int, int]:
+    """Signed integer range of a ``bits``-bit tensor.
+
+    ``qmin = -2**(bits-1) + narrow_range``, ``qmax = 2**(bits-1) - 1``.
+
+    >>> integer_range(8)
+    (-128, 127)
+    >>> integer_range(8, narrow_range=True)
+    (-127, 127)
+    >>> integer_range(4)
+    (-8, 7)
+    """
+    bits = validate_bits(bits)
+    half = 1 << (bits - 1)
+    return -half + int(bool(narrow_range)), half - 1
+
+
+def symmetric_range(
+    x_min: npt.ArrayLike, x_max: npt.ArrayLike, bits: int, narrow_range: bool
+) -> tuple[FloatArray, FloatArray]:
+    """The ``[min, max]`` to hand FakeQuant so that it quantizes symmetrically.
+
+    With ``a = max(|x_min|, |x_max|)`` and ``scale = a / qmax`` the result is
+    ``(qmin * scale, qmax * scale)``: the zero point lands on 0 exactly and the
+    grid is ``scale * [qmin .. qmax]`` (``qmin = -qmax - 1`` without narrow range,
+    the extra negative level two's complement gives).
+
+    >>> lo, hi = symmetric_range(-0.5, 1.27, bits=8, narrow_range=True)
+    >>> float(lo), float(hi)
+    (-1.2699999809265137, 1.2699999809265137)
+    """
+    qmin, qmax = integer_range(bits, narrow_range)
+    a = np.maximum(np.abs(np.asarray(x_min, np.float32)), np.abs(np.asarray(x_max, np.float32)))
+    a = np.maximum(a, np.float32(MIN_RANGE / 2)).astype(np.float32)
+    scale = (a / np.float32(qmax)).astype(np.float32)
+    return (scale * np.float32(qmin)).astype(np.float32), (scale * np.float32(qmax)).astype(
+        np.float32
+    )
+
+
+def widen_range(x_min: npt.ArrayLike, x_max: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """Make an asymmetric range contain 0 and be at least :data:`MIN_RANGE` wide.
+
+    ``min' = min(x_min, 0)``, ``max' = max(x_max, 0, min' + MIN_RANGE)``.
+    """
+    lo = np.minimum(np.asarray(x_min, np.float32), np.float32(0.0))
+    hi = np.maximum(np.asarray(x_max, np.float32), np.float32(0.0))
+    hi = np.maximum(hi, lo + np.float32(MIN_RANGE)).astype(np.float32)
+    return lo.astype(np.float32), hi
+
+
+def pow2_ceil(s: npt.ArrayLike) -> FloatArray:
+    """Smallest power of two ``>= s`` for positive normal float32 ``s``, exactly.
+
+    Read off the float32 bits (no logarithm, so no rounding error):
+    ``k = exponent(s) + (mantissa(s) != 0)``, result ``2**k``.
+
+    >>> pow2_ceil(np.float32(0.3)), pow2_ceil(np.float32(0.25))
+    (np.float32(0.5), np.float32(0.25))
+    """
+    bits = np.asarray(s, np.float32).view(np.int32)
+    exponent = (bits >> 23) & 0xFF
+    k = exponent + (bits & 0x7FFFFF != 0).astype(np.int32)
+    return (k.astype(np.int32) << 23).view(np.float32)
+
+
+def power_of_two_range(
+    x_min: npt.ArrayLike, x_max: npt.ArrayLike, bits: int, narrow_range: bool, symmetric: bool
+) -> tuple[FloatArray, FloatArray]:
+    """The ``[min, max]`` whose FakeQuant grid has ``scale = 2**k``.
+
+    ``scale = pow2_ceil(s)`` where ``s`` is the float32 scale the plain range would
+    need (``a / qmax`` symmetric, ``(max - min) / (quant_max - quant_min)``
+    asymmetric), so the power-of-two grid still covers the range. Symmetric:
+    ``(qmin * scale, qmax * scale)``. Asymmetric: zero point
+    ``zp_u = clamp(round_half_even(quant_min - min / scale))`` on the unsigned grid and
+    ``((quant_min - zp_u) * scale, (quant_max - zp_u) * scale)``. Exact in float32
+    because the scale is a power of two.
+
+    >>> lo, hi = power_of_two_range(-1.0, 1.0, bits=8, narrow_range=True, symmetric=True)
+    >>> float(lo), float(hi), float(hi) / 127
+    (-0.9921875, 0.9921875, 0.0078125)
+    """
+    qmin, qmax = integer_range(bits, narrow_range)
+    if symmetric:
+        a = np.maximum(np.abs(np.asarray(x_min, np.float32)), np.abs(np.asarray(x_max, np.float32)))
+        a = np.maximum(a, np.float32(MIN_RANGE / 2)).astype(np.float32)
+        scale = pow2_ceil(a / np.float32(qmax))
+        return (scale * np.float32(qmin)).astype(np.float32), (scale * np.float32(qmax)).astype(
+            np.float32
+        )
+    lo, hi = widen_range(x_min, x_max)
+    quant_min, quant_max = np.float32(int(bool(narrow_range))), np.float32((1 << bits) - 1)
+    scale = pow2_ceil(((hi - lo) / (quant_max - quant_min)).astype(np.float32))
+    zp = np.clip(np.round(quant_min - lo / scale), quant_min, quant_max).astype(np.float32)
+    return ((quant_min - zp) * scale).astype(np.float32), ((quant_max - zp) * scale).astype(
+        np.float32
+    )
+
+
+@dataclass(frozen=True)
+class NudgedRange:
+    """A range after TensorFlow's nudging, per tensor or per channel.
+
+    Invariants: ``scale > 0``; ``qmin <= zero_point <= qmax``;
+    ``nudged_min == (quant_min - (zero_point + 2**(bits-1))) * scale`` in float32
+    (real 0 is a grid point); all arrays have the shape of the input range.
+
+    Attributes:
+        nudged_min: lowest representable real value.
+        nudged_max: highest representable real value.
+        scale: grid step, ``(max - min) / (quant_max - quant_min)`` in float32.
+        inv_scale: ``(quant_max - quant_min) / (max - min)`` in float32 (TF recomputes
+            it rather than taking ``1 / scale``; the per-channel kernel multiplies by it).
+        zero_point: signed integer zero point, int32.
+        bits: bit width.
+        narrow_range: whether the lowest level is unused.
+    """
+
+    nudged_min: FloatArray
+    nudged_max: FloatArray
+    scale: FloatArray
+    inv_scale: FloatArray
+    zero_point: npt.NDArray[np.int32]
+    bits: int
+    narrow_range: bool
+
+
+def nudge(
+    x_min: npt.ArrayLike, x_max: npt.ArrayLike, bits: int, narrow_range: bool = False
+) -> NudgedRange:
+    """TensorFlow's ``Nudge`` (``fake_quant_ops_functor.h``), vectorised, in float32.
+
+    ``scale = (max - min) / (quant_max - quant_min)``;
+    ``zp_u = clamp(round_half_away(quant_min - min / scale), quant_min, quant_max)``;
+    ``nudged_min = (quant_min - zp_u) * scale``; ``nudged_max = (quant_max - zp_u) * scale``.
+
+    Args:
+        x_min: range minimum (scalar or per-channel array), ``<= 0``.
+        x_max: range maximum, same shape, ``x_max > x_min``.
+        bits: 2..16.
+        narrow_range: use ``[1, 2**bits - 1]`` instead of ``[0, 2**bits - 1]``.
+
+    >>> r = nudge(-1.0, 1.0, bits=8)
+    >>> float(r.scale), int(r.zero_point)
+    (0.007843137718737125, 0)
+    """
+    bits = validate_bits(bits)
+    lo = np.asarray(x_min, np.float32)
+    hi = np.asarray(x_max, np.float32)
+    quant_min = np.float32(1.0 if narrow_range else 0.0)
+    quant_max = np.float32((1 << bits) - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = ((hi - lo) / (quant_max - quant_min)).astype(np.float32)
+        inv_scale = ((quant_max - quant_min) / (hi - lo)).astype(np.float32)
+        zp_from_min = (quant_min - lo / scale).astype(np.float32)
+    # std::round rounds half away from zero; only values in [quant_min, quant_max] reach it.
+    zp_u = np.where(
+        zp_from_min < quant_min,
+        quant_min,
+        np.where(zp_from_min > quant_max, quant_max, np.round(zp_from_min + 0.0)),
+    ).astype(np.float32)
+    # np.round is half-to-even: fix exact .5 ties to round away from zero like std::round.
+    tie = (zp_from_min - np.floor(zp_from_min)) == np.float32(0.5)
+    zp_u = np.where(tie & (zp_from_min >= quant_min) & (zp_from_min <= quant_max),
+                    np.floor(zp_from_min) + 1, zp_u).astype(np.float32)
+    nudged_min = ((quant_min - zp_u) * scale).astype(np.float32)
+    nudged_max = ((quant_max - zp_u) * scale).astype(np.float32)
+    zero_point = (zp_u.astype(np.int64) - (1 << (bits - 1))).astype(np.int32)
+    return NudgedRange(
+        nudged_min, nudged_max, scale, inv_scale, zero_point, bits, bool(narrow_range)
+    )
+
+
+def _broadcast_channel(a: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
+    if axis is None or a.ndim == 0:
+        return a
+    shape = [1] * rank
+    shape[axis] = a.shape[0]
+    return a.reshape(shape)
+
+
+def _steps(x: npt.ArrayLike, r: NudgedRange, axis: int | None) -> tuple[FloatArray, FloatArray]:
+    """``k = q - zero_point`` as TF's kernel computes it, and the broadcast scale.
+
+    Per tensor (``axis is None``): ``k = floor((clamp(x) - nudged_min) / scale - quant_zero + 0.5)``;
+    per channel: the same with ``* inv_scale`` in place of ``/ scale``, where
+    ``quant_zero = floor(-nudged_min * inv_scale + 0.5)``.
+    """
+    xx = np.asarray(x, np.float32)
+    lo = _broadcast_channel(r.nudged_min, xx.ndim, axis)
+    hi = _broadcast_channel(r.nudged_max, xx.ndim, axis)
+    sc = _broadcast_channel(r.scale, xx.ndim, axis)
+    inv = _broadcast_channel(r.inv_scale, xx.ndim, axis)
+    quant_zero = np.floor(-lo * inv + np.float32(0.5)).astype(np.float32)
+    shifted = (np.minimum(np.maximum(xx, lo), hi) - lo).astype(np.float32)
+    ratio = (shifted / sc) if axis is None else (shifted * inv)
+    k = np.floor((ratio.astype(np.float32) - quant_zero) + np.float32(0.5)).astype(np.float32)
+    return k, sc
+
+
+def quantize_to_int(
+    x: npt.ArrayLike, r: NudgedRange, axis: int | None = None
+) -> npt.NDArray[np.int32]:
+    """The signed integers FakeQuant rounds ``x`` to, ``q = k + zero_point``.
+
+    ``k`` is computed with the same float32 operations as TensorFlow's kernel (see
+    :func:`fake_quant`), so ``(q - zero_point) * scale == fake_quant(x)`` bit for bit
+    and ``qmin <= q <= qmax``.
+
+    Args:
+        x: values.
+        r: the nudged range (per tensor, or per channel along ``axis``).
+        axis: channel axis of ``x`` when ``r`` is per channel, else None.
+    """
+    k, _ = _steps(x, r, axis)
+    zp = _broadcast_channel(r.zero_point, k.ndim, axis).astype(np.int64)
+    return (k.astype(np.int64) + zp).astype(np.int32)
+
+
+def fake_quant(
+    x: npt.ArrayLike,
+    x_min: npt.ArrayLike,
+    x_max: npt.ArrayLike,
+    bits: int,
+    narrow_range: bool = False,
+    axis: int | None = None,
+) -> FloatArray:
+    """NumPy twin of ``tf.quantization.fake_quant_with_min_max_vars[_per_channel]``.
+
+    ``out = k * scale`` with
+    ``k = floor((clamp(x, nudged_min, nudged_max) - nudged_min) / scale - quant_zero + 0.5)``
+    (per channel: ``* inv_scale`` instead of ``/ scale``, as TF's kernels do), and
+    ``min == max == 0`` giving 0.
+
+    >>> float(fake_quant(0.3, -1.0, 1.0, bits=2))
+    0.3333333432674408
+    """
+    r = nudge(x_min, x_max, bits, narrow_range)
+    k, sc = _steps(x, r, axis)
+    out = (k * sc).astype(np.float32)
+    both_zero = (np.asarray(x_min) == 0) & (np.asarray(x_max) == 0)
+    if np.any(both_zero):
+        out = np.where(_broadcast_channel(both_zero, out.ndim, axis), np.float32(0), out)
+    return out.astype(np.float32)

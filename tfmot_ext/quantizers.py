@@ -1,0 +1,585 @@
+"""n-bit quantizers for tfmot's ``QuantizeConfig`` API.
+
+Each quantizer is a thin, serializable shell over pure functions. The forward
+pass always ends in TensorFlow's ``FakeQuantWithMinMaxVars[PerChannel]`` op, the
+op the TFLite converter reads its quantization parameters from, so what is
+trained is what gets converted. The range fed to that op is an exact function of
+the quantizer's stored variables, mirrored in NumPy by :mod:`tfmot_ext.qmath`
+(extraction relies on this):
+
+* :class:`MinMaxQuantizer` — range from observed min/max (``last_value``,
+  ``moving_average`` or ``all_values``), symmetric or asymmetric, per tensor or per
+  channel, 2..16 bits.
+* :class:`FixedRangeQuantizer` — a constant range (e.g. ``[-1, 1]`` or ReLU6's ``[0, 6]``).
+* :class:`PowerOfTwoQuantizer` — like MinMax, but the scale is rounded up to ``2**k``.
+* :class:`LSQQuantizer` — learned step size (Esser et al. 2019, arXiv 1902.08153).
+
+The stored min/max variables hold the *raw* tracked range; the effective range is
+``symmetric_range`` / ``widen_range`` / ``power_of_two_range`` of it, computed at use.
+Gradients are straight-through: ``d out / d x = 1`` inside the nudged range, 0 outside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tfmot_ext import qmath
+from tfmot_ext._compat import keras, tf, tfmot
+from tfmot_ext.errors import ConfigError
+
+__all__ = [
+    "RANGE_TRACKING",
+    "FixedRangeQuantizer",
+    "LSQQuantizer",
+    "MinMaxQuantizer",
+    "PowerOfTwoQuantizer",
+    "QuantizerBase",
+    "activation_quantizer",
+    "fake_quant_tf",
+    "normalize_axis",
+    "weight_quantizer",
+]
+
+Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+register = keras.utils.register_keras_serializable(package="tfmot_ext")
+
+RANGE_TRACKING = ("last_value", "moving_average", "all_values")
+
+Axis = int | tuple[int, ...] | None
+
+
+# --------------------------------------------------------------------------- math
+
+
+def normalize_axis(axis: int | Sequence[int] | None, rank: int, where: str = "tensor") -> tuple[
+    int, ...
+] | None:
+    """Positive, sorted, contiguous channel axes of a rank-``rank`` tensor, or None.
+
+    Several axes are flattened together (row-major) into one channel axis:
+    DepthwiseConv2D's kernel ``(H, W, C, M)`` with ``axis=(2, 3)`` has channel
+    ``c * M + m``, TFLite's output-channel order.
+
+    >>> normalize_axis(-1, 4), normalize_axis((2, 3), 4), normalize_axis(None, 2)
+    ((3,), (2, 3), None)
+    """
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if not axes:
+        raise ConfigError(f"{where}: empty axis; use None for per-tensor quantization")
+    out = []
+    for a in axes:
+        if not -rank <= int(a) < rank:
+            raise ConfigError(
+                f"{where}: axis {axis} is out of range for a rank-{rank} tensor; "
+                f"use an axis in [-{rank}, {rank - 1}] (or None for per-tensor)"
+            )
+        out.append(int(a) % rank)
+    out.sort()
+    if out != list(range(out[0], out[0] + len(out))):
+        raise ConfigError(f"{where}: axes {axis} must be contiguous to form one channel axis")
+    return tuple(out)
+
+
+def _to_channels_last(x: tf.Tensor, axes: tuple[int, ...]) -> tuple[tf.Tensor, Any]:
+    """Move ``axes`` to the end and flatten them into one: returns ``(x2, undo)``."""
+    rank = x.shape.rank
+    perm = [i for i in range(rank) if i not in axes] + list(axes)
+    moved = x if perm == list(range(rank)) else tf.transpose(x, perm)
+    shape = tf.shape(moved)
+    lead = rank - len(axes)
+    flat = moved if len(axes) == 1 else tf.reshape(
+        moved, tf.concat([shape[:lead], [-1]], axis=0)
+    )
+
+    def undo(y: tf.Tensor) -> tf.Tensor:
+        y = y if len(axes) == 1 else tf.reshape(y, shape)
+        if perm == list(range(rank)):
+            return y
+        return tf.transpose(y, np.argsort(perm).tolist())
+
+    return flat, undo
+
+
+def fake_quant_tf(
+    x: tf.Tensor,
+    x_min: tf.Tensor,
+    x_max: tf.Tensor,
+    bits: int,
+    narrow_range: bool,
+    axis: tuple[int, ...] | None,
+) -> tf.Tensor:
+    """TensorFlow's FakeQuant, per tensor (``axis=None``) or per channel along ``axis``.
+
+    ``x_min``/``x_max`` are scalars, or vectors of length ``prod(x.shape[a] for a in axis)``.
+    NumPy twin: :func:`tfmot_ext.qmath.fake_quant`.
+    """
+    if axis is None:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            x, x_min, x_max, num_bits=bits, narrow_range=narrow_range
+        )
+    flat, undo = _to_channels_last(x, axis)
+    y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        flat, x_min, x_max, num_bits=bits, narrow_range=narrow_range
+    )
+    return undo(y)
+
+
+def _batch_range(x: tf.Tensor, axis: tuple[int, ...] | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Min and max of ``x``, over everything (per tensor) or per flattened channel."""
+    if axis is None:
+        return tf.reduce_min(x), tf.reduce_max(x)
+    flat, _ = _to_channels_last(x, axis)
+    reduce = list(range(flat.shape.rank - 1))
+    return tf.reduce_min(flat, axis=reduce), tf.reduce_max(flat, axis=reduce)
+
+
+def _symmetric_range_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool) -> tuple[
+    tf.Tensor, tf.Tensor
+]:
+    qmin, qmax = qmath.integer_range(bits, narrow)
+    a = tf.maximum(tf.abs(lo), tf.abs(hi))
+    a = tf.maximum(a, np.float32(qmath.MIN_RANGE / 2))
+    scale = a / np.float32(qmax)
+    return scale * np.float32(qmin), scale * np.float32(qmax)
+
+
+def _widen_range_tf(lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    lo = tf.minimum(lo, 0.0)
+    hi = tf.maximum(hi, 0.0)
+    return lo, tf.maximum(hi, lo + np.float32(qmath.MIN_RANGE))
+
+
+def _pow2_ceil_tf(s: tf.Tensor) -> tf.Tensor:
+    bits_ = tf.bitcast(tf.cast(s, tf.float32), tf.int32)
+    exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits_, 23), 0xFF)
+    k = exponent + tf.cast(tf.bitwise.bitwise_and(bits_, 0x7FFFFF) != 0, tf.int32)
+    return tf.bitcast(tf.bitwise.left_shift(k, 23), tf.float32)
+
+
+def _power_of_two_range_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool,
+                           symmetric: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    qmin, qmax = qmath.integer_range(bits, narrow)
+    if symmetric:
+        a = tf.maximum(tf.maximum(tf.abs(lo), tf.abs(hi)), np.float32(qmath.MIN_RANGE / 2))
+        scale = _pow2_ceil_tf(a / np.float32(qmax))
+        return scale * np.float32(qmin), scale * np.float32(qmax)
+    lo, hi = _widen_range_tf(lo, hi)
+    quant_min, quant_max = np.float32(int(narrow)), np.float32((1 << bits) - 1)
+    scale = _pow2_ceil_tf((hi - lo) / (quant_max - quant_min))
+    zp = tf.clip_by_value(tf.round(quant_min - lo / scale), quant_min, quant_max)
+    return (quant_min - zp) * scale, (quant_max - zp) * scale
+
+
+# --------------------------------------------------------------------------- classes
+
+
+class QuantizerBase(Quantizer):  # type: ignore[misc]
+    """Shared plumbing: config round trip, equality, validation.
+
+    Subclasses list their constructor arguments in ``_CONFIG_KEYS`` and store each
+    as an attribute of the same name; ``get_config`` returns exactly those.
+    """
+
+    _CONFIG_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def get_config(self) -> dict[str, Any]:
+        cfg = {k: getattr(self, k) for k in self._CONFIG_KEYS}
+        if isinstance(cfg.get("axis"), tuple):
+            cfg["axis"] = list(cfg["axis"])
+        return cfg
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> QuantizerBase:
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[attr-defined]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def with_axis(self, axis: Axis) -> QuantizerBase:
+        """A copy with ``axis`` set (used by configs to resolve the layer's channel axis)."""
+        cfg = self.get_config()
+        cfg["axis"] = axis
+        return type(self).from_config(cfg)
+
+    @property
+    def is_per_channel(self) -> bool:
+        return bool(getattr(self, "per_channel", False))
+
+
+def _check_common(name: str, bits: int, per_channel: bool, axis: Any) -> tuple[int, Axis]:
+    bits = qmath.validate_bits(bits, name)
+    if axis is not None and not per_channel:
+        raise ConfigError(f"{name}: axis={axis} given but per_channel=False; set per_channel=True")
+    if isinstance(axis, list):
+        axis = tuple(int(a) for a in axis)
+    return bits, axis
+
+
+def _make_range_vars(layer: Any, name: str, shape: Sequence[int]) -> dict[str, tf.Variable]:
+    init = keras.initializers.Constant(0.0)
+    return {
+        "min_var": layer.add_weight(f"{name}_min", shape=shape, initializer=init, trainable=False),
+        "max_var": layer.add_weight(f"{name}_max", shape=shape, initializer=init, trainable=False),
+    }
+
+
+def _channel_count(tensor_shape: Any, axes: tuple[int, ...] | None, who: str) -> list[int]:
+    if axes is None:
+        return []
+    if tensor_shape is None:
+        raise ConfigError(
+            f"{who}: per-channel quantization needs a known tensor shape; activation "
+            "quantizers get none (use per_channel=False for activations)"
+        )
+    dims = list(tensor_shape)
+    n = 1
+    for a in axes:
+        if dims[a] is None:
+            raise ConfigError(f"{who}: channel axis {a} of shape {dims} is unknown")
+        n *= int(dims[a])
+    return [n]
+
+
+@register
+class MinMaxQuantizer(QuantizerBase):
+    """Fake quantization with a range tracked from observed min/max values.
+
+    Forward: ``FakeQuant(x, lo, hi)`` where ``(lo, hi)`` is the effective range of the
+    stored raw range ``(m, M)``:
+
+    * symmetric: ``a = max(|m|, |M|, MIN_RANGE/2)``, ``s = a / qmax``,
+      ``(lo, hi) = (qmin * s, qmax * s)`` — zero point 0;
+    * asymmetric: ``lo = min(m, 0)``, ``hi = max(M, 0, lo + MIN_RANGE)`` — FakeQuant
+      nudges it so real 0 is exact.
+
+    Range tracking in training (``b`` = the batch's min or max):
+    ``last_value``: ``m <- b``; ``moving_average``: ``m <- d*m + (1-d)*b``
+    (``m <- b`` on the first step, detected by an empty stored range);
+    ``all_values``: ``m <- min(m, b)``, ``M <- max(M, b)``. In inference the stored
+    range is used; a never-trained weight quantizer falls back to the weight's own range.
+
+    Args:
+        bits: 2..16.
+        per_channel: one range per output channel.
+        axis: channel axis (int, or contiguous tuple flattened together). None with
+            ``per_channel=True`` means the last axis, or — through a tfmot_ext
+            ``QuantizeConfig`` — the layer kind's output-channel axis.
+        symmetric: zero point fixed at 0.
+        narrow_range: drop the lowest level (``[-127, 127]`` at 8 bits).
+        range_tracking: ``"last_value"``, ``"moving_average"`` or ``"all_values"``.
+        ema_decay: decay ``d`` of ``moving_average``, in ``[0, 1)``.
+    """
+
+    _CONFIG_KEYS = (
+        "bits", "per_channel", "axis", "symmetric", "narrow_range", "range_tracking", "ema_decay"
+    )
+
+    def __init__(
+        self,
+        bits: int = 8,
+        per_channel: bool = False,
+        axis: Axis = None,
+        symmetric: bool = False,
+        narrow_range: bool = False,
+        range_tracking: str = "last_value",
+        ema_decay: float = 0.999,
+    ) -> None:
+        who = type(self).__name__
+        self.bits, self.axis = _check_common(who, bits, per_channel, axis)
+        self.per_channel = bool(per_channel)
+        self.symmetric = bool(symmetric)
+        self.narrow_range = bool(narrow_range)
+        if range_tracking not in RANGE_TRACKING:
+            raise ConfigError(
+                f"{who}: range_tracking={range_tracking!r} is not one of {RANGE_TRACKING}"
+            )
+        self.range_tracking = range_tracking
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ConfigError(f"{who}: ema_decay={ema_decay} must be in [0, 1)")
+        self.ema_decay = float(ema_decay)
+
+    # -- helpers ------------------------------------------------------------
+    def resolved_axis(self, rank: int) -> tuple[int, ...] | None:
+        """The channel axes for a rank-``rank`` tensor (None when per tensor)."""
+        if not self.per_channel:
+            return None
+        return normalize_axis(-1 if self.axis is None else self.axis, rank, type(self).__name__)
+
+    def effective_range_tf(self, lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The range handed to FakeQuant, from the raw tracked one (see class docstring)."""
+        if self.symmetric:
+            return _symmetric_range_tf(lo, hi, self.bits, self.narrow_range)
+        return _widen_range_tf(lo, hi)
+
+    def effective_range(self, lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
+        """NumPy twin of :meth:`effective_range_tf` (bit-exact)."""
+        if self.symmetric:
+            return qmath.symmetric_range(lo, hi, self.bits, self.narrow_range)
+        return qmath.widen_range(lo, hi)
+
+    # -- tfmot Quantizer API -----------------------------------------------
+    def build(self, tensor_shape: Any, name: str, layer: Any) -> dict[str, tf.Variable]:
+        rank = None if tensor_shape is None else len(tensor_shape)
+        axes = None if rank is None else self.resolved_axis(rank)
+        if self.per_channel and rank is None:
+            _channel_count(None, (0,), type(self).__name__)
+        return _make_range_vars(layer, name, _channel_count(tensor_shape, axes, name))
+
+    def _track(self, x: tf.Tensor, weights: dict[str, tf.Variable],
+               axes: tuple[int, ...] | None) -> tuple[tf.Tensor, tf.Tensor]:
+        b_lo, b_hi = _batch_range(tf.stop_gradient(x), axes)
+        m, big_m = weights["min_var"], weights["max_var"]
+        if self.range_tracking == "last_value":
+            new_lo, new_hi = b_lo, b_hi
+        elif self.range_tracking == "all_values":
+            new_lo, new_hi = tf.minimum(m, b_lo), tf.maximum(big_m, b_hi)
+        else:
+            d = np.float32(self.ema_decay)
+            fresh = big_m <= m  # nothing observed yet
+            new_lo = tf.where(fresh, b_lo, m * d + b_lo * (1 - d))
+            new_hi = tf.where(fresh, b_hi, big_m * d + b_hi * (1 - d))
+        with tf.control_dependencies([m.assign(new_lo), big_m.assign(new_hi)]):
+            return tf.identity(new_lo), tf.identity(new_hi)
+
+    def _stored(self, x: tf.Tensor, weights: dict[str, tf.Variable],
+                axes: tuple[int, ...] | None) -> tuple[tf.Tensor, tf.Tensor]:
+        m, big_m = tf.identity(weights["min_var"]), tf.identity(weights["max_var"])
+        if self.range_tracking == "last_value":
+            # A weight quantizer that never saw a training step uses the weight's range.
+            b_lo, b_hi = _batch_range(tf.stop_gradient(x), axes)
+            fresh = big_m <= m
+            return tf.where(fresh, b_lo, m), tf.where(fresh, b_hi, big_m)
+        return m, big_m
+
+    def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
+                 **kwargs: Any) -> tf.Tensor:
+        axes = self.resolved_axis(inputs.shape.rank)
+        lo, hi = self._track(inputs, weights, axes) if training else self._stored(
+            inputs, weights, axes)
+        lo, hi = self.effective_range_tf(tf.stop_gradient(lo), tf.stop_gradient(hi))
+        return fake_quant_tf(inputs, lo, hi, self.bits, self.narrow_range, axes)
+
+
+@register
+class PowerOfTwoQuantizer(MinMaxQuantizer):
+    """MinMax range tracking with the scale rounded up to a power of two, ``s = 2**k``.
+
+    For shift-only hardware: requantization by ``2**k`` is a bit shift. The effective
+    range is :func:`tfmot_ext.qmath.power_of_two_range` of the tracked range.
+    Same arguments as :class:`MinMaxQuantizer`; symmetric by default.
+    """
+
+    def __init__(
+        self,
+        bits: int = 8,
+        per_channel: bool = False,
+        axis: Axis = None,
+        symmetric: bool = True,
+        narrow_range: bool = False,
+        range_tracking: str = "last_value",
+        ema_decay: float = 0.999,
+    ) -> None:
+        super().__init__(bits, per_channel, axis, symmetric, narrow_range, range_tracking,
+                         ema_decay)
+
+    def effective_range_tf(self, lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return _power_of_two_range_tf(lo, hi, self.bits, self.narrow_range, self.symmetric)
+
+    def effective_range(self, lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
+        return qmath.power_of_two_range(lo, hi, self.bits, self.narrow_range, self.symmetric)
+
+
+@register
+class FixedRangeQuantizer(QuantizerBase):
+    """Fake quantization on a constant range: ``FakeQuant(x, min, max)``.
+
+    Use it where the range is known (tanh: ``[-1, 1]``, ReLU6: ``[0, 6]``) or for a
+    clip-to-range quantizer. FakeQuant still nudges the range so 0 is exact; no
+    variables are created.
+
+    Args:
+        min: range minimum, ``<= 0``.
+        max: range maximum, ``> min`` and ``>= 0``.
+        bits: 2..16.
+        narrow_range: drop the lowest level.
+    """
+
+    _CONFIG_KEYS = ("min", "max", "bits", "narrow_range")
+
+    def __init__(self, min: float = -1.0, max: float = 1.0, bits: int = 8,  # noqa: A002
+                 narrow_range: bool = False) -> None:
+        who = type(self).__name__
+        self.bits = qmath.validate_bits(bits, who)
+        if not (math.isfinite(min) and math.isfinite(max)):
+            raise ConfigError(f"{who}: min={min}, max={max} must be finite")
+        if not (min <= 0.0 <= max and min < max):
+            raise ConfigError(
+                f"{who}: need min <= 0 <= max and min < max (got [{min}, {max}]): TFLite "
+                "requires 0 to be representable"
+            )
+        self.min = float(min)
+        self.max = float(max)
+        self.narrow_range = bool(narrow_range)
+
+    def build(self, tensor_shape: Any, name: str, layer: Any) -> dict[str, tf.Variable]:
+        return {}
+
+    def effective_range(self, lo: Any = None, hi: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        return np.float32(self.min), np.float32(self.max)
+
+    def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
+                 **kwargs: Any) -> tf.Tensor:
+        return fake_quant_tf(inputs, np.float32(self.min), np.float32(self.max), self.bits,
+                             self.narrow_range, None)
+
+
+def lsq_grad_scale(n: int, bits: int, signed: bool) -> float:
+    """LSQ's step-size gradient scale ``g = 1 / sqrt(N * Q_P)`` (Esser et al. §2.2).
+
+    ``N`` is the number of elements sharing one step, ``Q_P`` the largest level.
+
+    >>> round(lsq_grad_scale(1000, 8, True), 6)
+    0.002806
+    """
+    qp = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    return 1.0 / math.sqrt(max(n, 1) * qp)
+
+
+@register
+class LSQQuantizer(QuantizerBase):
+    """Learned step size quantization (LSQ, Esser et al. 2019, arXiv 1902.08153).
+
+    Forward: ``out = clamp(round(x / s), Q_N, Q_P) * s`` with a trainable step ``s``,
+    computed by FakeQuant on ``[Q_N * s, Q_P * s]`` so the converter sees the op.
+    Backward (the paper's eq. 3, 5): ``d out / d x = 1`` for ``Q_N <= x/s <= Q_P`` else 0;
+    ``d out / d s = (round(x/s) - x/s)`` inside, ``Q_N`` below, ``Q_P`` above, times the
+    gradient scale ``g = 1/sqrt(N * Q_P)``. The step is initialised on the first
+    training call to ``2 * mean(|x|) / sqrt(Q_P)``.
+
+    Signed: ``[Q_N, Q_P] = [-2**(b-1) (+1 if narrow), 2**(b-1) - 1]``; unsigned (for
+    non-negative activations): ``[0, 2**b - 1]``.
+
+    Args:
+        bits: 2..16.
+        per_channel: one step per channel (weights).
+        axis: channel axis, as for :class:`MinMaxQuantizer`.
+        signed: signed or unsigned grid.
+        narrow_range: drop the lowest signed level.
+    """
+
+    _CONFIG_KEYS = ("bits", "per_channel", "axis", "signed", "narrow_range")
+
+    def __init__(self, bits: int = 4, per_channel: bool = False, axis: Axis = None,
+                 signed: bool = True, narrow_range: bool = False) -> None:
+        self.bits, self.axis = _check_common(type(self).__name__, bits, per_channel, axis)
+        self.per_channel = bool(per_channel)
+        self.signed = bool(signed)
+        if narrow_range and not signed:
+            raise ConfigError("LSQQuantizer: narrow_range applies to signed grids only")
+        self.narrow_range = bool(narrow_range)
+
+    def levels(self) -> tuple[int, int]:
+        """``(Q_N, Q_P)``."""
+        if self.signed:
+            return qmath.integer_range(self.bits, self.narrow_range)
+        return 0, (1 << self.bits) - 1
+
+    def resolved_axis(self, rank: int) -> tuple[int, ...] | None:
+        if not self.per_channel:
+            return None
+        return normalize_axis(-1 if self.axis is None else self.axis, rank, "LSQQuantizer")
+
+    def build(self, tensor_shape: Any, name: str, layer: Any) -> dict[str, tf.Variable]:
+        rank = None if tensor_shape is None else len(tensor_shape)
+        axes = None if rank is None else self.resolved_axis(rank)
+        shape = _channel_count(tensor_shape, axes, name) if self.per_channel else []
+        step = layer.add_weight(f"{name}_step", shape=shape,
+                                initializer=keras.initializers.Constant(0.0), trainable=True)
+        return {"step": step}
+
+    def effective_range(self, step: Any, _unused: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        qn, qp = self.levels()
+        s = np.asarray(step, np.float32)
+        return (s * np.float32(qn)).astype(np.float32), (s * np.float32(qp)).astype(np.float32)
+
+    def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
+                 **kwargs: Any) -> tf.Tensor:
+        axes = self.resolved_axis(inputs.shape.rank)
+        qn, qp = self.levels()
+        step_var = weights["step"]
+        flat, undo = (inputs, None) if axes is None else _to_channels_last(inputs, axes)
+        reduce = None if axes is None else list(range(flat.shape.rank - 1))
+        init = 2.0 * tf.reduce_mean(tf.abs(tf.stop_gradient(flat)), axis=reduce) / math.sqrt(qp)
+        init = tf.maximum(init, np.float32(qmath.MIN_RANGE))
+        if training:
+            # First training call: initialise the step from the data (the paper's rule).
+            fresh = step_var <= 0.0
+            with tf.control_dependencies([step_var.assign(tf.where(fresh, init, step_var))]):
+                step = tf.identity(step_var)
+        else:
+            step = tf.where(step_var <= 0.0, init, step_var)
+        n = int(np.prod(flat.shape[:-1])) if axes is not None else int(
+            np.prod([d or 1 for d in flat.shape]))
+        g = lsq_grad_scale(n, self.bits, self.signed)
+        y = _lsq_fake_quant(flat, step, qn, qp, g, self.bits, self.narrow_range,
+                            axes is not None, reduce)
+        return y if undo is None else undo(y)
+
+
+def _lsq_fake_quant(x: tf.Tensor, step: tf.Tensor, qn: int, qp: int, g: float, bits: int,
+                    narrow: bool, per_channel: bool, reduce: list[int] | None) -> tf.Tensor:
+    @tf.custom_gradient  # type: ignore[misc]
+    def _fq(x: tf.Tensor, s: tf.Tensor) -> Any:
+        lo, hi = s * np.float32(qn), s * np.float32(qp)
+        y = fake_quant_tf(x, lo, hi, bits, narrow, (x.shape.rank - 1,) if per_channel else None)
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            xs = x / s
+            inside = tf.logical_and(xs >= qn, xs <= qp)
+            dx = dy * tf.cast(inside, dy.dtype)
+            ds_el = tf.where(inside, tf.round(xs) - xs,
+                             tf.where(xs < qn, np.float32(qn), np.float32(qp)))
+            ds = tf.reduce_sum(dy * ds_el, axis=reduce) * np.float32(g)
+            return dx, tf.reshape(ds, tf.shape(s))
+
+        return y, grad
+
+    return _fq(x, step)
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def weight_quantizer(bits: int = 8, per_channel: bool = True, symmetric: bool = True,
+                     narrow_range: bool = True) -> MinMaxQuantizer:
+    """The usual weight quantizer: last-value range, symmetric, narrow range, per channel.
+
+    These are TFLite's int8 weight conventions (zero point 0, ``[-127, 127]``).
+
+    >>> weight_quantizer(4)
+    MinMaxQuantizer(bits=4, per_channel=True, axis=None, symmetric=True, narrow_range=True, range_tracking='last_value', ema_decay=0.999)
+    """
+    return MinMaxQuantizer(bits=bits, per_channel=per_channel, symmetric=symmetric,
+                           narrow_range=narrow_range, range_tracking="last_value")
+
+
+def activation_quantizer(bits: int = 8, ema_decay: float = 0.999) -> MinMaxQuantizer:
+    """The usual activation quantizer: moving-average range, asymmetric, per tensor."""
+    return MinMaxQuantizer(bits=bits, symmetric=False, narrow_range=False,
+                           range_tracking="moving_average", ema_decay=ema_decay)
