@@ -37,7 +37,8 @@ from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedMode
 from tfmot_ext.scope import quantize_scope
 from tfmot_ext.summary import format_summary, summarize
 
-__all__ = ["UNSUPPORTED_MODES", "Rule", "annotate", "consumers", "plan", "quantize"]
+__all__ = ["UNSUPPORTED_MODES", "Rule", "annotate", "consumers", "layer_classes", "plan",
+           "quantize"]
 
 logger = logging.getLogger(__name__)
 
@@ -344,12 +345,27 @@ def annotate(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: s
             return layer
         return annotate_layer(layer, quantize_config=d)
 
-    with quantize_scope():
+    with quantize_scope(layer_classes(model)):
         return keras.models.clone_model(model, clone_function=clone)
 
 
+def layer_classes(model: Any) -> dict[str, type]:
+    """The classes of ``model``'s layers by bare and registered name (for deserialization).
+
+    tfmot's layout transform rebuilds the model from its config, which needs every
+    custom layer class in scope; the live model already tells which they are.
+    """
+    out: dict[str, type] = {}
+    for layer in model.layers:
+        cls = type(layer)
+        out[cls.__name__] = cls
+        out[keras.utils.get_registered_name(cls)] = cls
+    return out
+
+
 def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = None, *,
-             unsupported: str = "error", strict: bool = False) -> Any:
+             unsupported: str = "error", strict: bool = False,
+             custom_objects: dict[str, Any] | None = None) -> Any:
     """Make ``model`` quantization-aware in one call: :func:`annotate` + ``quantize_apply``.
 
     Args:
@@ -358,6 +374,8 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
         scheme: a tfmot ``QuantizeScheme``; default ``Default8BitQuantizeScheme()``.
         unsupported: what to do with layers nothing can quantize (see :func:`annotate`).
         strict: raise if a rule matches no layer.
+        custom_objects: extra classes the model's config refers to (the classes of
+            its layers are found automatically).
 
     Returns:
         The QAT model. What was quantized how is logged at INFO level
@@ -366,7 +384,7 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
     annotated = annotate(model, policy, unsupported=unsupported, strict=strict)
     if scheme is None:
         scheme = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
-    with quantize_scope():
+    with quantize_scope(layer_classes(model), custom_objects or {}):
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
     if logger.isEnabledFor(logging.INFO):
         logger.info("quantized model '%s':\n%s", model.name, format_summary(summarize(qat)))

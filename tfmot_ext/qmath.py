@@ -166,7 +166,8 @@ def power_of_two_range(
 class NudgedRange:
     """A range after TensorFlow's nudging, per tensor or per channel.
 
-    Invariants: ``scale > 0``; ``qmin <= zero_point <= qmax``;
+    Invariants: ``scale > 0`` (``== 0`` only for a degenerate ``min == max`` range, where
+    FakeQuant outputs 0); ``qmin <= zero_point <= qmax``;
     ``nudged_min == (quant_min - (zero_point + 2**(bits-1))) * scale`` in float32
     (real 0 is a grid point); all arrays have the shape of the input range.
 
@@ -228,6 +229,8 @@ def nudge(
     tie = (zp_from_min - np.floor(zp_from_min)) == np.float32(0.5)
     zp_u = np.where(tie & (zp_from_min >= quant_min) & (zp_from_min <= quant_max),
                     np.floor(zp_from_min) + 1, zp_u).astype(np.float32)
+    # min == max (TF outputs 0 then): report zero point 0 rather than NaN.
+    zp_u = np.where(np.isfinite(zp_u), zp_u, np.float32(1 << (bits - 1))).astype(np.float32)
     nudged_min = ((quant_min - zp_u) * scale).astype(np.float32)
     nudged_max = ((quant_max - zp_u) * scale).astype(np.float32)
     zero_point = (zp_u.astype(np.int64) - (1 << (bits - 1))).astype(np.int32)

@@ -1,0 +1,176 @@
+"""Annotation by rules, one-call quantize, unsupported layers, bad models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tfmot_ext as te
+from tfmot_ext._compat import QuantizeWrapper, keras
+from tfmot_ext.errors import (
+    ConfigError,
+    PolicyError,
+    UnsupportedLayerError,
+    UnsupportedModelError,
+)
+
+L = keras.layers
+
+
+def _wrappers(qat):
+    return {la.layer.name: la for la in qat.layers if isinstance(la, QuantizeWrapper)}
+
+
+def _bits(wrapper, attr):
+    for w, q in wrapper.quantize_config.get_weights_and_quantizers(wrapper.layer):
+        if w is getattr(wrapper.layer, attr):
+            return q.bits
+    raise AssertionError(attr)
+
+
+def test_mixed_policy_by_name_and_type(cnn):
+    policy = [
+        te.Rule(name="conv_first", config=te.conv_config(8)),
+        te.Rule(layer_type=(L.Conv2D, L.DepthwiseConv2D), config=te.conv_config(4)),
+    ]
+    # conv_config names "kernel": a DepthwiseConv2D lacks it -> clear error
+    with pytest.raises(ConfigError, match="'dw'.*kernel"):
+        te.quantize(cnn, policy)
+    policy[1] = te.Rule(layer_type=L.Conv2D, config=te.conv_config(4))
+    policy.append(te.Rule(layer_type="DepthwiseConv2D", config=te.depthwise_conv_config(4)))
+    qat = te.quantize(cnn, policy)
+    w = _wrappers(qat)
+    assert _bits(w["conv_first"], "kernel") == 8
+    assert _bits(w["pw"], "kernel") == 4
+    assert _bits(w["dw"], "depthwise_kernel") == 4
+    assert _bits(w["head"], "kernel") == 8  # default preset
+
+
+def test_regex_glob_callable_and_skip(cnn):
+    policy = [
+        te.Rule(name="re:^(pw|head)$", config="skip"),
+        te.Rule(where=lambda la: la.name.startswith("conv"), config=te.conv_config(5)),
+        te.Rule(name="d?", config=lambda la: te.depthwise_conv_config(3)),
+    ]
+    qat = te.quantize(cnn, policy)
+    w = _wrappers(qat)
+    assert "head" not in w
+    # tfmot quantizes the output of a skipped layer that feeds a quantized one (the
+    # boundary needs it), but its weights stay float.
+    assert "pw" not in w or w["pw"].quantize_config.get_weights_and_quantizers(w["pw"].layer) == []
+    assert _bits(w["conv_first"], "kernel") == 5
+    assert _bits(w["dw"], "depthwise_kernel") == 3
+
+
+def test_strict_policy_rejects_unmatched_rule(cnn):
+    with pytest.raises(PolicyError, match="matched no layer"):
+        te.annotate(cnn, [te.Rule(name="nope*", config="skip")], strict=True)
+
+
+@pytest.mark.parametrize("bad", [[("conv*", "skip")], [te.Rule]])
+def test_malformed_policy(cnn, bad):
+    with pytest.raises(PolicyError):
+        te.annotate(cnn, bad)
+
+
+def test_rule_validation():
+    with pytest.raises(PolicyError, match="config"):
+        te.Rule(config=8)
+    with pytest.raises(PolicyError, match="regular expression"):
+        te.Rule(name="re:(", config="skip")
+    with pytest.raises(PolicyError, match="layer_type"):
+        te.Rule(layer_type=(L.Dense, 3), config="skip")
+
+
+def test_conv_bn_relu_chain_puts_activation_quantizer_after_relu(cnn):
+    decisions = te.plan(cnn)
+    assert decisions["conv_first"].activations == {}
+    assert decisions["bn1"] == te.no_op_config()
+    assert decisions["relu1"].output is not None
+    assert decisions["dw"].activations == {} and decisions["relu2"].output is not None
+    # a conv with a fused relu keeps its own activation quantizer
+    assert "activation" in decisions["pw"].activations
+
+
+class _Custom(L.Layer):
+    def call(self, x):
+        return x * 2.0
+
+
+def _custom_model():
+    inp = keras.Input((4,))
+    x = L.Dense(4, name="d1")(inp)
+    x = _Custom(name="mystery")(x)
+    return keras.Model(inp, L.Dense(2, name="d2")(x))
+
+
+def test_unsupported_modes():
+    m = _custom_model()
+    with pytest.raises(UnsupportedLayerError, match="'mystery'.*unsupported='skip'"):
+        te.quantize(m)
+    qat = te.quantize(m, unsupported="skip")
+    assert "mystery" not in _wrappers(qat)
+    qat = te.quantize(m, unsupported="output_only")
+    cfg = _wrappers(qat)["mystery"].quantize_config
+    assert cfg.weights == {} and cfg.output is not None
+    rows = {r.name: r for r in te.summarize(qat)}
+    assert rows["quant_mystery"].output.startswith("8b")
+
+
+def test_keras3_objects_are_rejected_with_advice():
+    import keras as keras3  # Keras 3, installed beside tf_keras by TensorFlow
+
+    m3 = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
+    with pytest.raises(UnsupportedModelError, match="Keras 3.*tf_keras"):
+        te.quantize(m3)
+    with pytest.raises(UnsupportedModelError, match="Keras 3"):
+        te.annotate(m3)
+
+
+def test_subclassed_and_already_quantized_models_are_rejected(cnn):
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    sub = Sub()
+    sub(np.zeros((1, 3), np.float32))
+    with pytest.raises(UnsupportedModelError, match="subclassed.*functional"):
+        te.quantize(sub)
+    qat = te.quantize(cnn)
+    with pytest.raises(UnsupportedModelError, match="already quantization-aware"):
+        te.quantize(qat)
+    with pytest.raises(UnsupportedModelError, match="not a model"):
+        te.quantize(L.Dense(3))
+
+
+def test_annotate_shares_weights_and_quantize_keeps_them(cnn):
+    annotated = te.annotate(cnn)
+    qat = te.quantize(cnn)
+    np.testing.assert_array_equal(
+        next(v for v in _wrappers(qat)["conv_first"].weights
+             if v.name.endswith("kernel:0")).numpy(),
+        cnn.get_layer("conv_first").kernel.numpy(),
+    )
+    assert any(type(la).__name__ == "QuantizeAnnotate" for la in annotated.layers)
+
+
+def test_summary_invariants(cnn):
+    rows = te.summarize(te.quantize(cnn))
+    for r in rows:
+        assert r.quantized == bool(r.weights or r.activations or r.output)
+        for _, d in (*r.weights, *r.activations):
+            assert d.split("b ")[0].isdigit()
+    table = te.format_summary(rows)
+    assert "conv_first" in table and "per-channel" in table
+
+
+def test_sequential_model_annotates():
+    m = keras.Sequential([keras.Input((6,)), L.Dense(4, activation="relu", name="a"),
+                          L.Dense(2, name="b")])
+    qat = te.quantize(m, [te.Rule(name="b", config=te.dense_config(4))])
+    assert _bits(_wrappers(qat)["b"], "kernel") == 4
+    assert qat.predict(np.ones((1, 6), np.float32), verbose=0).shape == (1, 2)
