@@ -449,6 +449,26 @@ class FixedRangeQuantizer(QuantizerBase):
                              self.narrow_range, None)
 
 
+def _keep_weight_order(wrapper: Any) -> None:
+    """Register the wrapped layer's trainable weights on the wrapper before ours.
+
+    QuantizeWrapperV2 orders its trainable weights as "inner layer's, then the
+    quantizers'" only when the inner layer was built before the wrapper, which is
+    not the case when a model is loaded from H5 or .keras. A trainable quantizer
+    variable would then be loaded into the wrong slot. Listing the inner weights
+    first (tfmot de-duplicates them) makes the order the same in both cases.
+    """
+    inner = getattr(wrapper, "layer", None)
+    own = getattr(wrapper, "_trainable_weights", None)
+    if inner is None or own is None:
+        return
+    if not inner.built:
+        return
+    for w in inner.trainable_weights:
+        if not any(w is x for x in own):
+            own.append(w)
+
+
 def lsq_grad_scale(n: int, bits: int, signed: bool) -> float:
     """LSQ's step-size gradient scale ``g = 1 / sqrt(N * Q_P)`` (Esser et al. §2.2).
 
@@ -509,6 +529,7 @@ class LSQQuantizer(QuantizerBase):
         rank = None if tensor_shape is None else len(tensor_shape)
         axes = None if rank is None else self.resolved_axis(rank)
         shape = _channel_count(tensor_shape, axes, name) if self.per_channel else []
+        _keep_weight_order(layer)
         step = layer.add_weight(f"{name}_step", shape=shape,
                                 initializer=keras.initializers.Constant(0.0), trainable=True)
         return {"step": step}
