@@ -174,3 +174,15 @@ def test_sequential_model_annotates():
     qat = te.quantize(m, [te.Rule(name="b", config=te.dense_config(4))])
     assert _bits(_wrappers(qat)["b"], "kernel") == 4
     assert qat.predict(np.ones((1, 6), np.float32), verbose=0).shape == (1, 2)
+
+
+def test_dense_feeding_relu_layer_keeps_its_weight_quantizer():
+    # tfmot's own LayerReLUQuantize would replace the Dense's config by NoOp here.
+    inp = keras.Input((6,))
+    x = L.Dense(5, name="d")(inp)
+    x = L.ReLU(name="r")(x)
+    qat = te.quantize(keras.Model(inp, L.Dense(2, name="o")(x)),
+                      [te.Rule(name="d", config=te.dense_config(4))])
+    w = _wrappers(qat)
+    assert _bits(w["d"], "kernel") == 4
+    assert w["r"].quantize_config.get_output_quantizers(w["r"].layer)

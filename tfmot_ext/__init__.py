@@ -36,6 +36,7 @@ from tfmot_ext.quantizers import (
     activation_quantizer,
     weight_quantizer,
 )
+from tfmot_ext.scheme import DefaultScheme
 from tfmot_ext.scope import custom_objects, quantize_scope
 from tfmot_ext.summary import LayerQuantSummary, format_summary, summarize
 
@@ -47,6 +48,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "UNSUPPORTED_MODES",
     "ConfigError",
+    "DefaultScheme",
     "FixedRangeQuantizer",
     "LSQQuantizer",
     "LayerQuantSummary",

@@ -27,6 +27,7 @@ __all__ = [
     "QuantizeLayer",
     "QuantizeWrapper",
     "check_keras2",
+    "default_8bit_transforms",
     "keras",
     "tf",
     "tfmot",
@@ -42,6 +43,13 @@ from tensorflow_model_optimization.python.core.quantization.keras import (  # no
 )
 from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: E402
     quantize_layer as _quantize_layer,
+)
+
+# Private import: tfmot's public ``default_8bit.default_8bit_transforms`` omits the
+# Dense+BatchNorm transforms that its own default scheme applies; tfmot_ext's
+# scheme reuses the complete list.
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
+    default_8bit_transforms,
 )
 
 QuantizeWrapper = _qk.QuantizeWrapper  # public; QuantizeWrapperV2 subclasses it
