@@ -34,7 +34,7 @@ def test_mixed_policy_by_name_and_type(cnn):
         te.Rule(layer_type=(L.Conv2D, L.DepthwiseConv2D), config=te.conv_config(4)),
     ]
     # conv_config names "kernel": a DepthwiseConv2D lacks it -> clear error
-    with pytest.raises(ConfigError, match="'dw'.*kernel"):
+    with pytest.raises(ConfigError, match=r"'dw'.*kernel"):
         te.quantize(cnn, policy)
     policy[1] = te.Rule(layer_type=L.Conv2D, config=te.conv_config(4))
     policy.append(te.Rule(layer_type="DepthwiseConv2D", config=te.depthwise_conv_config(4)))
@@ -106,7 +106,7 @@ def _custom_model():
 
 def test_unsupported_modes():
     m = _custom_model()
-    with pytest.raises(UnsupportedLayerError, match="'mystery'.*unsupported='skip'"):
+    with pytest.raises(UnsupportedLayerError, match=r"'mystery'.*unsupported='skip'"):
         te.quantize(m)
     qat = te.quantize(m, unsupported="skip")
     assert "mystery" not in _wrappers(qat)
@@ -121,7 +121,7 @@ def test_keras3_objects_are_rejected_with_advice():
     import keras as keras3  # Keras 3, installed beside tf_keras by TensorFlow
 
     m3 = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
-    with pytest.raises(UnsupportedModelError, match="Keras 3.*tf_keras"):
+    with pytest.raises(UnsupportedModelError, match=r"Keras 3.*tf_keras"):
         te.quantize(m3)
     with pytest.raises(UnsupportedModelError, match="Keras 3"):
         te.annotate(m3)
@@ -138,7 +138,7 @@ def test_subclassed_and_already_quantized_models_are_rejected(cnn):
 
     sub = Sub()
     sub(np.zeros((1, 3), np.float32))
-    with pytest.raises(UnsupportedModelError, match="subclassed.*functional"):
+    with pytest.raises(UnsupportedModelError, match=r"subclassed.*functional"):
         te.quantize(sub)
     qat = te.quantize(cnn)
     with pytest.raises(UnsupportedModelError, match="already quantization-aware"):

@@ -81,7 +81,7 @@ def test_symmetric_range_gives_zero_point_zero(bits, narrow, rng):
     smin, smax = qmath.symmetric_range(lo, hi, bits, narrow)
     r = qmath.nudge(smin, smax, bits, narrow)
     assert int(r.zero_point) == 0
-    qmin, qmax = qmath.integer_range(bits, narrow)
+    _, qmax = qmath.integer_range(bits, narrow)
     # the grid is scale * [qmin .. qmax] with scale = a / qmax (within float32 rounding)
     assert math.isclose(float(r.scale), 1.3 / qmax, rel_tol=1e-6)
     assert math.isclose(float(r.nudged_max), 1.3, rel_tol=1e-6)

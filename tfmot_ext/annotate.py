@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ __all__ = ["UNSUPPORTED_MODES", "Rule", "annotate", "consumers", "layer_classes"
 
 logger = logging.getLogger(__name__)
 
-QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
+QuantizeConfig: Any = tfmot.quantization.keras.QuantizeConfig
 UNSUPPORTED_MODES = ("error", "skip", "output_only")
 _KEYWORDS = ("skip", "default")
 
@@ -82,7 +83,8 @@ class Rule:
         if lt is not None and not isinstance(lt, str):
             types = lt if isinstance(lt, tuple) else (lt,)
             if not all(isinstance(t, type) for t in types):
-                raise PolicyError(f"Rule layer_type must be a class, tuple of classes or str: {lt!r}")
+                raise PolicyError(
+                    f"Rule layer_type must be a class, tuple of classes or str: {lt!r}")
         if self.name is not None:
             if not isinstance(self.name, str):
                 raise PolicyError(f"Rule name must be a str (glob or 're:' regex): {self.name!r}")
@@ -90,7 +92,8 @@ class Rule:
                 try:
                     object.__setattr__(self, "_regex", re.compile(self.name[3:]))
                 except re.error as e:
-                    raise PolicyError(f"Rule name {self.name!r}: bad regular expression: {e}") from e
+                    raise PolicyError(
+                        f"Rule name {self.name!r}: bad regular expression: {e}") from e
         if self.where is not None and not callable(self.where):
             raise PolicyError(f"Rule where must be callable: {self.where!r}")
 
@@ -252,7 +255,7 @@ def consumers(model: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
     if isinstance(model, keras.Sequential):
         names = [la.name for la in model.layers]
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             out[a].append(b)
         return out
     for entry in model.get_config()["layers"]:

@@ -41,8 +41,8 @@ __all__ = [
     "separable_conv_config",
 ]
 
-QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
-Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+QuantizeConfig: Any = tfmot.quantization.keras.QuantizeConfig
+Quantizer: Any = tfmot.quantization.keras.quantizers.Quantizer
 register = keras.utils.register_keras_serializable(package="tfmot_ext")
 L = keras.layers
 
@@ -108,7 +108,7 @@ def _deserialize(q: Any) -> Any:
 
 
 @register
-class LayerQuantizeConfig(QuantizeConfig):  # type: ignore[misc]
+class LayerQuantizeConfig(QuantizeConfig):
     """A QuantizeConfig given by attribute-name -> quantizer mappings.
 
     Args:
@@ -191,7 +191,7 @@ class LayerQuantizeConfig(QuantizeConfig):  # type: ignore[misc]
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[attr-defined]
+        return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __hash__(self) -> int:
         return hash(repr(self.get_config()))

@@ -141,9 +141,11 @@ def power_of_two_range(
     ``((quant_min - zp_u) * scale, (quant_max - zp_u) * scale)``. Exact in float32
     because the scale is a power of two.
 
+    ``1/127`` rounds up to ``2**-6``:
+
     >>> lo, hi = power_of_two_range(-1.0, 1.0, bits=8, narrow_range=True, symmetric=True)
     >>> float(lo), float(hi), float(hi) / 127
-    (-0.9921875, 0.9921875, 0.0078125)
+    (-1.984375, 1.984375, 0.015625)
     """
     qmin, qmax = integer_range(bits, narrow_range)
     if symmetric:
@@ -206,9 +208,12 @@ def nudge(
         bits: 2..16.
         narrow_range: use ``[1, 2**bits - 1]`` instead of ``[0, 2**bits - 1]``.
 
+    In float32, ``[-1, 1]`` at 8 bits gives ``zp_from_min = 127.49999`` -> 127 (unsigned),
+    i.e. signed zero point -1:
+
     >>> r = nudge(-1.0, 1.0, bits=8)
     >>> float(r.scale), int(r.zero_point)
-    (0.007843137718737125, 0)
+    (0.007843137718737125, -1)
     """
     bits = validate_bits(bits)
     lo = np.asarray(x_min, np.float32)
@@ -250,9 +255,10 @@ def _broadcast_channel(a: np.ndarray, rank: int, axis: int | None) -> np.ndarray
 def _steps(x: npt.ArrayLike, r: NudgedRange, axis: int | None) -> tuple[FloatArray, FloatArray]:
     """``k = q - zero_point`` as TF's kernel computes it, and the broadcast scale.
 
-    Per tensor (``axis is None``): ``k = floor((clamp(x) - nudged_min) / scale - quant_zero + 0.5)``;
-    per channel: the same with ``* inv_scale`` in place of ``/ scale``, where
-    ``quant_zero = floor(-nudged_min * inv_scale + 0.5)``.
+    Per tensor (``axis is None``):
+    ``k = floor((clamp(x) - nudged_min) / scale - quant_zero + 0.5)``.
+    Per channel: the same with ``* inv_scale`` in place of ``/ scale``.
+    In both, ``quant_zero = floor(-nudged_min * inv_scale + 0.5)``.
     """
     xx = np.asarray(x, np.float32)
     lo = _broadcast_channel(r.nudged_min, xx.ndim, axis)
@@ -269,7 +275,7 @@ def _steps(x: npt.ArrayLike, r: NudgedRange, axis: int | None) -> tuple[FloatArr
 def quantize_to_int(
     x: npt.ArrayLike, r: NudgedRange, axis: int | None = None
 ) -> npt.NDArray[np.int32]:
-    """The signed integers FakeQuant rounds ``x`` to, ``q = k + zero_point``.
+    """The signed integers FakeQuant rounds ``x`` to: ``q = k + zero_point``.
 
     ``k`` is computed with the same float32 operations as TensorFlow's kernel (see
     :func:`fake_quant`), so ``(q - zero_point) * scale == fake_quant(x)`` bit for bit
@@ -300,8 +306,10 @@ def fake_quant(
     (per channel: ``* inv_scale`` instead of ``/ scale``, as TF's kernels do), and
     ``min == max == 0`` giving 0.
 
-    >>> float(fake_quant(0.3, -1.0, 1.0, bits=2))
-    0.3333333432674408
+    At 2 bits ``[-1, 1]`` nudges to the grid ``{-4/3, -2/3, 0, 2/3}``:
+
+    >>> [round(float(v), 4) for v in fake_quant([-0.9, 0.3, 0.4, 5.0], -1.0, 1.0, bits=2)]
+    [-0.6667, 0.0, 0.6667, 0.6667]
     """
     r = nudge(x_min, x_max, bits, narrow_range)
     k, sc = _steps(x, r, axis)

@@ -44,7 +44,7 @@ __all__ = [
     "weight_quantizer",
 ]
 
-Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+Quantizer: Any = tfmot.quantization.keras.quantizers.Quantizer
 register = keras.utils.register_keras_serializable(package="tfmot_ext")
 
 RANGE_TRACKING = ("last_value", "moving_average", "all_values")
@@ -179,7 +179,7 @@ def _power_of_two_range_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool
 # --------------------------------------------------------------------------- classes
 
 
-class QuantizerBase(Quantizer):  # type: ignore[misc]
+class QuantizerBase(Quantizer):
     """Shared plumbing: config round trip, equality, validation.
 
     Subclasses list their constructor arguments in ``_CONFIG_KEYS`` and store each
@@ -199,7 +199,7 @@ class QuantizerBase(Quantizer):  # type: ignore[misc]
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[attr-defined]
+        return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __ne__(self, other: object) -> bool:
         return not self == other
@@ -422,7 +422,7 @@ class FixedRangeQuantizer(QuantizerBase):
 
     _CONFIG_KEYS = ("min", "max", "bits", "narrow_range")
 
-    def __init__(self, min: float = -1.0, max: float = 1.0, bits: int = 8,  # noqa: A002
+    def __init__(self, min: float = -1.0, max: float = 1.0, bits: int = 8,
                  narrow_range: bool = False) -> None:
         who = type(self).__name__
         self.bits = qmath.validate_bits(bits, who)
@@ -441,7 +441,7 @@ class FixedRangeQuantizer(QuantizerBase):
         return {}
 
     def effective_range(self, lo: Any = None, hi: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        return np.float32(self.min), np.float32(self.max)
+        return np.asarray(self.min, np.float32), np.asarray(self.max, np.float32)
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
                  **kwargs: Any) -> tf.Tensor:
@@ -565,7 +565,7 @@ class LSQQuantizer(QuantizerBase):
 
 def _lsq_fake_quant(x: tf.Tensor, step: tf.Tensor, qn: int, qp: int, g: float, bits: int,
                     narrow: bool, per_channel: bool, reduce: list[int] | None) -> tf.Tensor:
-    @tf.custom_gradient  # type: ignore[misc]
+    @tf.custom_gradient
     def _fq(x: tf.Tensor, s: tf.Tensor) -> Any:
         lo, hi = s * np.float32(qn), s * np.float32(qp)
         y = fake_quant_tf(x, lo, hi, bits, narrow, (x.shape.rank - 1,) if per_channel else None)
@@ -593,8 +593,9 @@ def weight_quantizer(bits: int = 8, per_channel: bool = True, symmetric: bool = 
 
     These are TFLite's int8 weight conventions (zero point 0, ``[-127, 127]``).
 
-    >>> weight_quantizer(4)
-    MinMaxQuantizer(bits=4, per_channel=True, axis=None, symmetric=True, narrow_range=True, range_tracking='last_value', ema_decay=0.999)
+    >>> q = weight_quantizer(4)
+    >>> q.bits, q.per_channel, q.symmetric, q.narrow_range, q.range_tracking
+    (4, True, True, True, 'last_value')
     """
     return MinMaxQuantizer(bits=bits, per_channel=per_channel, symmetric=symmetric,
                            narrow_range=narrow_range, range_tracking="last_value")

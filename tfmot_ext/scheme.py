@@ -20,6 +20,10 @@ from tfmot_ext._compat import tfmot
 __all__ = ["DefaultScheme", "LayoutTransform", "safe_default_transforms"]
 
 _qk = tfmot.quantization.keras
+_QuantizeLayoutTransform: Any = _qk.QuantizeLayoutTransform
+_QuantizeScheme: Any = _qk.QuantizeScheme
+_LayerReLUQuantize: Any = _t8.LayerReLUQuantize
+_LayerReluActivationQuantize: Any = _t8.LayerReluActivationQuantize
 _model_transformer = _qk.graph_transformations.model_transformer
 
 
@@ -27,7 +31,7 @@ def _has_custom_config(node: Any) -> bool:
     return node.metadata.get("quantize_config") is not None
 
 
-class _SafeLayerReLUQuantize(_t8.LayerReLUQuantize):  # type: ignore[misc,name-defined]
+class _SafeLayerReLUQuantize(_LayerReLUQuantize):
     """tfmot's LayerReLUQuantize, skipping producers that carry a custom config."""
 
     def replacement(self, match_layer: Any) -> Any:
@@ -36,7 +40,7 @@ class _SafeLayerReLUQuantize(_t8.LayerReLUQuantize):  # type: ignore[misc,name-d
         return super().replacement(match_layer)
 
 
-class _SafeLayerReluActivationQuantize(_t8.LayerReluActivationQuantize):  # type: ignore[misc,name-defined]
+class _SafeLayerReluActivationQuantize(_LayerReluActivationQuantize):
     """tfmot's LayerReluActivationQuantize, skipping producers with a custom config."""
 
     def replacement(self, match_layer: Any) -> Any:
@@ -70,7 +74,7 @@ def safe_default_transforms() -> list[Any]:
     ]
 
 
-class LayoutTransform(_qk.QuantizeLayoutTransform):  # type: ignore[misc,name-defined]
+class LayoutTransform(_QuantizeLayoutTransform):
     """Apply a list of tfmot ``Transform``s (default: :func:`safe_default_transforms`)."""
 
     def __init__(self, transforms: list[Any] | None = None) -> None:
@@ -84,7 +88,7 @@ class LayoutTransform(_qk.QuantizeLayoutTransform):  # type: ignore[misc,name-de
         ).transform()
 
 
-class DefaultScheme(_qk.QuantizeScheme):  # type: ignore[misc,name-defined]
+class DefaultScheme(_QuantizeScheme):
     """tfmot's default 8-bit scheme with custom configs respected (see module docstring).
 
     Usable directly: ``quantize_apply(annotated, scheme=tfmot_ext.DefaultScheme())``.

@@ -108,7 +108,7 @@ def format_summary(rows: list[LayerQuantSummary]) -> str:
             r.output or ("-" if r.quantized else "float"),
         ))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*header), line.format(*("-" * w for w in widths))]
     out += [line.format(*b) for b in body]
     return "\n".join(out)
