@@ -123,8 +123,11 @@ def test_keras3_objects_are_rejected_with_advice():
     m3 = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
     with pytest.raises(UnsupportedModelError, match=r"Keras 3.*tf_keras"):
         te.quantize(m3)
+    for fn in (te.annotate, te.plan, te.summarize):
+        with pytest.raises(UnsupportedModelError, match="Keras 3"):
+            fn(m3)
     with pytest.raises(UnsupportedModelError, match="Keras 3"):
-        te.annotate(m3)
+        te.default_config_for(m3.layers[0])
 
 
 def test_subclassed_and_already_quantized_models_are_rejected(cnn):

@@ -66,8 +66,13 @@ def test_minmax_matches_closed_form(bits, symmetric, narrow, axis, rng):
     np.testing.assert_array_equal(v["max_var"].numpy(), hi)
     elo, ehi = q.effective_range(lo, hi)
     np.testing.assert_array_equal(got, _np_fake_quant(x, elo, ehi, bits, narrow, axes))
-    # inference reuses the stored range: same output
+    # inference (current value's range for last_value weights): same output
     np.testing.assert_array_equal(q(tf.constant(x), False, v).numpy(), got)
+    # one optimizer step later the inference range follows the weight, not the stored one
+    x2 = x * np.float32(1.5)
+    lo2, hi2 = q.effective_range(*_np_range_per(x2, axes))
+    np.testing.assert_array_equal(q(tf.constant(x2), False, v).numpy(),
+                                  _np_fake_quant(x2, lo2, hi2, bits, narrow, axes))
     if symmetric:
         r = qmath.nudge(elo, ehi, bits, narrow)
         assert np.all(r.zero_point == 0)
@@ -110,8 +115,9 @@ def test_moving_average_and_all_values_tracking(rng):
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_straight_through_gradient(bits, per_channel, rng):
     x = tf.constant((rng.normal(size=(6, 3)) * 2).astype(np.float32))
+    # all_values: inference uses the stored range, which the test fixes to [-1, 1]
     q = FixedRangeQuantizer(-1.0, 1.0, bits) if not per_channel else MinMaxQuantizer(
-        bits, per_channel=True, symmetric=True)
+        bits, per_channel=True, symmetric=True, range_tracking="all_values")
     v = _build(q, x.shape)
     if per_channel:  # fix the range to [-1, 1] per channel through the stored vars
         v["min_var"].assign(-np.ones(3, np.float32))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tfmot_ext._compat import keras, tfmot
+from tfmot_ext._compat import check_keras2, keras, tfmot
 from tfmot_ext.errors import ConfigError
 from tfmot_ext.quantizers import (
     QuantizerBase,
@@ -298,6 +298,7 @@ def default_config_for(layer: Any, weight_bits: int = 8, activation_bits: int | 
     and per tensor for Dense and transposed convolutions (what TFLite converts).
     Layers whose activation tfmot cannot wrap get their output quantized instead.
     """
+    check_keras2(layer, "layer")
     if per_channel is None:
         per_channel = not isinstance(layer, (L.Dense, L.Conv1DTranspose, L.Conv2DTranspose,
                                              L.Conv3DTranspose))

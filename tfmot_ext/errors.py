@@ -10,6 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ExtractionError",
+    "H5FormatError",
     "PolicyError",
     "TfmotExtError",
     "UnsupportedLayerError",
@@ -39,3 +41,12 @@ class UnsupportedModelError(TfmotExtError, TypeError):
 
 class UnsupportedLayerError(TfmotExtError, ValueError):
     """A layer has no quantization config and ``unsupported="error"`` was requested."""
+
+
+class ExtractionError(TfmotExtError, ValueError):
+    """Quantized parameters cannot be recovered: a missing min/max variable, a NaN/Inf or
+    inverted range, an unreadable config, a model that is not quantization-aware."""
+
+
+class H5FormatError(ExtractionError):
+    """The file is missing, not HDF5, truncated, or not a Keras H5 model."""

@@ -29,6 +29,7 @@ __all__ = [
     "MIN_BITS",
     "MIN_RANGE",
     "NudgedRange",
+    "converter_params",
     "fake_quant",
     "integer_range",
     "nudge",
@@ -318,3 +319,31 @@ def fake_quant(
     if np.any(both_zero):
         out = np.where(_broadcast_channel(both_zero, out.ndim, axis), np.float32(0), out)
     return out.astype(np.float32)
+
+
+def converter_params(
+    x_min: npt.ArrayLike, x_max: npt.ArrayLike, bits: int, narrow_range: bool = False
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32]]:
+    """Scale and zero point as the TFLite converter derives them from a FakeQuant op.
+
+    The converter (MLIR ``fakeQuantAttrsToType``) redoes the nudge in float64 on the
+    signed storage range: ``scale = (max - min) / (qmax - qmin)``,
+    ``zp = clamp(round_half_away(qmin - min / scale), qmin, qmax)``; the flatbuffer
+    stores ``float32(scale)``. This can differ from TF's float32 kernel scale
+    (:func:`nudge`) in the last bit; the integers are the same.
+
+    Returns:
+        ``(scale_float64, zero_point_int32)``.
+    """
+    qmin, qmax = integer_range(bits, narrow_range)
+    lo = np.asarray(x_min, np.float32).astype(np.float64)
+    hi = np.asarray(x_max, np.float32).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = (hi - lo) / float(qmax - qmin)
+        zp_from_min = qmin - lo / scale
+    rounded = np.sign(zp_from_min) * np.floor(np.abs(zp_from_min) + 0.5)
+    zp = np.where(zp_from_min < qmin, qmin, np.where(zp_from_min > qmax, qmax, rounded))
+    degenerate = np.abs(hi - lo) < np.finfo(np.float64).eps
+    scale = np.where(degenerate, 1.0, scale)
+    zp = np.where(degenerate | ~np.isfinite(zp), qmin, zp)
+    return scale.astype(np.float64), zp.astype(np.int32)

@@ -272,7 +272,8 @@ class MinMaxQuantizer(QuantizerBase):
     ``last_value``: ``m <- b``; ``moving_average``: ``m <- d*m + (1-d)*b``
     (``m <- b`` on the first step, detected by an empty stored range);
     ``all_values``: ``m <- min(m, b)``, ``M <- max(M, b)``. In inference the stored
-    range is used; a never-trained weight quantizer falls back to the weight's own range.
+    range is used, except for ``last_value``, which is meant for weights and always
+    uses the current value's range (the stored one is an optimizer step old).
 
     Args:
         bits: 2..16.
@@ -359,13 +360,11 @@ class MinMaxQuantizer(QuantizerBase):
 
     def _stored(self, x: tf.Tensor, weights: dict[str, tf.Variable],
                 axes: tuple[int, ...] | None) -> tuple[tf.Tensor, tf.Tensor]:
-        m, big_m = tf.identity(weights["min_var"]), tf.identity(weights["max_var"])
         if self.range_tracking == "last_value":
-            # A weight quantizer that never saw a training step uses the weight's range.
-            b_lo, b_hi = _batch_range(tf.stop_gradient(x), axes)
-            fresh = big_m <= m
-            return tf.where(fresh, b_lo, m), tf.where(fresh, b_hi, big_m)
-        return m, big_m
+            # Weights: the range of the current value, never one optimizer step stale
+            # (the stored variables hold the range seen by the last training step).
+            return _batch_range(tf.stop_gradient(x), axes)
+        return tf.identity(weights["min_var"]), tf.identity(weights["max_var"])
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
                  **kwargs: Any) -> tf.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, keras
+from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, check_keras2, keras
 
 __all__ = ["LayerQuantSummary", "describe_quantizer", "format_summary", "summarize"]
 
@@ -72,6 +72,7 @@ def _attr_name(layer: Any, tensor: Any) -> str:
 
 def summarize(model: Any) -> list[LayerQuantSummary]:
     """One :class:`LayerQuantSummary` per non-input layer of a QAT model."""
+    check_keras2(model, "model")
     rows = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
