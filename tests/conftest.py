@@ -54,3 +54,56 @@ def images(rng) -> np.ndarray:
 
 def env_snapshot() -> dict[str, str]:
     return dict(os.environ)
+
+
+def convert_int8(model, data, int8_io: bool = True) -> bytes:
+    """Full-integer TFLite conversion with a representative dataset (test helper)."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([data[i : i + 1]] for i in range(len(data)))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def tflite_weight_ops(model_bytes: bytes) -> list[dict]:
+    """Conv/DepthwiseConv/FullyConnected ops of a TFLite model with their tensors.
+
+    Each entry: op name, filter and bias arrays with their quantization, and the
+    input/output tensors' scale and zero point.
+    """
+    interp = tf.lite.Interpreter(model_content=model_bytes)
+    interp.allocate_tensors()
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    out = []
+    for op in interp._get_ops_details():
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        i, f, b = op["inputs"][:3]
+        o = op["outputs"][0]
+        q = lambda d: d["quantization_parameters"]  # noqa: E731
+        out.append({
+            "op": op["op_name"],
+            "filter_name": details[f]["name"],
+            "filter": interp.get_tensor(f),
+            "filter_scales": q(details[f])["scales"],
+            "filter_zero_points": q(details[f])["zero_points"],
+            "bias": interp.get_tensor(b) if b >= 0 else None,
+            "bias_scales": q(details[b])["scales"] if b >= 0 else None,
+            "input_scale": q(details[i])["scales"],
+            "input_zero_point": q(details[i])["zero_points"],
+            "output_scale": q(details[o])["scales"],
+            "output_zero_point": q(details[o])["zero_points"],
+        })
+    return out
+
+
+def keras_layout(op: str, tfl_filter: np.ndarray, keras_shape) -> np.ndarray:
+    """TFLite filter -> Keras layout: Conv OHWI->HWIO, depthwise 1HW(CM)->HWCM, FC OI->IO."""
+    if op == "CONV_2D":
+        return np.transpose(tfl_filter, (1, 2, 3, 0))
+    if op == "DEPTHWISE_CONV_2D":
+        return tfl_filter.reshape(keras_shape)
+    return tfl_filter.T

@@ -435,9 +435,9 @@ class LayerQuantParams:
       and int16 up to 16, every value in ``[qmin, qmax]`` of ``bits``/``narrow_range``;
     * ``(kernel_int - kernel_zero_point) * kernel_scale`` (float32, broadcast along
       ``axis``) equals the layer's weight quantizer's fake-quant output bit for bit;
-    * ``bias_scale == input_scale * kernel_scale`` (float32) and
+    * ``bias_scale == input_scale * output_channel_scale`` (float32) and
       ``|bias_int * bias_scale - bias| <= bias_scale / 2`` unless int32 saturates;
-    * ``multiplier == input_scale * kernel_scale / output_scale`` (float64) and
+    * ``multiplier == input_scale * output_channel_scale / output_scale`` (float64) and
       ``multiplier_q31 * 2**(shift - 31)`` equals it within ``2**-31`` relative.
 
     Fields that do not apply are None (a float layer has only ``weights``).
@@ -498,6 +498,19 @@ class LayerQuantParams:
     @property
     def output_zero_point(self) -> int | None:
         return None if self.output is None else self.output.zero_point
+
+    @property
+    def output_channel_scale(self) -> np.ndarray | None:
+        """``kernel_scale`` indexed by output channel (bias and multiplier use this).
+
+        Equal to ``kernel_scale`` except for a depthwise kernel quantized per
+        multiplier index only (tfmot's per-axis quantizer), whose ``M`` scales repeat
+        over the ``C`` input channels.
+        """
+        if self.kernel_scale is None or self.kernel_int is None or self.kernel_attr is None:
+            return None
+        return _per_output_channel(self.kernel_scale, self.kernel_int.shape, self.kernel_attr,
+                                   self.axis)
 
     def dequantized_kernel(self) -> np.ndarray:
         """``(kernel_int - zero_point) * scale`` in float32, broadcast along ``axis``."""
@@ -602,6 +615,14 @@ class _Parser:
         """Quantization of the tensor this layer outputs, if the layer sets one."""
         if rec.name in self._out_cache:
             return self._out_cache[rec.name]
+        try:
+            return self._own_output(rec)
+        except ExtractionError as e:
+            if self.source in str(e):
+                raise
+            raise ExtractionError(f"{self.where(rec.name)}: {e}") from e
+
+    def _own_output(self, rec: _Record) -> TensorQuant | None:
         out: TensorQuant | None = None
         if rec.class_name == "QuantizeLayer":
             spec = spec_from_config(rec.config.get("quantizer"), self.where(rec.name))
@@ -696,14 +717,15 @@ class _Parser:
         out = self.output_quant(rec)
         bias = rec.weights.get("bias")
         bias_int = bias_scale = mult = m0 = shift = None
+        out_scale = _per_output_channel(scale, kernel.shape, short, axes)
         if inp is not None:
-            bias_scale = (np.float32(inp.scale) * scale).astype(np.float32)
+            bias_scale = (np.float32(inp.scale) * out_scale).astype(np.float32)
             if bias is not None:
                 b = np.asarray(bias, np.float64)
                 bias_int = np.clip(np.floor(np.abs(b) / bias_scale.astype(np.float64) + 0.5)
                                    * np.sign(b), -(2**31), 2**31 - 1).astype(np.int32)
             if out is not None:
-                mult = np.float64(inp.scale) * scale.astype(np.float64) / np.float64(out.scale)
+                mult = np.float64(inp.scale) * out_scale.astype(np.float64) / np.float64(out.scale)
                 m0, shift = quantize_multiplier(mult)
         return LayerQuantParams(
             rec.name, kind, inputs, True, folded=False, activation=act, bits=spec.bits,
@@ -718,12 +740,31 @@ class _Parser:
         for rec in self.records:
             try:
                 layers[rec.name] = self.layer(rec)
-            except ExtractionError:
-                raise
+            except ExtractionError as e:
+                if self.source in str(e):
+                    raise
+                raise ExtractionError(f"{self.where(rec.name)}: {e}") from e
             except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
                 raise ExtractionError(f"{self.where(rec.name)}: unreadable ({e})") from e
         edges = tuple((i, r.name) for r in self.records for i in r.inbound if i in layers)
         return QuantizedModelParams(layers, edges, self.source)
+
+
+def _per_output_channel(scale: np.ndarray, shape: tuple[int, ...], attr: str,
+                        axes: tuple[int, ...] | None) -> np.ndarray:
+    """Kernel scales indexed by output channel (what bias and multiplier need).
+
+    A depthwise kernel ``(..., C, M)`` quantized per multiplier index only (tfmot's
+    per-axis quantizer) has ``M`` scales; output channel ``c*M + m`` uses ``scale[m]``.
+    """
+    if scale.ndim == 0 or not attr.endswith("depthwise_kernel"):
+        return scale
+    c, m = shape[-2], shape[-1]
+    if scale.size == c * m:
+        return scale
+    if axes == (len(shape) - 1,) and scale.size == m:
+        return np.tile(scale, c)
+    return scale
 
 
 def _is_quant_var(short: str) -> bool:
