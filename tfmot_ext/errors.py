@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ExportError",
     "ExtractionError",
     "H5FormatError",
     "PolicyError",
@@ -50,3 +51,7 @@ class ExtractionError(TfmotExtError, ValueError):
 
 class H5FormatError(ExtractionError):
     """The file is missing, not HDF5, truncated, or not a Keras H5 model."""
+
+
+class ExportError(TfmotExtError, ValueError):
+    """An export cannot be written (unknown format, missing folder, values out of range)."""

@@ -1,0 +1,147 @@
+"""Exports: npz / JSON encodings / C header (compiled with the system C compiler), atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tfmot_ext as te
+from tfmot_ext._compat import keras
+from tfmot_ext.errors import ExportError
+from tfmot_ext.extract import extract
+
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def params():
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    inp = keras.Input((8, 8, 2))
+    x = L.Conv2D(5, 3, activation="relu", name="conv")(inp)
+    x = L.DepthwiseConv2D(3, activation="relu", name="dw")(x)
+    x = L.Flatten()(x)
+    model = keras.Model(inp, L.Dense(3, name="fc")(x))
+    qat = te.quantize(model, [te.Rule(name="dw", config=te.depthwise_conv_config(4))])
+    data = rng.normal(size=(32, 8, 8, 2)).astype(np.float32)
+    qat.compile("adam", "mse")
+    qat.fit(data, rng.normal(size=(32, 3)), epochs=1, verbose=0)
+    return extract(qat)
+
+
+@given(st.lists(st.integers(-8, 7), max_size=41))
+def test_pack_int4_round_trip(values):
+    v = np.array(values, np.int8)
+    packed = te.pack_int4(v)
+    assert packed.size == (v.size + 1) // 2
+    np.testing.assert_array_equal(te.unpack_int4(packed, v.size), v)
+
+
+def test_pack_int4_rejects_wide_values():
+    with pytest.raises(ExportError, match=r"\[-8, 7\]"):
+        te.pack_int4(np.array([8], np.int8))
+
+
+def test_npz_round_trip(params, tmp_path):
+    te.export(params, tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as z:
+        for p in params.quantized_layers():
+            np.testing.assert_array_equal(z[f"{p.name}/kernel_int"], p.kernel_int)
+            assert z[f"{p.name}/kernel_int"].dtype == p.kernel_int.dtype
+            np.testing.assert_array_equal(z[f"{p.name}/bias_int"], p.bias_int)
+            np.testing.assert_array_equal(z[f"{p.name}/kernel_scale"], p.kernel_scale)
+            np.testing.assert_array_equal(z[f"{p.name}/shift"], p.shift)
+
+
+def test_json_encodings_are_exact_and_versioned(params, tmp_path):
+    te.export(params, tmp_path / "p.json")
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["format"] == "tfmot_ext.encodings" and doc["version"] == 1
+    by_name = {layer["name"]: layer for layer in doc["layers"]}
+    assert list(by_name) == list(params)
+    for p in params.quantized_layers():
+        k = by_name[p.name]["kernel"]
+        np.testing.assert_array_equal(np.float32(k["scale"]), p.kernel_scale)
+        assert k["bits"] == p.bits and k["shape"] == list(p.kernel_int.shape)
+        o = by_name[p.name]["output"]
+        assert np.float32(o["scale"]) == np.float32(p.output_scale)
+        assert by_name[p.name]["requant"]["shift"] == np.atleast_1d(p.shift).tolist()
+        # min/max describe the integer grid: max = (qmax - zp) * scale
+        np.testing.assert_array_equal(np.float32(k["max"]),
+                                      np.float32(127 if p.bits == 8 else 7) * p.kernel_scale)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="no C compiler")
+def test_c_header_compiles_and_holds_the_integers(params, tmp_path):
+    te.export(params, tmp_path / "model.h", pack_low_bits=True)
+    checks = []
+    for p in params.quantized_layers():
+        base = f"model_{p.name}"
+        n = p.kernel_int.size
+        checks.append(
+            f'{{ long s = 0; for (int i = 0; i < {n}; i++) s += {base}_kernel[i];'
+            f' printf("{p.name} kernel %ld\\n", s); }}')
+        checks.append(
+            f'{{ long s = 0; for (int i = 0; i < {p.bias_int.size}; i++) s += {base}_bias[i];'
+            f' printf("{p.name} bias %ld\\n", s); }}')
+        checks.append(f'printf("{p.name} scale0 %.9g\\n", (double){base}_kernel_scale[0]);')
+        if p.bits <= 4:
+            checks.append(
+                f'{{ long s = 0; for (int i = 0; i < {n}; i++) {{'
+                f' int v = ({base}_kernel_packed[i / 2] >> (4 * (i % 2))) & 15;'
+                f' if (v >= 8) v -= 16; s += v * (i + 1); }}'
+                f' printf("{p.name} packed %ld\\n", s); }}')
+    src = ('#include <stdio.h>\n#include "model.h"\nint main(void) {\n'
+           + "\n".join(checks) + "\nreturn 0;\n}\n")
+    (tmp_path / "main.c").write_text(src)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-std=c99", "-Wall", "-Werror", "-Wno-unused-const-variable",
+                    "-o", str(tmp_path / "main"), str(tmp_path / "main.c")], check=True,
+                   cwd=tmp_path)
+    out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    expect = []
+    for p in params.quantized_layers():
+        expect.append(f"{p.name} kernel {int(p.kernel_int.astype(np.int64).sum())}")
+        expect.append(f"{p.name} bias {int(p.bias_int.astype(np.int64).sum())}")
+        expect.append(f"{p.name} scale0 {float(np.atleast_1d(p.kernel_scale)[0]):.9g}")
+        if p.bits <= 4:
+            flat = p.kernel_int.astype(np.int64).ravel()
+            expect.append(f"{p.name} packed {int((flat * np.arange(1, flat.size + 1)).sum())}")
+    assert out == expect
+
+
+def test_crash_mid_write_leaves_previous_file(params, tmp_path, monkeypatch):
+    target = tmp_path / "p.json"
+    te.export(params, target)
+    before = target.read_bytes()
+
+    def boom(fd):
+        raise OSError("disk died")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk died"):
+        te.export(params, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+
+
+def test_export_bad_targets(params, tmp_path):
+    with pytest.raises(ExportError, match=r"\.npz, \.json or \.h"):
+        te.export(params, tmp_path / "p.txt")
+    with pytest.raises(ExportError, match="does not exist"):
+        te.export(params, tmp_path / "nope" / "p.json")
+
+
+def test_encodings_in_memory(params):
+    doc = te.to_encodings(params)
+    json.dumps(doc, allow_nan=False)
+    assert doc["edges"] == [list(e) for e in params.edges]
