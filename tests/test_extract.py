@@ -284,3 +284,38 @@ def test_missing_quantizer_variable(rng, tmp_path):
         g.attrs["weight_names"] = names
     with pytest.raises(ExtractionError, match="output_max"):
         extract(path)
+
+
+@pytest.mark.slow
+def test_tfmot_activation_layers_softmax_and_unknown_configs(rng, tmp_path):
+    inp = keras.Input((6,))
+    x = L.Dense(8, name="d1")(inp)
+    x = L.Activation("relu", name="act")(x)
+    out = L.Dense(3, activation="softmax", name="probs")(x)
+    qat = tfmot.quantization.keras.quantize_model(keras.Model(inp, out))
+    xs = rng.normal(size=(32, 6)).astype(np.float32)
+    qat.compile("adam", "categorical_crossentropy")
+    qat.fit(xs, np.eye(3)[rng.integers(0, 3, 32)], epochs=1, verbose=0)
+    params = extract(qat)
+    # plain tfmot: its LayerReluActivationQuantize gives the Dense feeding the ReLU a
+    # NoOp config, so d1's weights are not quantized at all (DefaultScheme fixes this)
+    assert assert_invariants(params, qat) == 1
+    assert not params["quant_d1"].quantized
+    assert params["quant_act"].output is not None
+    # softmax is quantized before the activation: the Dense output is that range
+    lo = qat.get_layer("quant_probs").weights
+    pre = {v.name.split("/")[-1][:-2]: v.numpy() for v in lo}
+    r = qmath.nudge(pre["pre_activation_min"], pre["pre_activation_max"], 8)
+    assert params["quant_probs"].output_scale == float(r.scale)
+    # a QuantizeConfig class tfmot_ext does not know: float, with a note, others intact
+    path = tmp_path / "q.h5"
+    qat.save(str(path))
+    with h5py.File(path, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        for entry in cfg["config"]["layers"]:
+            if entry["name"] == "quant_act":
+                entry["config"]["quantize_config"] = {"class_name": "MyConfig", "config": {}}
+        f.attrs["model_config"] = json.dumps(cfg)
+    disk = extract(path)
+    assert not disk["quant_act"].quantized and "MyConfig" in disk["quant_act"].note
+    np.testing.assert_array_equal(disk["quant_probs"].kernel_int, params["quant_probs"].kernel_int)

@@ -232,6 +232,12 @@ def spec_from_config(d: Any, where: str) -> QuantSpec | None:
     )
 
 
+_KNOWN_CONFIGS = frozenset({
+    "LayerQuantizeConfig", "Default8BitQuantizeConfig", "Default8BitConvQuantizeConfig",
+    "Default8BitConvTransposeQuantizeConfig", "Default8BitOutputQuantizeConfig",
+    "Default8BitActivationQuantizeConfig", "OutputOnlyConfig", "NoOpQuantizeConfig",
+})
+
 _T8_WEIGHT = {"class_name": "LastValueQuantizer",
               "config": {"num_bits": 8, "per_axis": False, "symmetric": True,
                          "narrow_range": True}}
@@ -248,6 +254,7 @@ class _WrapperQuant:
     weights: dict[str, QuantSpec]
     activation: QuantSpec | None
     output: QuantSpec | None
+    optional_output: bool = False
 
 
 def _wrapper_quant(qc: Any, where: str) -> _WrapperQuant:
@@ -263,7 +270,8 @@ def _wrapper_quant(qc: Any, where: str) -> _WrapperQuant:
         act = spec_from_config(acts.get("activation"), f"{where}.activation") if acts else None
         out = spec_from_config(cfg.get("output"), f"{where}.output")
         return _WrapperQuant({k: v for k, v in weights.items() if v is not None}, act, out)
-    if name in ("Default8BitQuantizeConfig", "Default8BitConvQuantizeConfig"):
+    if name in ("Default8BitQuantizeConfig", "Default8BitConvQuantizeConfig",
+                "Default8BitConvTransposeQuantizeConfig"):
         wq = _T8_WEIGHT_PC if name == "Default8BitConvQuantizeConfig" else _T8_WEIGHT
         w = {str(a): spec_from_config(wq, where) for a in cfg.get("weight_attrs", [])}
         act = spec_from_config(_T8_ACT, where) if cfg.get("activation_attrs") else None
@@ -271,6 +279,11 @@ def _wrapper_quant(qc: Any, where: str) -> _WrapperQuant:
         return _WrapperQuant({k: v for k, v in w.items() if v is not None}, act, out)
     if name == "Default8BitOutputQuantizeConfig":
         return _WrapperQuant({}, None, spec_from_config(_T8_ACT, where))
+    if name == "Default8BitActivationQuantizeConfig":
+        # output quantized for relu/swish/gelu/relu6 activations only; the reader
+        # checks that the output range variables exist
+        out = spec_from_config(_T8_ACT, where) if cfg.get("quantize_output", True) else None
+        return _WrapperQuant({}, None, out, optional_output=True)
     if name == "OutputOnlyConfig":
         return _WrapperQuant({}, None, spec_from_config(_T8_ACT, where))
     if name == "NoOpQuantizeConfig":
@@ -457,6 +470,7 @@ class LayerQuantParams:
         input, output: quantization of the input and output tensors.
         multiplier, multiplier_q31, shift: requantization, per output channel.
         weights: every float weight of the layer, by short name.
+        note: why a wrapped layer is reported as float (e.g. an unreadable config).
     """
 
     name: str
@@ -482,6 +496,7 @@ class LayerQuantParams:
     multiplier_q31: np.ndarray | None = None
     shift: np.ndarray | None = None
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    note: str = ""
 
     @property
     def input_scale(self) -> float | None:
@@ -598,6 +613,7 @@ class _Parser:
             for i in r.inbound:
                 self.consumers.setdefault(i, []).append(r.name)
         self._out_cache: dict[str, TensorQuant | None] = {}
+        self.notes: dict[str, str] = {}
         self._quant: dict[str, _WrapperQuant | None] = {}
 
     def where(self, name: str) -> str:
@@ -607,7 +623,14 @@ class _Parser:
         if rec.name not in self._quant:
             q = None
             if rec.class_name in _WRAPPERS:
-                q = _wrapper_quant(rec.config.get("quantize_config"), self.where(rec.name))
+                qc = rec.config.get("quantize_config")
+                if isinstance(qc, Mapping) and _class_name(qc) not in _KNOWN_CONFIGS:
+                    self.notes[rec.name] = (
+                        f"QuantizeConfig '{_class_name(qc)}' is not one tfmot_ext can read "
+                        "without its code; the layer is reported with its float weights")
+                    logger.warning("%s: %s", self.where(rec.name), self.notes[rec.name])
+                else:
+                    q = _wrapper_quant(qc, self.where(rec.name))
             self._quant[rec.name] = q
         return self._quant[rec.name]
 
@@ -626,16 +649,22 @@ class _Parser:
         out: TensorQuant | None = None
         if rec.class_name == "QuantizeLayer":
             spec = spec_from_config(rec.config.get("quantizer"), self.where(rec.name))
-            if spec is not None:
-                stored = {("q" + k[len(rec.name):] if k.startswith(rec.name) else k): v
-                          for k, v in rec.weights.items()}
-                out = _tensor_quant(spec, stored, "q")
+            if spec is not None:  # variables are named "<layer name>_min" / "_max"
+                out = _tensor_quant(spec, rec.weights, rec.name)
         else:
             wq = self.wrapper_quant(rec)
-            if wq is not None and wq.output is not None:
+            if wq is not None and wq.output is not None and not (
+                    wq.optional_output and "output_min" not in rec.weights):
                 out = _tensor_quant(wq.output, rec.weights, "output")
             elif wq is not None and wq.activation is not None:
-                out = _tensor_quant(wq.activation, rec.weights, "post_activation")
+                # tfmot quantizes after linear/relu/swish/gelu, before softmax/sigmoid/tanh
+                # (the op's own output, which TFLite feeds to the activation op)
+                if "post_activation_min" in rec.weights:
+                    out = _tensor_quant(wq.activation, rec.weights, "post_activation")
+                elif "pre_activation_min" in rec.weights:
+                    out = _tensor_quant(wq.activation, rec.weights, "pre_activation")
+                else:
+                    raise ExtractionError("missing quantizer variable 'post_activation_min'")
         self._out_cache[rec.name] = out
         return out
 
@@ -682,7 +711,8 @@ class _Parser:
         if wq is None:
             if rec.class_name not in ("InputLayer",) and rec.weights:
                 logger.info("%s: not quantized, reported as float", self.where(rec.name))
-            return LayerQuantParams(rec.name, kind, inputs, False, weights=floats)
+            return LayerQuantParams(rec.name, kind, inputs, False, weights=floats,
+                                    note=self.notes.get(rec.name, ""))
         layer_cfg = rec.config.get("layer", {}).get("config", {})
         act = _activation_name(layer_cfg) if isinstance(layer_cfg, Mapping) else "linear"
         attrs = [a for a in wq.weights if a.split(".")[-1] in _WEIGHT_ATTRS]
@@ -700,17 +730,18 @@ class _Parser:
         axes = _channel_axis(kind, short, kernel.ndim, spec)
         lo, hi = spec.effective_range(rec.weights, short, kernel, axes)
         r = qmath.nudge(lo, hi, spec.bits, spec.narrow_range)
+        int_type = np.int8 if spec.bits <= 8 else np.int16
         if axes is None:
-            k_int = qmath.quantize_to_int(kernel, r)
+            k_int = qmath.quantize_to_int(kernel, r, dtype=int_type)
         else:
             flat = _channels_last(kernel, axes)
             if np.ndim(r.scale) != 1 or r.scale.shape[0] != flat.shape[-1]:
                 raise ExtractionError(
                     f"{self.where(rec.name)}: {short} has {flat.shape[-1]} channels on axes "
                     f"{axes} but its range has shape {np.shape(r.scale)}")
-            k_int = _from_channels_last(qmath.quantize_to_int(flat, r, axis=flat.ndim - 1),
-                                        kernel.shape, axes)
-        k_int = k_int.astype(np.int8 if spec.bits <= 8 else np.int16)
+            k_int = _from_channels_last(
+                qmath.quantize_to_int(flat, r, axis=flat.ndim - 1, dtype=int_type),
+                kernel.shape, axes)
         scale = np.asarray(r.scale, np.float32)
         zp = np.asarray(r.zero_point, np.int32)
         inp = self.input_quant(rec)

@@ -18,6 +18,7 @@ the signed integers are ``q = u - 2**(bits-1)`` and ``zero_point = u_zp - 2**(bi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -274,22 +275,40 @@ def _steps(x: npt.ArrayLike, r: NudgedRange, axis: int | None) -> tuple[FloatArr
 
 
 def quantize_to_int(
-    x: npt.ArrayLike, r: NudgedRange, axis: int | None = None
-) -> npt.NDArray[np.int32]:
+    x: npt.ArrayLike, r: NudgedRange, axis: int | None = None,
+    dtype: npt.DTypeLike = np.int32,
+) -> npt.NDArray[Any]:
     """The signed integers FakeQuant rounds ``x`` to: ``q = k + zero_point``.
 
-    ``k`` is computed with the same float32 operations as TensorFlow's kernel (see
-    :func:`fake_quant`), so ``(q - zero_point) * scale == fake_quant(x)`` bit for bit
-    and ``qmin <= q <= qmax``.
+    ``k`` is computed with the same float32 operations, in the same order, as
+    TensorFlow's kernel (see :func:`fake_quant`), so
+    ``(q - zero_point) * scale == fake_quant(x)`` bit for bit and ``qmin <= q <= qmax``.
+    Works in place on one float32 buffer (extraction of large models is bound by it).
 
     Args:
         x: values.
         r: the nudged range (per tensor, or per channel along ``axis``).
         axis: channel axis of ``x`` when ``r`` is per channel, else None.
+        dtype: integer dtype of the result (int8 holds up to 8 bits, int16 up to 16).
     """
-    k, _ = _steps(x, r, axis)
-    zp = _broadcast_channel(r.zero_point, k.ndim, axis).astype(np.int64)
-    return (k.astype(np.int64) + zp).astype(np.int32)
+    xx = np.asarray(x, np.float32)
+    lo = _broadcast_channel(r.nudged_min, xx.ndim, axis)
+    hi = _broadcast_channel(r.nudged_max, xx.ndim, axis)
+    inv = _broadcast_channel(r.inv_scale, xx.ndim, axis)
+    quant_zero = np.floor(-lo * inv + np.float32(0.5)).astype(np.float32)
+    t = np.maximum(xx, lo, dtype=np.float32)
+    np.minimum(t, hi, out=t)
+    np.subtract(t, lo, out=t)
+    if axis is None:
+        np.divide(t, _broadcast_channel(r.scale, xx.ndim, axis), out=t)
+    else:
+        np.multiply(t, inv, out=t)
+    np.subtract(t, quant_zero, out=t)
+    np.add(t, np.float32(0.5), out=t)
+    np.floor(t, out=t)
+    # k and zero_point are small integers: exact in float32
+    np.add(t, _broadcast_channel(r.zero_point, xx.ndim, axis).astype(np.float32), out=t)
+    return t.astype(dtype)
 
 
 def fake_quant(
