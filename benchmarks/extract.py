@@ -1,6 +1,6 @@
 """Extraction speed: tfmot_ext.extract(h5) vs a raw h5py read vs tfmot's load_model way.
 
-    python benchmarks/extract.py [--size 64] [--repeats 3]
+    python benchmarks/extract.py [--size 64] [--repeats 5]
 
 Builds a ResNet50 (weights=None, no download) QAT model with tfmot_ext.quantize,
 saves it to H5 in a temporary folder, then times, interleaved, ``--repeats`` times:
@@ -17,6 +17,7 @@ Prints the median of each and the ratios. Machines here are noisy: quote ratios.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -52,7 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64, help="input height/width")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     keras.utils.set_random_seed(0)
     model = keras.applications.ResNet50(weights=None, input_shape=(args.size, args.size, 3),
@@ -70,6 +71,7 @@ def main() -> None:
         fns = {"raw": raw_read, "extract": te.extract, "tfmot": tfmot_way}
         for _ in range(args.repeats):
             for name, fn in fns.items():
+                gc.collect()
                 t0 = time.perf_counter()
                 fn(path)
                 times[name].append(time.perf_counter() - t0)

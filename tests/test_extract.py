@@ -319,3 +319,16 @@ def test_tfmot_activation_layers_softmax_and_unknown_configs(rng, tmp_path):
     disk = extract(path)
     assert not disk["quant_act"].quantized and "MyConfig" in disk["quant_act"].note
     np.testing.assert_array_equal(disk["quant_probs"].kernel_int, params["quant_probs"].kernel_int)
+
+
+@pytest.mark.parametrize("cfg,name", [
+    ({"activation": "relu6"}, "relu6"),
+    ({"activation": {"class_name": "QuantizeAwareActivation",
+                     "config": {"activation": "relu"}}}, "relu"),
+    ({"activation": {"class_name": "NoOpActivation", "config": {}}}, "linear"),
+    ({}, "linear"),
+])
+def test_fused_activation_names(cfg, name):
+    from tfmot_ext.extract import _activation_name
+
+    assert _activation_name(cfg) == name

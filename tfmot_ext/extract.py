@@ -583,9 +583,18 @@ def _tensor_quant(spec: QuantSpec, stored: Mapping[str, np.ndarray], prefix: str
 
 
 def _activation_name(layer_cfg: Mapping[str, Any]) -> str:
-    act = layer_cfg.get("activation", "linear")
-    if isinstance(act, Mapping):
-        act = act.get("config", {}).get("name") or act.get("class_name", "linear")
+    """The layer's activation name, seen through tfmot's activation wrappers."""
+    act: Any = layer_cfg.get("activation", "linear")
+    for _ in range(4):
+        if not isinstance(act, Mapping):
+            break
+        cls, cfg = _class_name(act), act.get("config", {})
+        if cls == "NoOpActivation":
+            return "linear"
+        if cls == "QuantizeAwareActivation" and isinstance(cfg, Mapping):
+            act = cfg.get("activation", "linear")
+            continue
+        act = cfg.get("name") if isinstance(cfg, Mapping) and cfg.get("name") else cls
     return str(act)
 
 
