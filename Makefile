@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) -m tfmot_ext.demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check tfmot_ext tests benchmarks
+	$(PY) -m ruff check tfmot_ext tests benchmarks docs
 	$(PY) -m mypy
 
 pytest: $(STAMP)

@@ -332,3 +332,19 @@ def test_fused_activation_names(cfg, name):
     from tfmot_ext.extract import _activation_name
 
     assert _activation_name(cfg) == name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weight", ["kernel:0", "bias:0"])
+def test_nan_weights_are_named(weight, rng, tmp_path):
+    qat = te.quantize(_net(), _policy(True))
+    _trained(qat, rng, n=16)
+    path = tmp_path / "nan.h5"
+    qat.save(str(path))
+    with h5py.File(path, "r+") as f:
+        ds = f[f"model_weights/quant_pw/pw/{weight}"]
+        v = ds[()]
+        v.flat[0] = np.nan
+        ds[()] = v
+    with pytest.raises(ExtractionError, match=r"quant_pw.*(kernel|bias) contains NaN"):
+        extract(path)

@@ -364,12 +364,28 @@ def _records_from_model(model: Any) -> list[_Record]:
     return records
 
 
-#: Largest dataset tfmot_ext reads from an H5 file (elements); a guard against
-#: corrupted or hostile declared shapes.
-MAX_DATASET_ELEMENTS = 1 << 31
+#: Largest dataset tfmot_ext reads from an H5 file (elements, 256 Mi = 1 GiB of
+#: float32); a guard against corrupted or hostile declared shapes.
+MAX_DATASET_ELEMENTS = 1 << 28
+#: Largest model-config JSON accepted (characters).
+MAX_CONFIG_CHARS = 64 << 20
+
+#: What h5py/HDF5 and json raise on damaged input; mapped to H5FormatError.
+_READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError,
+                RecursionError, UnicodeDecodeError, IndexError, OverflowError)
 
 
 def _records_from_h5(path: str) -> list[_Record]:
+    try:
+        return _read_h5(path)
+    except H5FormatError:
+        raise
+    except _READ_ERRORS as e:
+        raise H5FormatError(f"'{path}' is damaged or not a Keras H5 model "
+                            f"({type(e).__name__}: {e})"[:600]) from e
+
+
+def _read_h5(path: str) -> list[_Record]:
     import h5py
 
     if not os.path.exists(path):
@@ -387,8 +403,10 @@ def _records_from_h5(path: str) -> list[_Record]:
                 "Keras H5 model; save the QAT model with model.save('x.h5')")
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
+        if not isinstance(raw, str) or len(raw) > MAX_CONFIG_CHARS:
+            raise H5FormatError(f"'{path}': model_config is not a JSON string of sane size")
         try:
-            model_config = json.loads(str(raw))
+            model_config = json.loads(raw)
         except ValueError as e:
             raise H5FormatError(f"'{path}': model_config is not valid JSON ({e})") from e
         records = _records_from_config(model_config, f"'{path}'")
@@ -399,8 +417,10 @@ def _records_from_h5(path: str) -> list[_Record]:
             if rec.name not in group:
                 continue
             g = group[rec.name]
+            if not isinstance(g, h5py.Group):
+                raise H5FormatError(f"'{path}': 'model_weights/{rec.name}' is not a group")
             names = g.attrs.get("weight_names", [])
-            for wn in names:
+            for wn in np.atleast_1d(names):
                 wname = wn.decode() if isinstance(wn, bytes) else str(wn)
                 try:
                     ds = g[wname]
@@ -736,6 +756,8 @@ class _Parser:
             raise ExtractionError(f"{self.where(rec.name)}: weight '{short}' is missing")
         kernel = np.asarray(rec.weights[short], np.float32)
         _check_finite(self.where(rec.name), short, kernel)
+        n_out = _check_kernel_shape(self.where(rec.name), kind, short, kernel.shape,
+                                    layer_cfg if isinstance(layer_cfg, Mapping) else {})
         axes = _channel_axis(kind, short, kernel.ndim, spec)
         lo, hi = spec.effective_range(rec.weights, short, kernel, axes)
         r = qmath.nudge(lo, hi, spec.bits, spec.narrow_range)
@@ -756,6 +778,11 @@ class _Parser:
         inp = self.input_quant(rec)
         out = self.output_quant(rec)
         bias = rec.weights.get("bias")
+        if bias is not None:
+            _check_finite(self.where(rec.name), "bias", np.asarray(bias, np.float32))
+            if np.shape(bias) != (n_out,):
+                raise ExtractionError(f"{self.where(rec.name)}: bias has shape {np.shape(bias)}, "
+                                      f"expected ({n_out},) for {n_out} output channels")
         bias_int = bias_scale = mult = m0 = shift = None
         out_scale = _per_output_channel(scale, kernel.shape, short, axes)
         if inp is not None:
@@ -784,10 +811,37 @@ class _Parser:
                 if self.source in str(e):
                     raise
                 raise ExtractionError(f"{self.where(rec.name)}: {e}") from e
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-                raise ExtractionError(f"{self.where(rec.name)}: unreadable ({e})") from e
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError,
+                    RecursionError, OverflowError, ZeroDivisionError, FloatingPointError) as e:
+                raise ExtractionError(f"{self.where(rec.name)}: unreadable ({e})"[:600]) from e
         edges = tuple((i, r.name) for r in self.records for i in r.inbound if i in layers)
         return QuantizedModelParams(layers, edges, self.source)
+
+
+_KERNEL_RANKS = {"Dense": 2, "Conv1D": 3, "Conv2D": 4, "Conv3D": 5, "DepthwiseConv2D": 4,
+                 "DepthwiseConv1D": 3, "Conv1DTranspose": 3, "Conv2DTranspose": 4,
+                 "Conv3DTranspose": 5, "SeparableConv1D": 3, "SeparableConv2D": 4}
+
+
+def _check_kernel_shape(where: str, kind: str, attr: str, shape: tuple[int, ...],
+                        layer_cfg: Mapping[str, Any]) -> int:
+    """Validate a kernel's shape against its layer kind and config; return output channels."""
+    rank = _KERNEL_RANKS.get(kind)
+    if rank is not None and attr in ("kernel", "depthwise_kernel") and len(shape) != rank:
+        raise ExtractionError(f"{where}: {attr} has shape {shape}; a {kind} kernel has rank {rank}")
+    if len(shape) < 2:
+        raise ExtractionError(f"{where}: {attr} has shape {shape}; expected rank >= 2")
+    if attr.endswith("depthwise_kernel"):
+        n_out = shape[-2] * shape[-1]
+    elif kind.endswith("Transpose"):
+        n_out = shape[-2]
+    else:
+        n_out = shape[-1]
+    declared = layer_cfg.get("units", layer_cfg.get("filters"))
+    if isinstance(declared, int) and attr != "depthwise_kernel" and declared != n_out:
+        raise ExtractionError(f"{where}: {attr} has {n_out} output channels but the layer "
+                              f"config declares {declared}")
+    return int(n_out)
 
 
 def _per_output_channel(scale: np.ndarray, shape: tuple[int, ...], attr: str,

@@ -17,7 +17,7 @@ from tfmot_ext._compat import keras
 
 def main() -> None:
     keras.utils.set_random_seed(0)
-    x_tr, y_tr, x_te, y_te = demo.load_mnist_5k()
+    x_tr, y_tr, _, _ = demo.load_mnist_5k()
     model = demo.build_cnn()
     demo._compile(model, 2e-3)
     model.fit(x_tr, y_tr, epochs=2, batch_size=64, verbose=0)
