@@ -48,6 +48,13 @@ from tfmot_ext.extract import (
     extract,
     quantize_multiplier,
 )
+from tfmot_ext.folding import (
+    FoldedConv2DBatchNorm,
+    FoldedDenseBatchNorm,
+    FoldedDepthwiseConv2DBatchNorm,
+    FreezeBatchNorm,
+    freeze_batch_norm,
+)
 from tfmot_ext.quantizers import (
     FixedRangeQuantizer,
     LSQQuantizer,
@@ -56,7 +63,7 @@ from tfmot_ext.quantizers import (
     activation_quantizer,
     weight_quantizer,
 )
-from tfmot_ext.scheme import DefaultScheme
+from tfmot_ext.scheme import DefaultScheme, FoldingScheme
 from tfmot_ext.scope import custom_objects, quantize_scope
 from tfmot_ext.summary import LayerQuantSummary, format_summary, summarize
 
@@ -72,6 +79,11 @@ __all__ = [
     "ExportError",
     "ExtractionError",
     "FixedRangeQuantizer",
+    "FoldedConv2DBatchNorm",
+    "FoldedDenseBatchNorm",
+    "FoldedDepthwiseConv2DBatchNorm",
+    "FoldingScheme",
+    "FreezeBatchNorm",
     "H5FormatError",
     "LSQQuantizer",
     "LayerQuantParams",
@@ -99,6 +111,7 @@ __all__ = [
     "export",
     "extract",
     "format_summary",
+    "freeze_batch_norm",
     "no_op_config",
     "output_channel_axis",
     "output_only_config",

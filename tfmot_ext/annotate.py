@@ -35,7 +35,7 @@ from tfmot_ext.configs import (
     output_only_config,
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
-from tfmot_ext.scheme import DefaultScheme
+from tfmot_ext.scheme import FoldingScheme
 from tfmot_ext.scope import quantize_scope
 from tfmot_ext.summary import format_summary, summarize
 
@@ -375,8 +375,10 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
     Args:
         model: a built tf_keras Sequential or functional model (weights are kept).
         policy: ordered :class:`Rule` list; unmatched layers get the defaults.
-        scheme: a tfmot ``QuantizeScheme``; default :class:`tfmot_ext.scheme.DefaultScheme`
-            (tfmot's 8-bit scheme, minus its transform that drops custom configs).
+        scheme: a tfmot ``QuantizeScheme``; default :class:`tfmot_ext.scheme.FoldingScheme`
+            (BatchNorm folded into the preceding Conv2D/DepthwiseConv2D/Dense, otherwise
+            tfmot's 8-bit scheme minus its transform that drops custom configs). Pass
+            :class:`tfmot_ext.scheme.DefaultScheme` to keep BatchNorm unfolded.
         unsupported: what to do with layers nothing can quantize (see :func:`annotate`).
         strict: raise if a rule matches no layer.
         custom_objects: extra classes the model's config refers to (the classes of
@@ -388,7 +390,7 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
     """
     annotated = annotate(model, policy, unsupported=unsupported, strict=strict)
     if scheme is None:
-        scheme = DefaultScheme()
+        scheme = FoldingScheme()
     with quantize_scope(layer_classes(model), custom_objects or {}):
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
     if logger.isEnabledFor(logging.INFO):

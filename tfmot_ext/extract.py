@@ -743,21 +743,42 @@ class _Parser:
             return LayerQuantParams(rec.name, kind, inputs, False, weights=floats,
                                     note=self.notes.get(rec.name, ""))
         layer_cfg = rec.config.get("layer", {}).get("config", {})
-        act = _activation_name(layer_cfg) if isinstance(layer_cfg, Mapping) else "linear"
-        attrs = [a for a in wq.weights if a.split(".")[-1] in _WEIGHT_ATTRS]
-        if not attrs:
-            out = self.own_output(rec)
-            return LayerQuantParams(rec.name, kind, inputs, out is not None or bool(wq.weights),
-                                    activation=act, output=out, weights=floats)
-        attr = attrs[0]
-        short = attr.split(".")[-1]
-        spec = wq.weights[attr]
-        if short not in rec.weights:
-            raise ExtractionError(f"{self.where(rec.name)}: weight '{short}' is missing")
-        kernel = np.asarray(rec.weights[short], np.float32)
+        if not isinstance(layer_cfg, Mapping):
+            raise ExtractionError(f"{self.where(rec.name)}: wrapped layer config is not an object")
+        folded = kind in _FOLDED_KINDS
+        if folded:
+            act = str(layer_cfg.get("activation", "linear"))
+            op_kind = _FOLDED_KINDS[kind]
+            short = "depthwise_kernel" if op_kind == "DepthwiseConv2D" else "kernel"
+            spec_or_none = spec_from_config(layer_cfg.get("weight_quantizer"),
+                                            f"{self.where(rec.name)}.weight_quantizer")
+            op_cfg = layer_cfg.get("layer_config", {})
+            if spec_or_none is None:
+                return LayerQuantParams(rec.name, kind, inputs, self.own_output(rec) is not None,
+                                        folded=True, activation=act,
+                                        output=self.own_output(rec), weights=floats)
+            spec = spec_or_none
+            kernel, bias_fold = self._folded_weights(rec, short, op_kind, layer_cfg)
+            bias: np.ndarray | None = bias_fold
+        else:
+            act = _activation_name(layer_cfg)
+            op_kind, op_cfg = kind, layer_cfg
+            attrs = [a for a in wq.weights if a.split(".")[-1] in _WEIGHT_ATTRS]
+            if not attrs:
+                out = self.own_output(rec)
+                return LayerQuantParams(rec.name, kind, inputs,
+                                        out is not None or bool(wq.weights), activation=act,
+                                        output=out, weights=floats)
+            attr = attrs[0]
+            short = attr.split(".")[-1]
+            spec = wq.weights[attr]
+            if short not in rec.weights:
+                raise ExtractionError(f"{self.where(rec.name)}: weight '{short}' is missing")
+            kernel = np.asarray(rec.weights[short], np.float32)
+            bias = rec.weights.get("bias")
         _check_finite(self.where(rec.name), short, kernel)
-        n_out = _check_kernel_shape(self.where(rec.name), kind, short, kernel.shape,
-                                    layer_cfg if isinstance(layer_cfg, Mapping) else {})
+        n_out = _check_kernel_shape(self.where(rec.name), op_kind, short, kernel.shape,
+                                    op_cfg if isinstance(op_cfg, Mapping) else {})
         axes = _channel_axis(kind, short, kernel.ndim, spec)
         lo, hi = spec.effective_range(rec.weights, short, kernel, axes)
         r = qmath.nudge(lo, hi, spec.bits, spec.narrow_range)
@@ -777,7 +798,6 @@ class _Parser:
         zp = np.asarray(r.zero_point, np.int32)
         inp = self.input_quant(rec)
         out = self.output_quant(rec)
-        bias = rec.weights.get("bias")
         if bias is not None:
             _check_finite(self.where(rec.name), "bias", np.asarray(bias, np.float32))
             if np.shape(bias) != (n_out,):
@@ -795,12 +815,31 @@ class _Parser:
                 mult = np.float64(inp.scale) * out_scale.astype(np.float64) / np.float64(out.scale)
                 m0, shift = quantize_multiplier(mult)
         return LayerQuantParams(
-            rec.name, kind, inputs, True, folded=False, activation=act, bits=spec.bits,
+            rec.name, kind, inputs, True, folded=folded, activation=act, bits=spec.bits,
             symmetric=spec.symmetric, narrow_range=spec.narrow_range, axis=axes,
             kernel_attr=short, kernel_int=k_int, kernel_scale=scale, kernel_zero_point=zp,
             bias=None if bias is None else np.asarray(bias, np.float32), bias_int=bias_int,
             bias_scale=bias_scale, input=inp, output=out, multiplier=mult, multiplier_q31=m0,
             shift=shift, weights=floats)
+
+    def _folded_weights(self, rec: _Record, short: str, op_kind: str,
+                        cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The folded kernel and bias, exactly as the folded layer computes them."""
+        from tfmot_ext.folding import fold_numpy
+
+        w = rec.weights
+        for name in (short, "gamma", "beta", "moving_mean", "moving_variance"):
+            if name not in w:
+                raise ExtractionError(f"{self.where(rec.name)}: weight '{name}' is missing")
+            _check_finite(self.where(rec.name), name, np.asarray(w[name], np.float32))
+        eps = cfg.get("epsilon", 1e-3)
+        if not isinstance(eps, (int, float)) or not eps > 0:
+            raise ExtractionError(f"{self.where(rec.name)}: epsilon {eps!r} is not positive")
+        if np.any(np.asarray(w["moving_variance"], np.float32) + np.float32(eps) <= 0):
+            raise ExtractionError(f"{self.where(rec.name)}: moving_variance + epsilon <= 0")
+        return fold_numpy(w[short], w.get("bias"), w["gamma"], w["beta"], w["moving_mean"],
+                          w["moving_variance"], float(eps),
+                          depthwise=op_kind == "DepthwiseConv2D")
 
     def run(self) -> QuantizedModelParams:
         layers: OrderedDict[str, LayerQuantParams] = OrderedDict()
@@ -862,7 +901,13 @@ def _per_output_channel(scale: np.ndarray, shape: tuple[int, ...], attr: str,
 
 
 def _is_quant_var(short: str) -> bool:
-    return short == "optimizer_step" or short.endswith(("_min", "_max", "_step"))
+    return short in ("optimizer_step", "bn_frozen") or short.endswith(("_min", "_max", "_step"))
+
+
+#: Folded layer classes -> the op they fold BatchNorm into.
+_FOLDED_KINDS = {"FoldedConv2DBatchNorm": "Conv2D",
+                 "FoldedDepthwiseConv2DBatchNorm": "DepthwiseConv2D",
+                 "FoldedDenseBatchNorm": "Dense"}
 
 
 def _check_finite(where: str, what: str, x: np.ndarray) -> None:

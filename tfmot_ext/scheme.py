@@ -12,12 +12,29 @@ after the ReLU).
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from tfmot_ext._compat import default_8bit_transforms as _t8
-from tfmot_ext._compat import tfmot
+from tfmot_ext._compat import keras, tfmot
+from tfmot_ext.configs import LayerQuantizeConfig
+from tfmot_ext.folding import (
+    FoldedBatchNormBase,
+    FoldedConv2DBatchNorm,
+    FoldedDenseBatchNorm,
+    FoldedDepthwiseConv2DBatchNorm,
+)
+from tfmot_ext.quantizers import QuantizerBase, activation_quantizer, weight_quantizer
 
-__all__ = ["DefaultScheme", "LayoutTransform", "safe_default_transforms"]
+__all__ = [
+    "DefaultScheme",
+    "FoldBatchNorm",
+    "FoldingScheme",
+    "LayoutTransform",
+    "folding_transforms",
+    "is_folded",
+    "safe_default_transforms",
+]
 
 _qk = tfmot.quantization.keras
 _QuantizeLayoutTransform: Any = _qk.QuantizeLayoutTransform
@@ -99,3 +116,158 @@ class DefaultScheme(_QuantizeScheme):
 
     def get_quantize_registry(self) -> Any:
         return _qk.default_8bit.Default8BitQuantizeRegistry()
+
+
+# --------------------------------------------------------------------------- folding
+
+_transforms = _qk.graph_transformations.transforms
+_LayerPattern: Any = _transforms.LayerPattern
+_LayerNode: Any = _transforms.LayerNode
+_Transform: Any = _transforms.Transform
+
+_FOLDED = {"Conv2D": FoldedConv2DBatchNorm, "DepthwiseConv2D": FoldedDepthwiseConv2DBatchNorm,
+           "Dense": FoldedDenseBatchNorm}
+_KERNEL_ATTR = {"Conv2D": "kernel", "DepthwiseConv2D": "depthwise_kernel", "Dense": "kernel"}
+
+
+def _class(node: Any) -> str:
+    return str(node.layer["class_name"]).split(">")[-1]
+
+
+def _relu_kind(node: Any) -> str | None:
+    """"relu"/"relu6" if the node is a plain ReLU(6) layer or Activation, else None."""
+    cfg = node.layer["config"]
+    if _class(node) == "ReLU":
+        if cfg.get("negative_slope") or cfg.get("threshold"):
+            return None
+        mv = cfg.get("max_value")
+        return "relu" if mv is None else ("relu6" if float(mv) == 6.0 else None)
+    if _class(node) == "Activation":
+        act = cfg.get("activation")
+        return act if act in ("relu", "relu6") else None
+    return None
+
+
+class FoldBatchNorm(_Transform):
+    """Replace ``Conv2D|DepthwiseConv2D|Dense -> BatchNormalization [-> ReLU|ReLU6]``
+    by one folded layer (:mod:`tfmot_ext.folding`).
+
+    The folded layer quantizes its folded kernel with the weight quantizer of the
+    matched layer's QuantizeConfig (tfmot_ext's 8-bit per-channel default when it had
+    none) and its output with the quantizer found at the end of the chain.
+
+    Args:
+        with_activation: match the trailing ReLU/ReLU6 (or Activation) layer too.
+        freeze_bn_delay: passed to the folded layers.
+    """
+
+    def __init__(self, with_activation: bool, freeze_bn_delay: int | None = None) -> None:
+        self.with_activation = with_activation
+        self.freeze_bn_delay = freeze_bn_delay
+
+    def pattern(self) -> Any:
+        linear = _LayerPattern("Conv2D|DepthwiseConv2D|Dense", config={"activation": "linear"})
+        bn = _LayerPattern("BatchNormalization", inputs=[linear])
+        if not self.with_activation:
+            return bn
+        return _LayerPattern("ReLU|Activation", inputs=[bn])
+
+    def replacement(self, match_layer: Any) -> Any:
+        last = match_layer
+        if self.with_activation:
+            act = _relu_kind(last)
+            if act is None:
+                return match_layer
+            bn = last.input_layers[0]
+        else:
+            act, bn = "linear", last
+        op = bn.input_layers[0]
+        kind = _class(op)
+        op_cfg = dict(op.layer["config"])
+        if kind == "Conv2D" and (int(op_cfg.get("groups", 1)) != 1 or op_cfg.get(
+                "data_format", "channels_last") not in (None, "channels_last")):
+            return match_layer
+        bn_cfg = bn.layer["config"]
+        axis = bn_cfg.get("axis", -1)
+        if axis not in (-1, [-1], 3, [3], 1, [1]) and kind != "Dense":
+            return match_layer
+        wq, out_q = self._quantizers(op, last, kind)
+        folded = _FOLDED[kind](
+            layer_config=op_cfg, epsilon=bn_cfg.get("epsilon", 1e-3),
+            momentum=bn_cfg.get("momentum", 0.99), activation=act, weight_quantizer=wq,
+            freeze_bn_delay=self.freeze_bn_delay, name=op_cfg["name"])
+        layer_config = {"class_name": keras.utils.get_registered_name(type(folded)),
+                        "config": folded.get_config(), "name": folded.name}
+        weights = collections.OrderedDict()
+        attr = _KERNEL_ATTR[kind]
+        weights[attr] = op.weights[f"{attr}:0"] if f"{attr}:0" in op.weights else op.weights[attr]
+        for name in ("bias", "gamma", "beta", "moving_mean", "moving_variance"):
+            src = op.weights if name == "bias" else bn.weights
+            for key in (f"{name}:0", name):
+                if key in src:
+                    weights[f"{name}:0"] = src[key]
+        return _LayerNode(layer_config, weights=weights, input_layers=op.input_layers,
+                          metadata={"quantize_config": LayerQuantizeConfig(output=out_q)})
+
+    @staticmethod
+    def _quantizers(op: Any, last: Any, kind: str) -> tuple[Any, Any]:
+        """Kernel and output quantizers for the folded layer.
+
+        A tfmot_ext config decides (no weight quantizer there: float kernel); a layer
+        left to tfmot's registry gets 8-bit per-channel weights (per tensor for Dense)
+        and an 8-bit activation quantizer.
+        """
+        cfg = op.metadata.get("quantize_config")
+        out_cfg = last.metadata.get("quantize_config")
+        if isinstance(cfg, LayerQuantizeConfig):
+            wq = next(iter(cfg.weights.values()), None)
+        else:
+            wq = weight_quantizer(8, per_channel=kind != "Dense")
+        if isinstance(wq, QuantizerBase) and wq.is_per_channel and getattr(wq, "axis", 0) is None:
+            wq = wq.with_axis((2, 3) if kind == "DepthwiseConv2D" else -1)
+        if isinstance(out_cfg, LayerQuantizeConfig):
+            out_q = out_cfg.output or next(iter(out_cfg.activations.values()), None)
+        elif isinstance(cfg, LayerQuantizeConfig):
+            out_q = next(iter(cfg.activations.values()), None)
+        else:
+            out_q = activation_quantizer(8)
+        return wq, out_q
+
+    def custom_objects(self) -> dict[str, Any]:
+        from tfmot_ext.scope import custom_objects
+
+        return custom_objects()
+
+
+def folding_transforms(freeze_bn_delay: int | None = None) -> list[Any]:
+    """The folding transforms (with-activation first), then :func:`safe_default_transforms`."""
+    return [FoldBatchNorm(True, freeze_bn_delay), FoldBatchNorm(False, freeze_bn_delay),
+            *safe_default_transforms()]
+
+
+class FoldingScheme(_QuantizeScheme):
+    """A tfmot ``QuantizeScheme`` that folds BatchNorm into Conv2D/DepthwiseConv2D/Dense.
+
+    ``quantize_apply(annotated, scheme=tfmot_ext.FoldingScheme())`` replaces every
+    ``Conv2D|DepthwiseConv2D|Dense (linear) -> BatchNormalization [-> ReLU|ReLU6]`` by a
+    folded layer whose *folded* kernel is fake-quantized (the one TFLite deploys);
+    the rest is :class:`DefaultScheme`. The default scheme of :func:`tfmot_ext.quantize`.
+
+    Args:
+        freeze_bn_delay: training steps after which folded layers freeze their BN
+            statistics (None: only :class:`tfmot_ext.FreezeBatchNorm` freezes them).
+    """
+
+    def __init__(self, freeze_bn_delay: int | None = None) -> None:
+        self.freeze_bn_delay = freeze_bn_delay
+
+    def get_layout_transformer(self) -> Any:
+        return LayoutTransform(folding_transforms(self.freeze_bn_delay))
+
+    def get_quantize_registry(self) -> Any:
+        return _qk.default_8bit.Default8BitQuantizeRegistry()
+
+
+def is_folded(layer: Any) -> bool:
+    """Whether ``layer`` (or the layer a QuantizeWrapper wraps) is a folded layer."""
+    return isinstance(getattr(layer, "layer", layer), FoldedBatchNormBase)

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from tfmot_ext import configs, quantizers
+from tfmot_ext import configs, folding, quantizers
 from tfmot_ext._compat import keras, tfmot
 
 __all__ = ["custom_objects", "quantize_scope"]
@@ -24,6 +24,9 @@ _CLASSES: tuple[type, ...] = (
     quantizers.FixedRangeQuantizer,
     quantizers.LSQQuantizer,
     configs.LayerQuantizeConfig,
+    folding.FoldedConv2DBatchNorm,
+    folding.FoldedDepthwiseConv2DBatchNorm,
+    folding.FoldedDenseBatchNorm,
 )
 
 

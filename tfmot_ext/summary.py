@@ -88,6 +88,9 @@ def summarize(model: Any) -> list[LayerQuantSummary]:
         inner, cfg = layer.layer, layer.quantize_config
         ws = tuple((_attr_name(inner, w), describe_quantizer(q))
                    for w, q in cfg.get_weights_and_quantizers(inner))
+        folded_q = getattr(inner, "weight_quantizer", None)
+        if getattr(inner, "_KERNEL", None) and folded_q is not None:  # a folded layer
+            ws = ((f"folded {inner._KERNEL}", describe_quantizer(folded_q)), *ws)
         acts = tuple(("activation", describe_quantizer(q))
                      for _, q in cfg.get_activations_and_quantizers(inner))
         outs = cfg.get_output_quantizers(inner)

@@ -1,0 +1,343 @@
+"""BatchNorm folded into the preceding Conv2D / DepthwiseConv2D / Dense during QAT.
+
+The folded layers fake-quantize the *folded* kernel, the one the TFLite converter
+deploys, instead of tfmot's unfolded kernel that the converter later folds and
+re-quantizes. With ``sigma = sqrt(moving_variance + epsilon)``:
+
+    W_fold = W * gamma / sigma                    (per output channel)
+    b_fold = beta + (b - moving_mean) * gamma / sigma
+    y      = act(op(x, FQ(W_fold)) + b_fold)      (inference, and training once frozen)
+
+Training before the freeze uses batch statistics, with the correction of Jacob et
+al. 2017 (section 3.2) and Krishnamoorthi 2018 (arXiv 1806.08342, section 3.2) that
+keeps the quantized weights built on the *moving* sigma (so they do not jitter with
+each batch):
+
+    z      = op(x, FQ(W_fold)) * sigma / gamma + b      (the unfolded pre-BN output)
+    mu_B, var_B = moments(z)                           (over all but the channel axis)
+    y      = act((z - mu_B) * gamma / sqrt(var_B + eps) + beta)
+           = act(op(x, FQ(W_fold)) * sigma / sigma_B
+                 + beta - (mu_B - b) * gamma / sigma_B)
+
+and updates ``moving_* <- momentum * moving_* + (1 - momentum) * batch_*`` as Keras's
+BatchNormalization does (the variance with Bessel's correction ``n / (n - 1)``).
+After ``freeze_bn_delay`` training steps (or when
+:class:`FreezeBatchNorm` fires) the moving statistics stop updating and training
+uses the inference form above.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tfmot_ext._compat import keras, tf
+from tfmot_ext.errors import ConfigError
+
+__all__ = [
+    "FoldedBatchNormBase",
+    "FoldedConv2DBatchNorm",
+    "FoldedDenseBatchNorm",
+    "FoldedDepthwiseConv2DBatchNorm",
+    "FreezeBatchNorm",
+    "fold_numpy",
+    "freeze_batch_norm",
+]
+
+logger = logging.getLogger(__name__)
+register = keras.utils.register_keras_serializable(package="tfmot_ext")
+_ACTIVATIONS = ("linear", "relu", "relu6")
+
+
+def fold_numpy(kernel: np.ndarray, bias: np.ndarray | None, gamma: np.ndarray,
+               beta: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilon: float,
+               depthwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of the folded kernel and bias, float32, same operation order as TF.
+
+    ``W_fold = W * (gamma / sqrt(var + eps))``, ``b_fold = beta + (b - mean) * gamma / sigma``.
+    A depthwise kernel ``(H, W, C, M)`` scales output channel ``c*M + m``.
+    """
+    f32 = np.float32
+    sigma = np.sqrt(np.asarray(variance, f32) + f32(epsilon)).astype(f32)
+    sf = (np.asarray(gamma, f32) / sigma).astype(f32)
+    k = np.asarray(kernel, f32)
+    w = (k * sf.reshape(k.shape[-2], k.shape[-1])).astype(f32) if depthwise else (
+        k * sf).astype(f32)
+    b = np.zeros_like(sf) if bias is None else np.asarray(bias, f32)
+    b_fold = (np.asarray(beta, f32) + ((b - np.asarray(mean, f32)).astype(f32) * sf)
+              .astype(f32)).astype(f32)
+    return w, b_fold
+
+
+def _deserialize_quantizer(q: Any) -> Any:
+    if q is None or not isinstance(q, dict):
+        return q
+    return keras.utils.deserialize_keras_object(q)
+
+
+class FoldedBatchNormBase(keras.layers.Layer):
+    """Shared code of the folded layers; subclasses define the linear op.
+
+    Args:
+        layer_config: the config of the original Conv2D/DepthwiseConv2D/Dense (its
+            ``activation`` must be linear; ``use_bias`` is honoured).
+        epsilon: BatchNormalization epsilon.
+        momentum: BatchNormalization momentum for the moving statistics.
+        activation: fused activation after the BN: "linear", "relu" or "relu6".
+        weight_quantizer: quantizer of the folded kernel, or None (float).
+        freeze_bn_delay: training steps after which the moving statistics freeze;
+            None never freezes by itself (use :class:`FreezeBatchNorm`).
+    """
+
+    _KERNEL: ClassVar[str] = "kernel"
+    _CONFIG_KEYS: ClassVar[tuple[str, ...]] = (
+        "layer_config", "epsilon", "momentum", "activation", "weight_quantizer",
+        "freeze_bn_delay")
+
+    def __init__(self, layer_config: dict[str, Any], epsilon: float = 1e-3,
+                 momentum: float = 0.99, activation: str = "linear",
+                 weight_quantizer: Any = None, freeze_bn_delay: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if activation not in _ACTIVATIONS:
+            raise ConfigError(f"{type(self).__name__} '{self.name}': activation must be one of "
+                              f"{_ACTIVATIONS}, got {activation!r}")
+        act = layer_config.get("activation", "linear")
+        if act not in (None, "linear"):
+            raise ConfigError(f"{type(self).__name__} '{self.name}': the folded layer's own "
+                              f"activation must be linear (BN comes after it), got {act!r}")
+        if freeze_bn_delay is not None and int(freeze_bn_delay) < 0:
+            raise ConfigError(f"{type(self).__name__}: freeze_bn_delay must be >= 0")
+        self.layer_config = dict(layer_config)
+        self.epsilon = float(epsilon)
+        self.momentum = float(momentum)
+        self.activation = activation
+        self.weight_quantizer = _deserialize_quantizer(weight_quantizer)
+        self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)
+
+    # -- config ----------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        base = super().get_config()
+        q = self.weight_quantizer
+        base.update({
+            "layer_config": self.layer_config, "epsilon": self.epsilon,
+            "momentum": self.momentum, "activation": self.activation,
+            "weight_quantizer": None if q is None else keras.utils.serialize_keras_object(q),
+            "freeze_bn_delay": self.freeze_bn_delay,
+        })
+        return base
+
+    # -- subclass hooks ----------------------------------------------------------
+    def _kernel_shape(self, input_shape: Any) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def _channels(self) -> int:
+        raise NotImplementedError
+
+    def _scale_kernel(self, kernel: tf.Tensor, sf: tf.Tensor) -> tf.Tensor:
+        return kernel * sf
+
+    # -- build / call -----------------------------------------------------------------
+    def build(self, input_shape: Any) -> None:
+        cfg = self.layer_config
+        shape = self._kernel_shape(input_shape)
+        init = keras.initializers.get
+        self.kernel = self.add_weight(
+            self._KERNEL, shape=shape, initializer=init(cfg.get(
+                "depthwise_initializer" if self._KERNEL == "depthwise_kernel"
+                else "kernel_initializer", "glorot_uniform")), trainable=True)
+        n = self._channels()
+        self.use_bias = bool(cfg.get("use_bias", True))
+        self.bias = self.add_weight("bias", shape=(n,), initializer="zeros",
+                                    trainable=True) if self.use_bias else None
+        self.gamma = self.add_weight("gamma", shape=(n,), initializer="ones", trainable=True)
+        self.beta = self.add_weight("beta", shape=(n,), initializer="zeros", trainable=True)
+        self.moving_mean = self.add_weight("moving_mean", shape=(n,), initializer="zeros",
+                                           trainable=False)
+        self.moving_variance = self.add_weight("moving_variance", shape=(n,),
+                                               initializer="ones", trainable=False)
+        self.bn_step = self.add_weight("bn_step", shape=(), dtype=tf.int32,
+                                       initializer="zeros", trainable=False)
+        self.bn_frozen = self.add_weight("bn_frozen", shape=(), dtype=tf.int32,
+                                         initializer="zeros", trainable=False)
+        self._qvars = (self.weight_quantizer.build(shape, self._KERNEL, self)
+                       if self.weight_quantizer is not None else {})
+        super().build(input_shape)
+
+    def folded_kernel_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(W_fold, b_fold)`` from the moving statistics (float, unquantized)."""
+        sigma = tf.sqrt(self.moving_variance + np.float32(self.epsilon))
+        sf = self.gamma / sigma
+        b = self.bias if self.bias is not None else tf.zeros_like(sf)
+        return self._scale_kernel(self.kernel, sf), self.beta + (b - self.moving_mean) * sf
+
+    def _activate(self, y: tf.Tensor) -> tf.Tensor:
+        if self.activation == "relu":
+            return tf.nn.relu(y)
+        if self.activation == "relu6":
+            return tf.nn.relu6(y)
+        return y
+
+    def _quantized_kernel(self, w_fold: tf.Tensor, training: bool) -> tf.Tensor:
+        if self.weight_quantizer is None:
+            return w_fold
+        return self.weight_quantizer(w_fold, training, self._qvars)
+
+    def _inference(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+        w_fold, b_fold = self.folded_kernel_and_bias()
+        return self._op(x, self._quantized_kernel(w_fold, training)) + b_fold
+
+    def _batch_corrected(self, x: tf.Tensor) -> tf.Tensor:
+        sigma = tf.sqrt(self.moving_variance + np.float32(self.epsilon))
+        sf = self.gamma / sigma
+        w_fold = self._scale_kernel(self.kernel, sf)
+        y = self._op(x, self._quantized_kernel(w_fold, True))
+        b = self.bias if self.bias is not None else tf.zeros_like(sf)
+        z = y / sf + b
+        axes = list(range(z.shape.rank - 1))
+        mean, var = tf.nn.moments(z, axes=axes)
+        # Keras's (fused) BatchNormalization stores the unbiased batch variance
+        n = tf.cast(tf.reduce_prod(tf.shape(z)[:-1]), tf.float32)
+        unbiased = var * n / tf.maximum(n - 1.0, 1.0)
+        m = np.float32(self.momentum)
+        updates = [self.moving_mean.assign(self.moving_mean * m + mean * (1 - m)),
+                   self.moving_variance.assign(self.moving_variance * m + unbiased * (1 - m))]
+        with tf.control_dependencies(updates):
+            return (z - mean) * (self.gamma / tf.sqrt(var + np.float32(self.epsilon))) + self.beta
+
+    def _frozen(self) -> tf.Tensor:
+        frozen = self.bn_frozen > 0
+        if self.freeze_bn_delay is not None:
+            frozen = tf.logical_or(frozen, self.bn_step >= self.freeze_bn_delay)
+        return frozen
+
+    def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
+        if training is None:
+            training = keras.backend.learning_phase()
+        if isinstance(training, (bool, int)) and not training:
+            return self._activate(self._inference(inputs, False))
+
+        def train_branch() -> tf.Tensor:
+            with tf.control_dependencies([self.bn_step.assign_add(1)]):
+                return tf.cond(self._frozen(), lambda: self._inference(inputs, True),
+                               lambda: self._batch_corrected(inputs))
+
+        if isinstance(training, (bool, int)):
+            return self._activate(train_branch())
+        return self._activate(tf.cond(tf.cast(training, tf.bool), train_branch,
+                                      lambda: self._inference(inputs, False)))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        raise NotImplementedError
+
+
+def _conv_arg(cfg: dict[str, Any], key: str, rank: int, default: Any) -> tuple[int, ...]:
+    v = cfg.get(key, default)
+    return tuple(v) if isinstance(v, (list, tuple)) else (int(v),) * rank
+
+
+@register
+class FoldedConv2DBatchNorm(FoldedBatchNormBase):
+    """Conv2D (channels_last, groups 1) + BatchNormalization (+ ReLU/ReLU6), folded."""
+
+    def _kernel_shape(self, input_shape: Any) -> tuple[int, ...]:
+        cfg = self.layer_config
+        if cfg.get("data_format", "channels_last") not in (None, "channels_last") or int(
+                cfg.get("groups", 1)) != 1:
+            raise ConfigError(f"{self.name}: only channels_last, groups=1 Conv2D is foldable")
+        kh, kw = _conv_arg(cfg, "kernel_size", 2, 1)
+        return (kh, kw, int(input_shape[-1]), int(cfg["filters"]))
+
+    def _channels(self) -> int:
+        return int(self.layer_config["filters"])
+
+    def _op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        cfg = self.layer_config
+        return tf.nn.conv2d(x, kernel, strides=_conv_arg(cfg, "strides", 2, 1),
+                            padding=str(cfg.get("padding", "valid")).upper(),
+                            dilations=_conv_arg(cfg, "dilation_rate", 2, 1))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        conv = keras.layers.Conv2D.from_config({**self.layer_config, "name": "shape_probe"})
+        return conv.compute_output_shape(input_shape)
+
+
+@register
+class FoldedDepthwiseConv2DBatchNorm(FoldedBatchNormBase):
+    """DepthwiseConv2D + BatchNormalization (+ ReLU/ReLU6), folded per ``C x M`` channel."""
+
+    _KERNEL = "depthwise_kernel"
+
+    def _kernel_shape(self, input_shape: Any) -> tuple[int, ...]:
+        cfg = self.layer_config
+        kh, kw = _conv_arg(cfg, "kernel_size", 2, 1)
+        self._in_channels = int(input_shape[-1])
+        return (kh, kw, self._in_channels, int(cfg.get("depth_multiplier", 1)))
+
+    def _channels(self) -> int:
+        return int(self.kernel.shape[-2] * self.kernel.shape[-1])
+
+    def _scale_kernel(self, kernel: tf.Tensor, sf: tf.Tensor) -> tf.Tensor:
+        return kernel * tf.reshape(sf, kernel.shape[-2:])
+
+    def _op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        cfg = self.layer_config
+        sh, sw = _conv_arg(cfg, "strides", 2, 1)
+        return tf.nn.depthwise_conv2d(x, kernel, strides=(1, sh, sw, 1),
+                                      padding=str(cfg.get("padding", "valid")).upper(),
+                                      dilations=_conv_arg(cfg, "dilation_rate", 2, 1))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        conv = keras.layers.DepthwiseConv2D.from_config(
+            {**self.layer_config, "name": "shape_probe"})
+        return conv.compute_output_shape(input_shape)
+
+
+@register
+class FoldedDenseBatchNorm(FoldedBatchNormBase):
+    """Dense (on rank-2 inputs) + BatchNormalization (+ ReLU/ReLU6), folded."""
+
+    def _kernel_shape(self, input_shape: Any) -> tuple[int, ...]:
+        return (int(input_shape[-1]), int(self.layer_config["units"]))
+
+    def _channels(self) -> int:
+        return int(self.layer_config["units"])
+
+    def _op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(x, kernel)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (*tuple(input_shape[:-1]), int(self.layer_config["units"]))
+
+
+class FreezeBatchNorm(keras.callbacks.Callback):
+    """Freeze the BN statistics of every folded layer at the start of epoch ``epoch``.
+
+    From then on training uses the moving statistics, i.e. exactly the folded
+    inference form that gets deployed.
+    """
+
+    def __init__(self, epoch: int = 0) -> None:
+        super().__init__()
+        self.epoch = int(epoch)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if epoch == self.epoch:
+            n = freeze_batch_norm(self.model)
+            logger.info("froze BatchNorm statistics of %d folded layers", n)
+
+
+def freeze_batch_norm(model: Any) -> int:
+    """Freeze every folded layer of ``model`` (inside QuantizeWrappers too); return the count."""
+    n = 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, FoldedBatchNormBase):
+            inner.bn_frozen.assign(1)
+            n += 1
+    return n
