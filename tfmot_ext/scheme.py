@@ -200,9 +200,8 @@ class FoldBatchNorm(_Transform):
                         "config": folded.get_config(), "name": folded.name}
         weights = collections.OrderedDict()
         attr = _KERNEL_ATTR[kind]
-        weights[attr] = op.weights[f"{attr}:0"] if f"{attr}:0" in op.weights else op.weights[attr]
-        for name in ("bias", "gamma", "beta", "moving_mean", "moving_variance"):
-            src = op.weights if name == "bias" else bn.weights
+        for name in (attr, "bias", "gamma", "beta", "moving_mean", "moving_variance"):
+            src = op.weights if name in (attr, "bias") else bn.weights
             for key in (f"{name}:0", name):
                 if key in src:
                     weights[f"{name}:0"] = src[key]
