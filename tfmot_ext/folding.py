@@ -20,7 +20,8 @@ each batch):
                  + beta - (mu_B - b) * gamma / sigma_B)
 
 and updates ``moving_* <- momentum * moving_* + (1 - momentum) * batch_*`` as Keras's
-BatchNormalization does (the variance with Bessel's correction ``n / (n - 1)``).
+BatchNormalization does (on rank-4 tensors, where Keras uses its fused kernel, the
+variance with Bessel's correction ``n / (n - 1)``).
 After ``freeze_bn_delay`` training steps (or when
 :class:`FreezeBatchNorm` fires) the moving statistics stop updating and training
 uses the inference form above.
@@ -201,9 +202,13 @@ class FoldedBatchNormBase(keras.layers.Layer):
         z = y / sf + b
         axes = list(range(z.shape.rank - 1))
         mean, var = tf.nn.moments(z, axes=axes)
-        # Keras's (fused) BatchNormalization stores the unbiased batch variance
-        n = tf.cast(tf.reduce_prod(tf.shape(z)[:-1]), tf.float32)
-        unbiased = var * n / tf.maximum(n - 1.0, 1.0)
+        # Keras's BatchNormalization is fused on rank-4 inputs, and the fused kernel
+        # stores the unbiased batch variance; on other ranks it stores the biased one.
+        if z.shape.rank == 4:
+            n = tf.cast(tf.reduce_prod(tf.shape(z)[:-1]), tf.float32)
+            unbiased = var * n / tf.maximum(n - 1.0, 1.0)
+        else:
+            unbiased = var
         m = np.float32(self.momentum)
         updates = [self.moving_mean.assign(self.moving_mean * m + mean * (1 - m)),
                    self.moving_variance.assign(self.moving_variance * m + unbiased * (1 - m))]

@@ -1,0 +1,204 @@
+"""BatchNorm folding: float equivalence, BN training semantics, freeze, TFLite parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import convert_int8, keras_layout, tflite_weight_ops
+
+import tfmot_ext as te
+from tfmot_ext import qmath
+from tfmot_ext._compat import keras, tf, tfmot
+from tfmot_ext.folding import (
+    FoldedConv2DBatchNorm,
+    FoldedDenseBatchNorm,
+    FoldedDepthwiseConv2DBatchNorm,
+    fold_numpy,
+)
+from tfmot_ext.scheme import FoldBatchNorm, FoldingScheme, LayoutTransform
+
+L = keras.layers
+
+KINDS = [
+    (L.Conv2D, dict(filters=5, kernel_size=3, padding="same", strides=2),
+     FoldedConv2DBatchNorm, (4, 9, 9, 3), "kernel"),
+    (L.DepthwiseConv2D, dict(kernel_size=3, depth_multiplier=2), FoldedDepthwiseConv2DBatchNorm,
+     (4, 9, 9, 3), "depthwise_kernel"),
+    (L.Dense, dict(units=6), FoldedDenseBatchNorm, (16, 7), "kernel"),
+]
+
+
+def _pair(kind, kwargs, folded_cls, shape, attr, act, rng):
+    """A float op + BN (+ act) and the equivalent folded layer with the same weights."""
+    op, bn = kind(**kwargs), L.BatchNormalization(momentum=0.9)
+    x = rng.normal(size=shape).astype(np.float32)
+    bn(op(x))
+    for v in bn.weights:
+        v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+                 * (1.0 if "var" in v.name or "gamma" in v.name else rng.normal()))
+    op.bias.assign(rng.normal(size=op.bias.shape).astype(np.float32))
+    f = folded_cls(op.get_config(), epsilon=bn.epsilon, momentum=0.9, activation=act)
+    f(x)
+    f.kernel.assign(getattr(op, attr))
+    f.bias.assign(op.bias)
+    for n in ("gamma", "beta", "moving_mean", "moving_variance"):
+        getattr(f, n).assign(getattr(bn, n))
+    fn = {"linear": lambda t: t, "relu": tf.nn.relu, "relu6": tf.nn.relu6}[act]
+    return op, bn, f, x, fn
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.mark.parametrize("kind,kwargs,folded_cls,shape,attr", KINDS)
+@pytest.mark.parametrize("act", ["linear", "relu", "relu6"])
+def test_unquantized_folded_layer_equals_op_plus_bn(kind, kwargs, folded_cls, shape, attr, act,
+                                                    rng):
+    op, bn, f, x, fn = _pair(kind, kwargs, folded_cls, shape, attr, act, rng)
+    # inference: the folded form equals BN(op(x)) up to float32 reassociation
+    assert _rel(f(x, training=False).numpy(), fn(bn(op(x), training=False)).numpy()) <= 1e-5
+    # training: batch statistics, and the moving statistics update exactly like Keras's BN
+    y_f = f(x, training=True).numpy()
+    y_k = fn(bn(op(x), training=True)).numpy()
+    assert _rel(y_f, y_k) <= 1e-5
+    np.testing.assert_allclose(f.moving_mean.numpy(), bn.moving_mean.numpy(), rtol=1e-6,
+                               atol=1e-7)
+    np.testing.assert_allclose(f.moving_variance.numpy(), bn.moving_variance.numpy(), rtol=1e-6)
+
+
+def test_fold_numpy_matches_the_layer_bit_for_bit(rng):
+    for kind, kwargs, folded_cls, shape, attr in KINDS:
+        _, _, f, _, _ = _pair(kind, kwargs, folded_cls, shape, attr, "linear", rng)
+        w, b = f.folded_kernel_and_bias()
+        wn, bn_ = fold_numpy(f.kernel.numpy(), f.bias.numpy(), f.gamma.numpy(), f.beta.numpy(),
+                             f.moving_mean.numpy(), f.moving_variance.numpy(), f.epsilon,
+                             depthwise=attr == "depthwise_kernel")
+        np.testing.assert_array_equal(w.numpy(), wn)
+        np.testing.assert_array_equal(b.numpy(), bn_)
+
+
+def test_freeze_delay_and_callback(rng):
+    kind, kwargs, folded_cls, shape, attr = KINDS[0]
+    op, bn, f, x, fn = _pair(kind, kwargs, folded_cls, shape, attr, "relu", rng)
+    f2 = FoldedConv2DBatchNorm(op.get_config(), epsilon=bn.epsilon, momentum=0.9,
+                               activation="relu", freeze_bn_delay=2)
+    f2(x)
+    f2.set_weights(f.get_weights())
+    f2(x, training=True)
+    f2(x, training=True)  # steps 0 and 1 update the statistics
+    before = f2.moving_mean.numpy().copy()
+    y_train = f2(x, training=True).numpy()  # step 2: frozen
+    np.testing.assert_array_equal(f2.moving_mean.numpy(), before)
+    np.testing.assert_array_equal(y_train, f2(x, training=False).numpy())
+    # callback
+    model = keras.Sequential([keras.Input(shape[1:]), f])
+    te.FreezeBatchNorm(0).set_model(model)
+    cb = te.FreezeBatchNorm(0)
+    cb.set_model(model)
+    cb.on_epoch_begin(0)
+    mm = f.moving_mean.numpy().copy()
+    np.testing.assert_array_equal(f(x, training=True).numpy(), f(x, training=False).numpy())
+    np.testing.assert_array_equal(f.moving_mean.numpy(), mm)
+
+
+def _bn_net(bn_momentum=0.9):
+    inp = keras.Input((10, 10, 3))
+    x = L.Conv2D(8, 3, name="conv")(inp)
+    x = L.BatchNormalization(momentum=bn_momentum, name="bn1")(x)
+    x = L.ReLU(name="r1")(x)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(x)
+    x = L.BatchNormalization(momentum=bn_momentum, name="bn2")(x)
+    x = L.ReLU(6.0, name="r2")(x)
+    x = L.Flatten(name="flat")(x)
+    x = L.Dense(6, name="fc")(x)
+    x = L.BatchNormalization(momentum=bn_momentum, name="bn3")(x)
+    return keras.Model(inp, L.Dense(3, name="head")(x))
+
+
+class _FoldOnly(FoldingScheme):
+    """Folding transforms only: no input quantization, for the float-equivalence test."""
+
+    def get_layout_transformer(self):
+        return LayoutTransform([FoldBatchNorm(True), FoldBatchNorm(False)])
+
+
+def test_folded_model_without_quantization_equals_float_model(rng):
+    model = _bn_net()
+    x = rng.normal(size=(16, 10, 10, 3)).astype(np.float32)
+    model.compile("adam", "mse")
+    model.fit(x, rng.normal(size=(16, 3)), epochs=2, verbose=0)  # non-trivial statistics
+    annotated = te.annotate(model, [te.Rule(config=te.no_op_config())])
+    with te.quantize_scope():
+        folded = tfmot.quantization.keras.quantize_apply(annotated, scheme=_FoldOnly())
+    kinds = {type(getattr(la, "layer", la)).__name__ for la in folded.layers}
+    assert {"FoldedConv2DBatchNorm", "FoldedDepthwiseConv2DBatchNorm",
+            "FoldedDenseBatchNorm"} <= kinds
+    assert _rel(folded.predict(x, verbose=0), model.predict(x, verbose=0)) <= 1e-5
+
+
+def _trained_qat(policy, rng, scheme=None):
+    qat = te.quantize(_bn_net(), policy, scheme)
+    x = rng.normal(size=(64, 10, 10, 3)).astype(np.float32)
+    qat.compile(keras.optimizers.Adam(1e-2), "mse")
+    qat.fit(x, rng.normal(size=(64, 3)).astype(np.float32), epochs=2, batch_size=16, verbose=0)
+    return qat, x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_tflite_deploys_exactly_the_trained_folded_kernels(per_channel, rng):
+    policy = [
+        te.Rule(layer_type=L.Conv2D, config=te.conv_config(8, per_channel=per_channel)),
+        te.Rule(layer_type=L.DepthwiseConv2D,
+                config=te.depthwise_conv_config(8, per_channel=per_channel)),
+    ]
+    qat, x = _trained_qat(policy, rng)
+    params = te.extract(qat)
+    folded = [p for p in params.values() if p.folded]
+    assert {p.name for p in folded} == {"quant_conv", "quant_dw", "quant_fc"}
+    ops = tflite_weight_ops(convert_int8(qat, x[:16]))
+    for op in ops:
+        (name,) = [n for n in params if f"/{n}/" in op["filter_name"]]
+        p = params[name]
+        np.testing.assert_array_equal(keras_layout(op["op"], op["filter"], p.kernel_int.shape),
+                                      p.kernel_int, err_msg=name)
+        np.testing.assert_array_equal(op["bias"], p.bias_int, err_msg=name)
+        if not per_channel:  # what was trained per tensor is deployed per tensor
+            assert len(op["filter_scales"]) == 1, name
+        else:
+            assert len(op["filter_scales"]) == p.kernel_scale.size
+    # the folded kernel's fake-quant values are what the layer computes
+    for p in folded:
+        inner = qat.get_layer(p.name).layer
+        w_fold, _ = inner.folded_kernel_and_bias()
+        fq = inner.weight_quantizer(w_fold, False, inner._qvars).numpy()
+        np.testing.assert_array_equal(p.dequantized_kernel(), fq)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["h5", "savedmodel"])
+def test_folded_round_trips(fmt, rng, tmp_path):
+    qat, x = _trained_qat(None, rng)
+    path = tmp_path / ("m.h5" if fmt == "h5" else "sm")
+    qat.save(str(path))
+    with te.quantize_scope():
+        back = keras.models.load_model(str(path))
+    np.testing.assert_array_equal(back.predict(x, verbose=0), qat.predict(x, verbose=0))
+    for va, vb in zip(qat.weights, back.weights):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy(), err_msg=va.name)
+    if fmt == "h5":
+        live, disk = te.extract(qat), te.extract(path)
+        for name in live:
+            if live[name].kernel_int is not None:
+                np.testing.assert_array_equal(live[name].kernel_int, disk[name].kernel_int)
+                np.testing.assert_array_equal(live[name].bias_int, disk[name].bias_int)
+
+
+def test_four_bit_folded_grid(rng):
+    qat, _ = _trained_qat([te.Rule(layer_type=L.Conv2D, config=te.conv_config(4))], rng)
+    p = te.extract(qat)["quant_conv"]
+    assert p.folded and p.bits == 4
+    assert p.kernel_int.min() >= -7 and p.kernel_int.max() <= 7
+    r = qmath.nudge(-7 * p.kernel_scale, 7 * p.kernel_scale, 4, True)
+    np.testing.assert_array_equal(r.scale, p.kernel_scale)
