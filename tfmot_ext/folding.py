@@ -64,8 +64,7 @@ def fold_numpy(kernel: np.ndarray, bias: np.ndarray | None, gamma: np.ndarray,
     sigma = np.sqrt(np.asarray(variance, f32) + f32(epsilon)).astype(f32)
     sf = (np.asarray(gamma, f32) / sigma).astype(f32)
     k = np.asarray(kernel, f32)
-    w = (k * sf.reshape(k.shape[-2], k.shape[-1])).astype(f32) if depthwise else (
-        k * sf).astype(f32)
+    w = np.multiply(k, sf.reshape(k.shape[-2], k.shape[-1]) if depthwise else sf, dtype=f32)
     b = np.zeros_like(sf) if bias is None else np.asarray(bias, f32)
     b_fold = (np.asarray(beta, f32) + ((b - np.asarray(mean, f32)).astype(f32) * sf)
               .astype(f32)).astype(f32)

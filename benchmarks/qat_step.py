@@ -1,0 +1,77 @@
+"""Train-step time: float vs tfmot's default QAT vs tfmot_ext's folded QAT.
+
+    python benchmarks/qat_step.py [--steps 20] [--rounds 3]
+
+Models: the demo's MNIST CNN (28x28x1, batch 32) and MobileNetV2 alpha=0.35 at 96x96
+(weights=None, batch 32). After warm-up (tracing), each variant runs ``--steps``
+train_on_batch calls per round, round-robin over ``--rounds`` rounds; the median step
+time of each variant is divided by the float model's. Target: folded <= 1.3x float.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import tfmot_ext as te
+from tfmot_ext import demo
+from tfmot_ext._compat import keras, tfmot
+
+
+def _mobilenet() -> Any:
+    return keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None,
+                                          classes=10, classifier_activation=None)
+
+
+def _variants(build: Callable[[], Any]) -> dict[str, Any]:
+    out = {}
+    keras.utils.set_random_seed(0)
+    out["float"] = build()
+    out["tfmot default QAT"] = tfmot.quantization.keras.quantize_model(build())
+    out["tfmot_ext folded QAT"] = te.quantize(build())
+    for m in out.values():
+        m.compile(keras.optimizers.SGD(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return out
+
+
+def bench(name: str, build: Callable[[], Any], shape: tuple[int, ...], steps: int,
+          rounds: int) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, 32)
+    models = _variants(build)
+    for m in models.values():  # warm-up: tracing and first allocations
+        for _ in range(3):
+            m.train_on_batch(x, y)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                m.train_on_batch(x, y)
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{name}: median train step, {steps * rounds} steps each, batch 32")
+    for k in models:
+        print(f"  {k:<22} {med[k] * 1e3:8.1f} ms   {med[k] / med['float']:.2f}x float")
+    keras.backend.clear_session()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    bench("MNIST CNN 28x28", demo.build_cnn, (28, 28, 1), args.steps, args.rounds)
+    bench("MobileNetV2 0.35 96x96", _mobilenet, (96, 96, 3), args.steps, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
