@@ -24,7 +24,7 @@ def _wrappers(qat):
 def _bits(wrapper, attr):
     folded_q = getattr(wrapper.layer, "weight_quantizer", None)
     if folded_q is not None:  # BatchNorm folded into this layer (FoldingScheme)
-        assert wrapper.layer._KERNEL == attr
+        assert attr == wrapper.layer._KERNEL
         return folded_q.bits
     for w, q in wrapper.quantize_config.get_weights_and_quantizers(wrapper.layer):
         if w is getattr(wrapper.layer, attr):

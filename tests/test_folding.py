@@ -80,7 +80,7 @@ def test_fold_numpy_matches_the_layer_bit_for_bit(rng):
 
 def test_freeze_delay_and_callback(rng):
     kind, kwargs, folded_cls, shape, attr = KINDS[0]
-    op, bn, f, x, fn = _pair(kind, kwargs, folded_cls, shape, attr, "relu", rng)
+    op, bn, f, x, _fn = _pair(kind, kwargs, folded_cls, shape, attr, "relu", rng)
     f2 = FoldedConv2DBatchNorm(op.get_config(), epsilon=bn.epsilon, momentum=0.9,
                                activation="relu", freeze_bn_delay=2)
     f2(x)
