@@ -15,33 +15,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import numpy as np
-
 import tfmot_ext as te
 from tfmot_ext import demo
-from tfmot_ext._compat import keras, tf, tfmot
+from tfmot_ext._compat import keras, tfmot
 
 L = keras.layers
-
-
-def tflite_predict(model: Any, calib: np.ndarray, x: np.ndarray) -> np.ndarray:
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    interp = tf.lite.Interpreter(model_content=conv.convert())
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    s, z = inp["quantization"]
-    preds = []
-    for i in range(len(x)):
-        interp.set_tensor(inp["index"],
-                          np.clip(np.round(x[i : i + 1] / s + z), -128, 127).astype(np.int8))
-        interp.invoke()
-        preds.append(int(interp.get_tensor(out["index"])[0].argmax()))
-    return np.asarray(preds)
 
 
 def main() -> None:
@@ -81,7 +59,7 @@ def main() -> None:
         qat.fit(x_tr, y_tr, epochs=args.qat_epochs, batch_size=64, verbose=0,
                 callbacks=[te.FreezeBatchNorm(max(args.qat_epochs - 1, 0))])
         q_pred = qat.predict(x_te, verbose=0).argmax(1)
-        t_pred = tflite_predict(qat, x_tr[:200], x_te)
+        t_pred = demo.tflite_predict(te.to_tflite(qat, x_tr[:200]), x_te)
         rows.append((name, float((q_pred == y_te).mean()), float((t_pred == y_te).mean()),
                      float((q_pred == t_pred).mean())))
         keras.backend.clear_session()

@@ -57,15 +57,10 @@ def env_snapshot() -> dict[str, str]:
 
 
 def convert_int8(model, data, int8_io: bool = True) -> bytes:
-    """Full-integer TFLite conversion with a representative dataset (test helper)."""
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([data[i : i + 1]] for i in range(len(data)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if int8_io:
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
-    return conv.convert()
+    """Full-integer TFLite conversion (test helper over tfmot_ext.to_tflite)."""
+    from tfmot_ext.tflite import to_tflite
+
+    return to_tflite(model, data, int8_io=int8_io)
 
 
 def tflite_weight_ops(model_bytes: bytes) -> list[dict]:

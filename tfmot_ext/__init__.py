@@ -23,6 +23,7 @@ from tfmot_ext.configs import (
 )
 from tfmot_ext.errors import (
     ConfigError,
+    ConversionError,
     ExportError,
     ExtractionError,
     H5FormatError,
@@ -66,6 +67,7 @@ from tfmot_ext.quantizers import (
 from tfmot_ext.scheme import DefaultScheme, FoldingScheme
 from tfmot_ext.scope import custom_objects, quantize_scope
 from tfmot_ext.summary import LayerQuantSummary, format_summary, summarize
+from tfmot_ext.tflite import float_ops, interpreter, to_tflite
 
 try:
     __version__ = version("tfmot-ext")
@@ -75,6 +77,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "UNSUPPORTED_MODES",
     "ConfigError",
+    "ConversionError",
     "DefaultScheme",
     "ExportError",
     "ExtractionError",
@@ -110,8 +113,10 @@ __all__ = [
     "depthwise_conv_config",
     "export",
     "extract",
+    "float_ops",
     "format_summary",
     "freeze_batch_norm",
+    "interpreter",
     "no_op_config",
     "output_channel_axis",
     "output_only_config",
@@ -126,6 +131,7 @@ __all__ = [
     "to_encodings",
     "to_json",
     "to_npz",
+    "to_tflite",
     "unpack_int4",
     "weight_quantizer",
 ]

@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 
 from tfmot_ext import configs
-from tfmot_ext._compat import keras, tf
+from tfmot_ext._compat import keras
 from tfmot_ext.annotate import Rule, quantize
 from tfmot_ext.summary import format_summary, summarize
+from tfmot_ext.tflite import interpreter, to_tflite
 
 __all__ = [
     "DemoResult", "build_cnn", "load_mnist_5k", "main", "mixed_policy", "run", "tflite_accuracy",
+    "tflite_predict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,23 +97,21 @@ def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
 
 def tflite_accuracy(qat: Any, x_calib: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     """Convert the QAT model to a full-integer TFLite model (int8 I/O) and score it."""
-    conv = tf.lite.TFLiteConverter.from_keras_model(qat)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x_calib[i : i + 1]] for i in range(len(x_calib)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    interp = tf.lite.Interpreter(model_content=conv.convert())
-    interp.allocate_tensors()
+    return float((tflite_predict(to_tflite(qat, x_calib), x) == y).mean())
+
+
+def tflite_predict(model_content: bytes, x: np.ndarray) -> np.ndarray:
+    """Class predictions of an int8-I/O TFLite model, one input at a time."""
+    interp = interpreter(model_content)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     s, zp = inp["quantization"]
-    correct = 0
+    preds = []
     for i in range(len(x)):
         q = np.clip(np.round(x[i : i + 1] / s + zp), -128, 127).astype(np.int8)
         interp.set_tensor(inp["index"], q)
         interp.invoke()
-        correct += int(interp.get_tensor(out["index"])[0].argmax() == y[i])
-    return correct / len(x)
+        preds.append(int(interp.get_tensor(out["index"])[0].argmax()))
+    return np.asarray(preds)
 
 
 @dataclass(frozen=True)

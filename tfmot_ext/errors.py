@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConversionError",
     "ExportError",
     "ExtractionError",
     "H5FormatError",
@@ -55,3 +56,7 @@ class H5FormatError(ExtractionError):
 
 class ExportError(TfmotExtError, ValueError):
     """An export cannot be written (unknown format, missing folder, values out of range)."""
+
+
+class ConversionError(TfmotExtError, RuntimeError):
+    """TFLite conversion failed, or a full-integer request left float operators."""
