@@ -102,3 +102,17 @@ def keras_layout(op: str, tfl_filter: np.ndarray, keras_shape) -> np.ndarray:
     if op == "DEPTHWISE_CONV_2D":
         return tfl_filter.reshape(keras_shape)
     return tfl_filter.T
+
+
+def small_qat(rng, epochs: int = 1):
+    """A trained Conv -> Flatten -> Dense QAT model on (6, 6, 2) inputs, and its data."""
+    import tfmot_ext as te
+
+    inp = keras.Input((6, 6, 2))
+    x = L.Conv2D(3, 3, activation="relu", name="conv")(inp)
+    x = L.Flatten()(x)
+    qat = te.quantize(keras.Model(inp, L.Dense(2, name="fc")(x)))
+    data = rng.normal(size=(16, 6, 6, 2)).astype(np.float32)
+    qat.compile("adam", "mse")
+    qat.fit(data, rng.normal(size=(16, 2)), epochs=epochs, verbose=0)
+    return qat, data

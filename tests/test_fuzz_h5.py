@@ -16,6 +16,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
+from conftest import small_qat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,14 +34,7 @@ FUZZ = settings(max_examples=130, deadline=None,
 @pytest.fixture(scope="module")
 def qat_h5(tmp_path_factory) -> bytes:
     keras.utils.set_random_seed(7)
-    rng = np.random.default_rng(7)
-    inp = keras.Input((6, 6, 2))
-    x = L.Conv2D(3, 3, activation="relu", name="conv")(inp)
-    x = L.Flatten()(x)
-    qat = te.quantize(keras.Model(inp, L.Dense(2, name="fc")(x)))
-    data = rng.normal(size=(8, 6, 6, 2)).astype(np.float32)
-    qat.compile("adam", "mse")
-    qat.fit(data, rng.normal(size=(8, 2)), epochs=1, verbose=0)
+    qat, _ = small_qat(np.random.default_rng(7))
     path = tmp_path_factory.mktemp("fuzz") / "qat.h5"
     qat.save(str(path))
     extract(path)  # the pristine file is fine

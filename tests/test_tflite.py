@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import small_qat
 
 import tfmot_ext as te
 from tfmot_ext._compat import keras
@@ -14,14 +15,7 @@ L = keras.layers
 
 @pytest.fixture
 def qat_and_data(rng):
-    inp = keras.Input((6, 6, 2))
-    x = L.Conv2D(3, 3, activation="relu", name="conv")(inp)
-    x = L.Flatten()(x)
-    qat = te.quantize(keras.Model(inp, L.Dense(2, name="fc")(x)))
-    data = rng.normal(size=(16, 6, 6, 2)).astype(np.float32)
-    qat.compile("adam", "mse")
-    qat.fit(data, rng.normal(size=(16, 2)), epochs=1, verbose=0)
-    return qat, data
+    return small_qat(rng)
 
 
 @pytest.mark.slow
