@@ -198,21 +198,23 @@ class FoldedBatchNormBase(keras.layers.Layer):
         w_fold = self._scale_kernel(self.kernel, sf)
         y = self._op(x, self._quantized_kernel(w_fold, True))
         b = self.bias if self.bias is not None else tf.zeros_like(sf)
-        z = y / sf + b
-        axes = list(range(z.shape.rank - 1))
-        mean, var = tf.nn.moments(z, axes=axes)
-        # Keras's BatchNormalization is fused on rank-4 inputs, and the fused kernel
-        # stores the unbiased batch variance; on other ranks it stores the biased one.
-        if z.shape.rank == 4:
-            n = tf.cast(tf.reduce_prod(tf.shape(z)[:-1]), tf.float32)
-            unbiased = var * n / tf.maximum(n - 1.0, 1.0)
-        else:
-            unbiased = var
         m = np.float32(self.momentum)
+        if y.shape.rank == 4:
+            # z = y / sf + b is the unfolded pre-BN output. BN's output does not depend on
+            # the shift b, so TF's fused kernel runs on y / sf (the kernel Keras's BN uses
+            # on rank-4 tensors, returning the unbiased batch variance Keras stores).
+            out, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                y / sf, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
+            mean = mean + b
+        else:
+            # Keras's BN is not fused here and stores the biased batch variance
+            z = y / sf + b
+            mean, var = tf.nn.moments(z, axes=list(range(z.shape.rank - 1)))
+            out = (z - mean) * (self.gamma / tf.sqrt(var + np.float32(self.epsilon))) + self.beta
         updates = [self.moving_mean.assign(self.moving_mean * m + mean * (1 - m)),
-                   self.moving_variance.assign(self.moving_variance * m + unbiased * (1 - m))]
+                   self.moving_variance.assign(self.moving_variance * m + var * (1 - m))]
         with tf.control_dependencies(updates):
-            return (z - mean) * (self.gamma / tf.sqrt(var + np.float32(self.epsilon))) + self.beta
+            return tf.identity(out)
 
     def _frozen(self) -> tf.Tensor:
         frozen = self.bn_frozen > 0
