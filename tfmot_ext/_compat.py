@@ -14,6 +14,7 @@ with the reason.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import tensorflow as tf
@@ -52,7 +53,18 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
     default_8bit_transforms,
 )
 
-QuantizeWrapper = _qk.QuantizeWrapper  # public; QuantizeWrapperV2 subclasses it
+QuantizeWrapper = _qk.QuantizeWrapper
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+if _minor(tf.__version__) != _minor(keras.__version__):  # pragma: no cover - install-time
+    warnings.warn(
+        f"tensorflow {tf.__version__} and tf-keras {keras.__version__} differ in minor "
+        "version; install matching releases (pip install 'tf-keras==<tensorflow major.minor>.*')",
+        RuntimeWarning, stacklevel=2)  # public; QuantizeWrapperV2 subclasses it
 QuantizeAnnotate = _quantize_annotate.QuantizeAnnotate
 QuantizeLayer = _quantize_layer.QuantizeLayer
 
