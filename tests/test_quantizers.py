@@ -260,3 +260,11 @@ def test_degenerate_inputs_give_finite_outputs(q):
             assert np.isfinite(y).all()
         if not x.any():
             np.testing.assert_array_equal(y, 0.0)
+
+
+@pytest.mark.parametrize("q", [MinMaxQuantizer(8, per_channel=True),
+                               LSQQuantizer(4, per_channel=True)])
+def test_per_channel_without_a_shape_is_an_error(q):
+    # tfmot builds activation quantizers with no tensor shape
+    with pytest.raises(ConfigError, match="per-channel quantization needs a known"):
+        _build(q, None, "post_activation")

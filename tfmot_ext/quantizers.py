@@ -239,9 +239,15 @@ def _make_range_vars(layer: Any, name: str, shape: Sequence[int]) -> dict[str, t
     }
 
 
-def _channel_count(tensor_shape: Any, axes: tuple[int, ...] | None, who: str) -> list[int]:
-    if axes is None:
+def _range_shape(q: Any, tensor_shape: Any, name: str) -> list[int]:
+    """Shape of a quantizer's range variables: ``[]`` per tensor, ``[channels]`` per channel.
+
+    Per channel needs a known tensor shape (weights have one; tfmot builds activation
+    quantizers without), else :class:`ConfigError`.
+    """
+    if not q.per_channel:
         return []
+    who = f"{type(q).__name__} '{name}'"
     if tensor_shape is None:
         raise ConfigError(
             f"{who}: per-channel quantization needs a known tensor shape; activation "
@@ -249,7 +255,7 @@ def _channel_count(tensor_shape: Any, axes: tuple[int, ...] | None, who: str) ->
         )
     dims = list(tensor_shape)
     n = 1
-    for a in axes:
+    for a in q.resolved_axis(len(dims)):
         if dims[a] is None:
             raise ConfigError(f"{who}: channel axis {a} of shape {dims} is unknown")
         n *= int(dims[a])
@@ -336,11 +342,7 @@ class MinMaxQuantizer(QuantizerBase):
 
     # -- tfmot Quantizer API -----------------------------------------------
     def build(self, tensor_shape: Any, name: str, layer: Any) -> dict[str, tf.Variable]:
-        rank = None if tensor_shape is None else len(tensor_shape)
-        axes = None if rank is None else self.resolved_axis(rank)
-        if self.per_channel and rank is None:
-            _channel_count(None, (0,), type(self).__name__)
-        return _make_range_vars(layer, name, _channel_count(tensor_shape, axes, name))
+        return _make_range_vars(layer, name, _range_shape(self, tensor_shape, name))
 
     def _track(self, x: tf.Tensor, weights: dict[str, tf.Variable],
                axes: tuple[int, ...] | None) -> tuple[tf.Tensor, tf.Tensor]:
@@ -525,9 +527,7 @@ class LSQQuantizer(QuantizerBase):
         return normalize_axis(-1 if self.axis is None else self.axis, rank, "LSQQuantizer")
 
     def build(self, tensor_shape: Any, name: str, layer: Any) -> dict[str, tf.Variable]:
-        rank = None if tensor_shape is None else len(tensor_shape)
-        axes = None if rank is None else self.resolved_axis(rank)
-        shape = _channel_count(tensor_shape, axes, name) if self.per_channel else []
+        shape = _range_shape(self, tensor_shape, name)
         _keep_weight_order(layer)
         step = layer.add_weight(f"{name}_step", shape=shape,
                                 initializer=keras.initializers.Constant(0.0), trainable=True)
