@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -45,15 +43,6 @@ def build_cnn(input_shape=(12, 12, 1), classes=3, bn_momentum=0.9, multiplier=2)
 @pytest.fixture
 def cnn() -> keras.Model:
     return build_cnn()
-
-
-@pytest.fixture
-def images(rng) -> np.ndarray:
-    return rng.normal(size=(16, 12, 12, 1)).astype(np.float32)
-
-
-def env_snapshot() -> dict[str, str]:
-    return dict(os.environ)
 
 
 def convert_int8(model, data, int8_io: bool = True) -> bytes:

@@ -67,7 +67,7 @@ from tfmot_ext.quantizers import (
 from tfmot_ext.scheme import DefaultScheme, FoldingScheme
 from tfmot_ext.scope import custom_objects, quantize_scope
 from tfmot_ext.summary import LayerQuantSummary, format_summary, summarize
-from tfmot_ext.tflite import float_ops, interpreter, to_tflite
+from tfmot_ext.tflite import float_ops, interpreter, run_int8, to_tflite
 
 try:
     __version__ = version("tfmot-ext")
@@ -125,6 +125,7 @@ __all__ = [
     "quantize",
     "quantize_multiplier",
     "quantize_scope",
+    "run_int8",
     "separable_conv_config",
     "summarize",
     "to_c_header",

@@ -35,7 +35,8 @@ from tfmot_ext.configs import (
     output_only_config,
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
-from tfmot_ext.scheme import FoldingScheme
+from tfmot_ext.extract import inbound_layer_names
+from tfmot_ext.scheme import FoldingScheme, relu_kind
 from tfmot_ext.scope import quantize_scope
 from tfmot_ext.summary import format_summary, summarize
 
@@ -238,11 +239,9 @@ _PENDING = "__pending__"
 
 def _is_relu_like(layer: Any) -> bool:
     if isinstance(layer, keras.layers.ReLU):
-        cfg = layer.get_config()
-        return (not cfg.get("negative_slope")) and not cfg.get("threshold") and (
-            cfg.get("max_value") in (None, 6, 6.0))
+        return relu_kind("ReLU", layer.get_config()) is not None
     if isinstance(layer, keras.layers.Activation):
-        return getattr(layer.activation, "__name__", "") in ("relu", "relu6")
+        return relu_kind("Activation", layer.get_config()) is not None
     return False
 
 
@@ -259,11 +258,8 @@ def consumers(model: Any) -> dict[str, list[str]]:
             out[a].append(b)
         return out
     for entry in model.get_config()["layers"]:
-        for node in entry.get("inbound_nodes", []):
-            items = node if isinstance(node, list) else node.get("args", [])
-            for item in items:
-                if isinstance(item, list) and item and isinstance(item[0], str):
-                    out.setdefault(item[0], []).append(entry["name"])
+        for name in inbound_layer_names(entry):
+            out.setdefault(name, []).append(entry["name"])
     return out
 
 

@@ -30,6 +30,7 @@ from tfmot_ext.quantizers import (
 __all__ = [
     "WEIGHT_ATTRIBUTES",
     "LayerQuantizeConfig",
+    "channel_axis_of_kind",
     "conv_config",
     "conv_transpose_config",
     "default_config_for",
@@ -81,20 +82,32 @@ def _set_attr(layer: Any, path: str, value: Any) -> None:
     setattr(obj, parts[-1], value)
 
 
-def output_channel_axis(layer: Any, attr: str, rank: int) -> int | tuple[int, ...]:
-    """The output-channel axis of ``layer``'s weight ``attr`` (rank ``rank``).
+_TRANSPOSED = frozenset({"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"})
 
+
+def channel_axis_of_kind(kinds: str | frozenset[str] | set[str], attr: str,
+                         rank: int) -> int | tuple[int, ...]:
+    """The output-channel axis of weight ``attr`` (rank ``rank``) of a layer kind.
+
+    ``kinds`` is a layer class name, or the names of the class and its bases.
     DepthwiseConv ``depthwise_kernel`` ``(..., C, M)``: ``(rank-2, rank-1)`` — the
     ``C x M`` output channels TFLite quantizes. ``Conv*Transpose`` ``kernel``
     ``(..., out, in)``: ``rank-2``. Otherwise the last axis.
+
+    >>> channel_axis_of_kind("DepthwiseConv2D", "depthwise_kernel", 4)
+    (2, 3)
     """
+    names = {kinds} if isinstance(kinds, str) else kinds
     if attr.endswith("depthwise_kernel"):
         return (rank - 2, rank - 1)
-    if isinstance(layer, (L.Conv2DTranspose, L.Conv3DTranspose, L.Conv1DTranspose)) and (
-        attr == "kernel"
-    ):
+    if attr == "kernel" and names & _TRANSPOSED:
         return rank - 2
     return rank - 1
+
+
+def output_channel_axis(layer: Any, attr: str, rank: int) -> int | tuple[int, ...]:
+    """:func:`channel_axis_of_kind` for a layer object (its class or any base decides)."""
+    return channel_axis_of_kind({c.__name__ for c in type(layer).__mro__}, attr, rank)
 
 
 def _serialize(q: Any) -> Any:

@@ -25,7 +25,7 @@ from tfmot_ext import configs
 from tfmot_ext._compat import keras
 from tfmot_ext.annotate import Rule, quantize
 from tfmot_ext.summary import format_summary, summarize
-from tfmot_ext.tflite import interpreter, to_tflite
+from tfmot_ext.tflite import run_int8, to_tflite
 
 __all__ = [
     "DemoResult", "build_cnn", "load_mnist_5k", "main", "mixed_policy", "run", "tflite_accuracy",
@@ -101,17 +101,8 @@ def tflite_accuracy(qat: Any, x_calib: np.ndarray, x: np.ndarray, y: np.ndarray)
 
 
 def tflite_predict(model_content: bytes, x: np.ndarray) -> np.ndarray:
-    """Class predictions of an int8-I/O TFLite model, one input at a time."""
-    interp = interpreter(model_content)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    s, zp = inp["quantization"]
-    preds = []
-    for i in range(len(x)):
-        q = np.clip(np.round(x[i : i + 1] / s + zp), -128, 127).astype(np.int8)
-        interp.set_tensor(inp["index"], q)
-        interp.invoke()
-        preds.append(int(interp.get_tensor(out["index"])[0].argmax()))
-    return np.asarray(preds)
+    """Class predictions of an int8-I/O TFLite model."""
+    return run_int8(model_content, x).argmax(-1)
 
 
 @dataclass(frozen=True)

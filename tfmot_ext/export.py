@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from tfmot_ext import qmath
 from tfmot_ext.errors import ExportError
 from tfmot_ext.extract import LayerQuantParams, QuantizedModelParams, TensorQuant
 
@@ -134,8 +135,6 @@ def _layer_encoding(p: LayerQuantParams) -> dict[str, Any]:
     kernel = None
     if p.kernel_int is not None and p.kernel_scale is not None:
         zp = p.kernel_zero_point if p.kernel_zero_point is not None else 0
-        from tfmot_ext import qmath
-
         qmin, qmax = qmath.integer_range(int(p.bits or 8), bool(p.narrow_range))
         s = np.asarray(p.kernel_scale, np.float32)
         z = np.asarray(zp, np.int64)

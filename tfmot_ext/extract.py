@@ -32,7 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from tfmot_ext import qmath
+from tfmot_ext._compat import check_keras2
+from tfmot_ext.configs import channel_axis_of_kind
 from tfmot_ext.errors import ExtractionError, H5FormatError
+from tfmot_ext.folding import fold_numpy
 from tfmot_ext.quantizers import (
     FixedRangeQuantizer,
     LSQQuantizer,
@@ -47,6 +50,7 @@ __all__ = [
     "QuantizedModelParams",
     "TensorQuant",
     "extract",
+    "inbound_layer_names",
     "quantize_multiplier",
 ]
 
@@ -310,7 +314,8 @@ def _short(name: str) -> str:
     return name.split("/")[-1].split(":")[0]
 
 
-def _inbound_names(entry: Mapping[str, Any]) -> list[str]:
+def inbound_layer_names(entry: Mapping[str, Any]) -> list[str]:
+    """Names of the layers feeding one layer entry of a functional model config."""
     out: list[str] = []
     for node in entry.get("inbound_nodes", []) or []:
         items = node if isinstance(node, list) else (node.get("args", []) if isinstance(
@@ -343,7 +348,7 @@ def _records_from_config(model_config: Mapping[str, Any], where: str) -> list[_R
         name = entry.get("name") or (lc.get("name") if isinstance(lc, Mapping) else None)
         if not isinstance(name, str):
             raise H5FormatError(f"{where}: layer #{i} has no name")
-        inbound = ([prev] if prev else []) if sequential else _inbound_names(entry)
+        inbound = ([prev] if prev else []) if sequential else inbound_layer_names(entry)
         records.append(_Record(name, _class_name(entry), dict(lc) if isinstance(lc, Mapping)
                                else {}, inbound, {}))
         prev = name
@@ -351,8 +356,6 @@ def _records_from_config(model_config: Mapping[str, Any], where: str) -> list[_R
 
 
 def _records_from_model(model: Any) -> list[_Record]:
-    from tfmot_ext._compat import check_keras2
-
     check_keras2(model, "model")
     records = _records_from_config({"class_name": type(model).__name__,
                                     "config": model.get_config()}, f"model '{model.name}'")
@@ -623,13 +626,8 @@ def _channel_axis(kind: str, attr: str, rank: int, spec: QuantSpec) -> tuple[int
         return None
     if spec.kind == "tfmot":
         return (rank - 1,)
-    if spec.axis is not None:
-        return normalize_axis(spec.axis, rank, attr)
-    if attr.endswith("depthwise_kernel"):
-        return (rank - 2, rank - 1)
-    if kind in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose") and attr == "kernel":
-        return (rank - 2,)
-    return (rank - 1,)
+    axis = spec.axis if spec.axis is not None else channel_axis_of_kind(kind, attr, rank)
+    return normalize_axis(axis, rank, attr)
 
 
 class _Parser:
@@ -825,8 +823,6 @@ class _Parser:
     def _folded_weights(self, rec: _Record, short: str, op_kind: str,
                         cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The folded kernel and bias, exactly as the folded layer computes them."""
-        from tfmot_ext.folding import fold_numpy
-
         w = rec.weights
         for name in (short, "gamma", "beta", "moving_mean", "moving_variance"):
             if name not in w:

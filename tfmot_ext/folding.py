@@ -169,11 +169,14 @@ class FoldedBatchNormBase(keras.layers.Layer):
                        if self.weight_quantizer is not None else {})
         super().build(input_shape)
 
+    def _scale_factor_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """``gamma / sqrt(moving_variance + epsilon)`` and the op's bias (0 without one)."""
+        sf = self.gamma / tf.sqrt(self.moving_variance + np.float32(self.epsilon))
+        return sf, self.bias if self.bias is not None else tf.zeros_like(sf)
+
     def folded_kernel_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
         """``(W_fold, b_fold)`` from the moving statistics (float, unquantized)."""
-        sigma = tf.sqrt(self.moving_variance + np.float32(self.epsilon))
-        sf = self.gamma / sigma
-        b = self.bias if self.bias is not None else tf.zeros_like(sf)
+        sf, b = self._scale_factor_and_bias()
         return self._scale_kernel(self.kernel, sf), self.beta + (b - self.moving_mean) * sf
 
     def _activate(self, y: tf.Tensor) -> tf.Tensor:
@@ -193,11 +196,8 @@ class FoldedBatchNormBase(keras.layers.Layer):
         return self._op(x, self._quantized_kernel(w_fold, training)) + b_fold
 
     def _batch_corrected(self, x: tf.Tensor) -> tf.Tensor:
-        sigma = tf.sqrt(self.moving_variance + np.float32(self.epsilon))
-        sf = self.gamma / sigma
-        w_fold = self._scale_kernel(self.kernel, sf)
-        y = self._op(x, self._quantized_kernel(w_fold, True))
-        b = self.bias if self.bias is not None else tf.zeros_like(sf)
+        sf, b = self._scale_factor_and_bias()
+        y = self._op(x, self._quantized_kernel(self._scale_kernel(self.kernel, sf), True))
         m = np.float32(self.momentum)
         if y.shape.rank == 4:
             # z = y / sf + b is the unfolded pre-BN output. BN's output does not depend on

@@ -254,42 +254,15 @@ def _broadcast_channel(a: np.ndarray, rank: int, axis: int | None) -> np.ndarray
     return a.reshape(shape)
 
 
-def _steps(x: npt.ArrayLike, r: NudgedRange, axis: int | None) -> tuple[FloatArray, FloatArray]:
-    """``k = q - zero_point`` as TF's kernel computes it, and the broadcast scale.
+def _steps(x: npt.ArrayLike, r: NudgedRange, axis: int | None) -> FloatArray:
+    """``k = q - zero_point`` as TF's kernel computes it (float32, in place on one buffer).
 
     Per tensor (``axis is None``):
     ``k = floor((clamp(x) - nudged_min) / scale - quant_zero + 0.5)``.
     Per channel: the same with ``* inv_scale`` in place of ``/ scale``.
-    In both, ``quant_zero = floor(-nudged_min * inv_scale + 0.5)``.
-    """
-    xx = np.asarray(x, np.float32)
-    lo = _broadcast_channel(r.nudged_min, xx.ndim, axis)
-    hi = _broadcast_channel(r.nudged_max, xx.ndim, axis)
-    sc = _broadcast_channel(r.scale, xx.ndim, axis)
-    inv = _broadcast_channel(r.inv_scale, xx.ndim, axis)
-    quant_zero = np.floor(-lo * inv + np.float32(0.5)).astype(np.float32)
-    shifted = (np.minimum(np.maximum(xx, lo), hi) - lo).astype(np.float32)
-    ratio = (shifted / sc) if axis is None else (shifted * inv)
-    k = np.floor((ratio.astype(np.float32) - quant_zero) + np.float32(0.5)).astype(np.float32)
-    return k, sc
-
-
-def quantize_to_int(
-    x: npt.ArrayLike, r: NudgedRange, axis: int | None = None,
-    dtype: npt.DTypeLike = np.int32,
-) -> npt.NDArray[Any]:
-    """The signed integers FakeQuant rounds ``x`` to: ``q = k + zero_point``.
-
-    ``k`` is computed with the same float32 operations, in the same order, as
-    TensorFlow's kernel (see :func:`fake_quant`), so
-    ``(q - zero_point) * scale == fake_quant(x)`` bit for bit and ``qmin <= q <= qmax``.
-    Works in place on one float32 buffer (extraction of large models is bound by it).
-
-    Args:
-        x: values.
-        r: the nudged range (per tensor, or per channel along ``axis``).
-        axis: channel axis of ``x`` when ``r`` is per channel, else None.
-        dtype: integer dtype of the result (int8 holds up to 8 bits, int16 up to 16).
+    In both, ``quant_zero = floor(-nudged_min * inv_scale + 0.5)``. Same operations in
+    the same order as TF, so the result is bit-exact; extraction of large models is
+    bound by it, hence one buffer.
     """
     xx = np.asarray(x, np.float32)
     lo = _broadcast_channel(r.nudged_min, xx.ndim, axis)
@@ -299,15 +272,35 @@ def quantize_to_int(
     t = np.maximum(xx, lo, dtype=np.float32)
     np.minimum(t, hi, out=t)
     np.subtract(t, lo, out=t)
-    if axis is None:
-        np.divide(t, _broadcast_channel(r.scale, xx.ndim, axis), out=t)
-    else:
-        np.multiply(t, inv, out=t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if axis is None:
+            np.divide(t, _broadcast_channel(r.scale, xx.ndim, axis), out=t)
+        else:
+            np.multiply(t, inv, out=t)
     np.subtract(t, quant_zero, out=t)
     np.add(t, np.float32(0.5), out=t)
     np.floor(t, out=t)
+    return t
+
+
+def quantize_to_int(
+    x: npt.ArrayLike, r: NudgedRange, axis: int | None = None,
+    dtype: npt.DTypeLike = np.int32,
+) -> npt.NDArray[Any]:
+    """The signed integers FakeQuant rounds ``x`` to: ``q = k + zero_point``.
+
+    ``k`` is TF's rounding (see :func:`fake_quant`), so
+    ``(q - zero_point) * scale == fake_quant(x)`` bit for bit and ``qmin <= q <= qmax``.
+
+    Args:
+        x: values.
+        r: the nudged range (per tensor, or per channel along ``axis``).
+        axis: channel axis of ``x`` when ``r`` is per channel, else None.
+        dtype: integer dtype of the result (int8 holds up to 8 bits, int16 up to 16).
+    """
+    t = _steps(x, r, axis)
     # k and zero_point are small integers: exact in float32
-    np.add(t, _broadcast_channel(r.zero_point, xx.ndim, axis).astype(np.float32), out=t)
+    np.add(t, _broadcast_channel(r.zero_point, t.ndim, axis).astype(np.float32), out=t)
     return t.astype(dtype)
 
 
@@ -332,8 +325,8 @@ def fake_quant(
     [-0.6667, 0.0, 0.6667, 0.6667]
     """
     r = nudge(x_min, x_max, bits, narrow_range)
-    k, sc = _steps(x, r, axis)
-    out = (k * sc).astype(np.float32)
+    k = _steps(x, r, axis)
+    out = (k * _broadcast_channel(r.scale, k.ndim, axis)).astype(np.float32)
     both_zero = (np.asarray(x_min) == 0) & (np.asarray(x_max) == 0)
     if np.any(both_zero):
         out = np.where(_broadcast_channel(both_zero, out.ndim, axis), np.float32(0), out)

@@ -17,7 +17,7 @@ from typing import Any
 
 from tfmot_ext._compat import default_8bit_transforms as _t8
 from tfmot_ext._compat import keras, tfmot
-from tfmot_ext.configs import LayerQuantizeConfig
+from tfmot_ext.configs import LayerQuantizeConfig, channel_axis_of_kind
 from tfmot_ext.folding import (
     FoldedBatchNormBase,
     FoldedConv2DBatchNorm,
@@ -33,6 +33,7 @@ __all__ = [
     "LayoutTransform",
     "folding_transforms",
     "is_folded",
+    "relu_kind",
     "safe_default_transforms",
 ]
 
@@ -134,16 +135,23 @@ def _class(node: Any) -> str:
     return str(node.layer["class_name"]).split(">")[-1]
 
 
-def _relu_kind(node: Any) -> str | None:
-    """"relu"/"relu6" if the node is a plain ReLU(6) layer or Activation, else None."""
-    cfg = node.layer["config"]
-    if _class(node) == "ReLU":
-        if cfg.get("negative_slope") or cfg.get("threshold"):
+def relu_kind(class_name: str, config: Any) -> str | None:
+    """``"relu"``/``"relu6"`` for a plain ReLU(6) or Activation layer config, else None.
+
+    These are the activations TFLite fuses into the preceding op (and the folded
+    layers fuse): ``ReLU`` without slope or threshold and with no or a 6 cap, or
+    ``Activation("relu"|"relu6")``.
+
+    >>> relu_kind("ReLU", {"max_value": 6.0}), relu_kind("ReLU", {"negative_slope": 0.1})
+    ('relu6', None)
+    """
+    if class_name == "ReLU":
+        if config.get("negative_slope") or config.get("threshold"):
             return None
-        mv = cfg.get("max_value")
+        mv = config.get("max_value")
         return "relu" if mv is None else ("relu6" if float(mv) == 6.0 else None)
-    if _class(node) == "Activation":
-        act = cfg.get("activation")
+    if class_name == "Activation":
+        act = config.get("activation")
         return act if act in ("relu", "relu6") else None
     return None
 
@@ -175,7 +183,7 @@ class FoldBatchNorm(_Transform):
     def replacement(self, match_layer: Any) -> Any:
         last = match_layer
         if self.with_activation:
-            act = _relu_kind(last)
+            act = relu_kind(_class(last), last.layer["config"])
             if act is None:
                 return match_layer
             bn = last.input_layers[0]
@@ -223,7 +231,8 @@ class FoldBatchNorm(_Transform):
         else:
             wq = weight_quantizer(8, per_channel=kind != "Dense")
         if isinstance(wq, QuantizerBase) and wq.is_per_channel and getattr(wq, "axis", 0) is None:
-            wq = wq.with_axis((2, 3) if kind == "DepthwiseConv2D" else -1)
+            wq = wq.with_axis(channel_axis_of_kind(kind, _KERNEL_ATTR[kind],
+                                                   2 if kind == "Dense" else 4))
         if isinstance(out_cfg, LayerQuantizeConfig):
             out_q = out_cfg.output or next(iter(out_cfg.activations.values()), None)
         elif isinstance(cfg, LayerQuantizeConfig):

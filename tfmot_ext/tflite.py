@@ -19,7 +19,7 @@ import numpy as np
 from tfmot_ext._compat import check_keras2, tf
 from tfmot_ext.errors import ConversionError
 
-__all__ = ["float_ops", "interpreter", "to_tflite"]
+__all__ = ["float_ops", "interpreter", "run_int8", "to_tflite"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def float_ops(model_content: bytes, allow_io: bool = False) -> list[str]:
     return found
 
 
-def _representative(data: Any, model: Any) -> Iterator[list[np.ndarray]]:
+def _validated(data: Any, model: Any) -> np.ndarray:
+    """Representative data as float32 ``(N, *input_shape)``, or :class:`ConversionError`."""
     arr = np.asarray(data, np.float32)
     expected = tuple(model.input_shape[1:])
     if arr.ndim != len(expected) + 1 or any(
@@ -76,8 +77,30 @@ def _representative(data: Any, model: Any) -> Iterator[list[np.ndarray]]:
         raise ConversionError("representative data is empty; pass ~100-500 real inputs")
     if not np.all(np.isfinite(arr)):
         raise ConversionError("representative data contains NaN or Inf")
+    return arr
+
+
+def _one_at_a_time(arr: np.ndarray) -> Iterator[list[np.ndarray]]:
     for i in range(len(arr)):
         yield [arr[i : i + 1]]
+
+
+def run_int8(model_content: bytes, x: np.ndarray) -> np.ndarray:
+    """Raw int8 outputs of an int8-I/O model on float inputs ``x``, one input at a time.
+
+    Each input is quantized with the model's input scale and zero point
+    (``clamp(round(x / s + z), -128, 127)``).
+    """
+    interp = interpreter(model_content)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    s, zp = inp["quantization"]
+    outs = []
+    for i in range(len(x)):
+        interp.set_tensor(inp["index"],
+                          np.clip(np.round(x[i : i + 1] / s + zp), -128, 127).astype(np.int8))
+        interp.invoke()
+        outs.append(interp.get_tensor(out["index"])[0])
+    return np.asarray(outs)
 
 
 def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
@@ -99,11 +122,10 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
             message), or an operator left computing in float.
     """
     check_keras2(model, "model")
-    data = np.asarray(representative_data, np.float32)
-    next(_representative(data, model))  # validate before the (slow) conversion
+    data = _validated(representative_data, model)
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: _representative(data, model)
+    conv.representative_dataset = lambda: _one_at_a_time(data)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if int8_io:
         conv.inference_input_type = tf.int8
