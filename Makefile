@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest clean
+.PHONY: demo test lint docs pytest clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,13 +16,16 @@ demo: $(STAMP)
 	$(PY) -m tfmot_ext.demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check tfmot_ext tests benchmarks docs
+	$(PY) -m ruff check tfmot_ext tests benchmarks docs notebooks
 	$(PY) -m mypy
+
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
 
 pytest: $(STAMP)
 	$(PY) -m pytest
 
-test: lint pytest
+test: lint docs pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

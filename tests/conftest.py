@@ -53,44 +53,26 @@ def convert_int8(model, data, int8_io: bool = True) -> bytes:
 
 
 def tflite_weight_ops(model_bytes: bytes) -> list[dict]:
-    """Conv/DepthwiseConv/FullyConnected ops of a TFLite model with their tensors.
+    """Conv/DepthwiseConv/FullyConnected ops of a TFLite model (as dicts, for tests)."""
+    from dataclasses import asdict
 
-    Each entry: op name, filter and bias arrays with their quantization, and the
-    input/output tensors' scale and zero point.
-    """
-    interp = tf.lite.Interpreter(model_content=model_bytes)
-    interp.allocate_tensors()
-    details = {d["index"]: d for d in interp.get_tensor_details()}
+    from tfmot_ext.tflite import weight_tensors
+
     out = []
-    for op in interp._get_ops_details():
-        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-            continue
-        i, f, b = op["inputs"][:3]
-        o = op["outputs"][0]
-        q = lambda d: d["quantization_parameters"]  # noqa: E731
-        out.append({
-            "op": op["op_name"],
-            "filter_name": details[f]["name"],
-            "filter": interp.get_tensor(f),
-            "filter_scales": q(details[f])["scales"],
-            "filter_zero_points": q(details[f])["zero_points"],
-            "bias": interp.get_tensor(b) if b >= 0 else None,
-            "bias_scales": q(details[b])["scales"] if b >= 0 else None,
-            "input_scale": q(details[i])["scales"],
-            "input_zero_point": q(details[i])["zero_points"],
-            "output_scale": q(details[o])["scales"],
-            "output_zero_point": q(details[o])["zero_points"],
-        })
+    for w in weight_tensors(model_bytes):
+        d = asdict(w)
+        d["input_scale"] = np.float32([w.input_scale])
+        d["input_zero_point"] = np.int32([w.input_zero_point])
+        d["output_scale"] = np.float32([w.output_scale])
+        d["output_zero_point"] = np.int32([w.output_zero_point])
+        out.append(d)
     return out
 
 
 def keras_layout(op: str, tfl_filter: np.ndarray, keras_shape) -> np.ndarray:
-    """TFLite filter -> Keras layout: Conv OHWI->HWIO, depthwise 1HW(CM)->HWCM, FC OI->IO."""
-    if op == "CONV_2D":
-        return np.transpose(tfl_filter, (1, 2, 3, 0))
-    if op == "DEPTHWISE_CONV_2D":
-        return tfl_filter.reshape(keras_shape)
-    return tfl_filter.T
+    from tfmot_ext.tflite import keras_layout as layout
+
+    return layout(op, tfl_filter, tuple(keras_shape))
 
 
 def small_qat(rng, epochs: int = 1):

@@ -119,9 +119,23 @@ def test_c_header_compiles_and_holds_the_integers(params, tmp_path):
     assert out == expect
 
 
-def test_crash_mid_write_leaves_previous_file(params, tmp_path, monkeypatch):
-    target = tmp_path / "p.json"
-    te.export(params, target)
+@pytest.mark.parametrize("name", ["p.json", "p.npz", "p.h", "m.tflite", "r.html"])
+def test_crash_mid_write_leaves_previous_file(name, params, tmp_path, monkeypatch):
+    """Every writer of the package: exports, .tflite files, HTML reports."""
+    from tfmot_ext.report import LayerReport
+
+    target = tmp_path / name
+    reports = [LayerReport("l", "Conv2D", False, 8, True, 40.0, 8, 30.0, 0.01)]
+
+    def write(path):
+        if name.endswith(".tflite"):
+            te.save_tflite(b"\x00\x00\x00\x00TFL3 model bytes", path)
+        elif name.endswith(".html"):
+            te.write_html_report(reports, path)
+        else:
+            te.export(params, path)
+
+    write(target)
     before = target.read_bytes()
 
     def boom(fd):
@@ -129,9 +143,9 @@ def test_crash_mid_write_leaves_previous_file(params, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(OSError, match="disk died"):
-        te.export(params, target)
+        write(target)
     assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 def test_export_bad_targets(params, tmp_path):

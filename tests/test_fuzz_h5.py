@@ -186,6 +186,15 @@ def test_lambda_bytecode_is_never_executed(tmp_path):
     params = extract(path)
     assert not marker.exists()
     assert params["quant_o"].kernel_int is not None
+    # the CLI: inspect reads the file with h5py only; report needs the live model,
+    # which Keras's safe mode refuses to build (exit 2), without running the bytecode
+    from tfmot_ext import cli
+
+    np.save(tmp_path / "x.npy", np.ones((4, 4), np.float32))
+    assert cli.main(["inspect", str(path)]) == 0
+    assert cli.main(["report", str(path), "--data", str(tmp_path / "x.npy"),
+                     "-o", str(tmp_path / "r.html")]) == 2
+    assert not marker.exists() and not (tmp_path / "r.html").exists()
     # the file really carries code that runs on load_model: tf_keras executes it
     with te.quantize_scope(), contextlib.suppress(Exception):
         keras.models.load_model(str(path), safe_mode=False)

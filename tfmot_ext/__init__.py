@@ -1,7 +1,10 @@
 """tfmot-ext: deployable quantization-aware training for Keras (tf_keras + tfmot).
 
 Public API (see docs/): quantizers, QuantizeConfigs, rule-based annotation and
-one-call QAT, loading helpers.
+one-call QAT with BatchNorm folding, loading helpers, extraction and export of the
+integer parameters, full-integer TFLite conversion, the integer-only reference,
+parity reports and per-layer quantization reports. The ``tfmot-ext`` command
+(:mod:`tfmot_ext.cli`) wraps them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from tfmot_ext.errors import (
     ExportError,
     ExtractionError,
     H5FormatError,
+    IntegerReferenceError,
+    ParityError,
     PolicyError,
     TfmotExtError,
     UnsupportedLayerError,
@@ -48,6 +53,7 @@ from tfmot_ext.extract import (
     TensorQuant,
     extract,
     quantize_multiplier,
+    requant_multiplier,
 )
 from tfmot_ext.folding import (
     FoldedConv2DBatchNorm,
@@ -55,6 +61,14 @@ from tfmot_ext.folding import (
     FoldedDepthwiseConv2DBatchNorm,
     FreezeBatchNorm,
     freeze_batch_norm,
+)
+from tfmot_ext.parity import (
+    LayerDrift,
+    OutputParity,
+    ParityReport,
+    WeightParity,
+    layer_drift,
+    verify,
 )
 from tfmot_ext.quantizers import (
     FixedRangeQuantizer,
@@ -64,10 +78,21 @@ from tfmot_ext.quantizers import (
     activation_quantizer,
     weight_quantizer,
 )
+from tfmot_ext.reference import IntTensor, ReferenceRun, TensorMatch, compare_with_tflite
+from tfmot_ext.reference import run as run_reference
+from tfmot_ext.report import LayerReport, layer_reports, write_html_report
 from tfmot_ext.scheme import DefaultScheme, FoldingScheme
-from tfmot_ext.scope import custom_objects, quantize_scope
+from tfmot_ext.scope import custom_objects, load_qat_model, quantize_scope
 from tfmot_ext.summary import LayerQuantSummary, format_summary, summarize
-from tfmot_ext.tflite import float_ops, interpreter, run_int8, to_tflite
+from tfmot_ext.tflite import (
+    float_ops,
+    interpreter,
+    op_outputs,
+    run_int8,
+    save_tflite,
+    to_tflite,
+    weight_tensors,
+)
 
 try:
     __version__ = version("tfmot-ext")
@@ -88,23 +113,34 @@ __all__ = [
     "FoldingScheme",
     "FreezeBatchNorm",
     "H5FormatError",
+    "IntTensor",
+    "IntegerReferenceError",
     "LSQQuantizer",
+    "LayerDrift",
     "LayerQuantParams",
     "LayerQuantSummary",
     "LayerQuantizeConfig",
+    "LayerReport",
     "MinMaxQuantizer",
+    "OutputParity",
+    "ParityError",
+    "ParityReport",
     "PolicyError",
     "PowerOfTwoQuantizer",
     "QuantizedModelParams",
+    "ReferenceRun",
     "Rule",
+    "TensorMatch",
     "TensorQuant",
     "TfmotExtError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
+    "WeightParity",
     "__version__",
     "activation_quantizer",
     "annotate",
     "atomic_write",
+    "compare_with_tflite",
     "conv_config",
     "conv_transpose_config",
     "custom_objects",
@@ -117,7 +153,11 @@ __all__ = [
     "format_summary",
     "freeze_batch_norm",
     "interpreter",
+    "layer_drift",
+    "layer_reports",
+    "load_qat_model",
     "no_op_config",
+    "op_outputs",
     "output_channel_axis",
     "output_only_config",
     "pack_int4",
@@ -125,7 +165,10 @@ __all__ = [
     "quantize",
     "quantize_multiplier",
     "quantize_scope",
+    "requant_multiplier",
     "run_int8",
+    "run_reference",
+    "save_tflite",
     "separable_conv_config",
     "summarize",
     "to_c_header",
@@ -134,5 +177,8 @@ __all__ = [
     "to_npz",
     "to_tflite",
     "unpack_int4",
+    "verify",
     "weight_quantizer",
+    "weight_tensors",
+    "write_html_report",
 ]

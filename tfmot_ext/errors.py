@@ -14,6 +14,8 @@ __all__ = [
     "ExportError",
     "ExtractionError",
     "H5FormatError",
+    "IntegerReferenceError",
+    "ParityError",
     "PolicyError",
     "TfmotExtError",
     "UnsupportedLayerError",
@@ -60,3 +62,11 @@ class ExportError(TfmotExtError, ValueError):
 
 class ConversionError(TfmotExtError, RuntimeError):
     """TFLite conversion failed, or a full-integer request left float operators."""
+
+
+class IntegerReferenceError(TfmotExtError, ValueError):
+    """The integer reference cannot run a layer (an op or setting it has no kernel for)."""
+
+
+class ParityError(TfmotExtError, RuntimeError):
+    """A converted model does not meet the parity threshold asked for."""

@@ -19,6 +19,7 @@ The arithmetic (Jacob et al. 2017, arXiv 1712.05877, section 2):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ __all__ = [
     "extract",
     "inbound_layer_names",
     "quantize_multiplier",
+    "requant_multiplier",
 ]
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,33 @@ def quantize_multiplier(m: npt.ArrayLike) -> tuple[npt.NDArray[np.int32], npt.ND
     zero = mm == 0
     return (np.where(zero, 0, m0).astype(np.int32),
             np.where(zero, 0, shift).astype(np.int32))
+
+
+def requant_multiplier(input_scale: float, kernel_scale: npt.ArrayLike, output_scale: float,
+                       per_tensor_fc: bool = False) -> npt.NDArray[np.float64]:
+    """The real multiplier ``M = s_in * s_w / s_out`` the way TFLite's kernels compute it.
+
+    From the float32 scales stored in the model, in float64:
+    ``double(s_in) * double(s_w) / double(s_out)`` per output channel (Conv2D,
+    DepthwiseConv2D, per-channel FullyConnected); a per-tensor FullyConnected takes the
+    product in float32 first, ``double(float(s_in * s_w)) / double(s_out)``
+    (``GetQuantizedConvolutionMultipler``).
+
+    >>> float(requant_multiplier(0.5, 0.25, 0.0625))
+    2.0
+    """
+    s_in, s_out = np.float32(input_scale), np.float32(output_scale)
+    s_w = np.asarray(kernel_scale, np.float32)
+    if per_tensor_fc:
+        prod = (s_in * s_w).astype(np.float32).astype(np.float64)
+    else:
+        prod = np.float64(s_in) * s_w.astype(np.float64)
+    return np.asarray(prod / np.float64(s_out), np.float64)
+
+
+def _round_to_int32(x: np.ndarray) -> npt.NDArray[np.int32]:
+    """``round_half_away(x)`` saturated to int32 (how the converter quantizes biases)."""
+    return np.clip(np.floor(np.abs(x) + 0.5) * np.sign(x), -(2**31), 2**31 - 1).astype(np.int32)
 
 
 # --------------------------------------------------------------------------- specs
@@ -230,10 +259,14 @@ def spec_from_config(d: Any, where: str) -> QuantSpec | None:
         per_axis = bool(cfg.get("per_axis", False))
         return QuantSpec("tfmot", bits, per_axis, None, bool(cfg.get("symmetric", False)),
                          bool(cfg.get("narrow_range", False)), None)
-    raise ExtractionError(
+    raise _UnknownQuantizerError(
         f"{where}: quantizer class '{name}' is not one tfmot_ext can read (tfmot_ext's "
         "MinMax/PowerOfTwo/FixedRange/LSQ or tfmot's LastValue/MovingAverage/AllValues)"
     )
+
+
+class _UnknownQuantizerError(ExtractionError):
+    """A quantizer class defined by code tfmot_ext does not have (a custom quantizer)."""
 
 
 _KNOWN_CONFIGS = frozenset({
@@ -451,7 +484,15 @@ def _read_h5(path: str) -> list[_Record]:
 class TensorQuant:
     """Scale and zero point of a tensor between layers (per tensor).
 
-    Invariant: ``qmin <= zero_point <= qmax`` of ``bits``; ``scale > 0``.
+    ``scale`` and ``zero_point`` are the deployed ones: the TFLite converter's
+    float64 derivation from the trained range (:func:`tfmot_ext.qmath.converter_params`),
+    stored as float32, exactly what the ``.tflite`` file holds. ``min``/``max`` are the
+    range TF's FakeQuant used in training after nudging; ``range_min``/``range_max``
+    the range handed to it (trained, before nudging).
+
+    Invariants: ``qmin <= zero_point <= qmax`` of ``bits``; ``scale > 0``;
+    ``range_min <= min <= 0 <= max`` up to one step; ``scale`` is within one float32
+    ulp of TF's training scale ``(max - min) / (2**bits - 1)``.
     """
 
     scale: float
@@ -459,6 +500,13 @@ class TensorQuant:
     bits: int
     min: float
     max: float
+    range_min: float
+    range_max: float
+
+    @property
+    def exact_scale(self) -> float:
+        """The converter's float64 scale (``scale`` is its float32 rounding)."""
+        return float(qmath.converter_params(self.range_min, self.range_max, self.bits)[0])
 
 
 @dataclass(frozen=True)
@@ -469,12 +517,17 @@ class LayerQuantParams:
 
     * ``kernel_int`` has the Keras layout of the kernel, dtype int8 for ``bits <= 8``
       and int16 up to 16, every value in ``[qmin, qmax]`` of ``bits``/``narrow_range``;
-    * ``(kernel_int - kernel_zero_point) * kernel_scale`` (float32, broadcast along
+    * ``(kernel_int - kernel_zero_point) * fake_quant_scale`` (float32, broadcast along
       ``axis``) equals the layer's weight quantizer's fake-quant output bit for bit;
-    * ``bias_scale == input_scale * output_channel_scale`` (float32) and
+    * ``kernel_scale`` is the deployed scale (the TFLite converter's float64 derivation
+      from the trained range, as float32: what the ``.tflite`` stores) and is within one
+      float32 ulp of ``fake_quant_scale`` (TF's float32 arithmetic in training);
+    * ``bias_scale == float32(input.exact_scale * exact kernel scale)`` (within one ulp
+      of ``input_scale * output_channel_scale``) and
       ``|bias_int * bias_scale - bias| <= bias_scale / 2`` unless int32 saturates;
-    * ``multiplier == input_scale * output_channel_scale / output_scale`` (float64) and
-      ``multiplier_q31 * 2**(shift - 31)`` equals it within ``2**-31`` relative.
+    * ``multiplier == requant_multiplier(input_scale, output_channel_scale,
+      output_scale)`` (float64, TFLite's formula) and ``multiplier_q31 * 2**(shift - 31)``
+      equals it within ``2**-31`` relative.
 
     Fields that do not apply are None (a float layer has only ``weights``).
 
@@ -488,12 +541,16 @@ class LayerQuantParams:
         bits, symmetric, narrow_range, axis: the kernel quantizer's settings; ``axis``
             is the channel axis tuple in the Keras layout, None per tensor.
         kernel_attr: which weight attribute is the kernel.
-        kernel_int, kernel_scale, kernel_zero_point: the integer kernel.
+        kernel_int, kernel_scale, kernel_zero_point: the integer kernel (deployed scale).
+        fake_quant_scale: the scale TF's FakeQuant used in training (float32).
         bias, bias_int, bias_scale: float bias and its int32 form.
         input, output: quantization of the input and output tensors.
         multiplier, multiplier_q31, shift: requantization, per output channel.
         weights: every float weight of the layer, by short name.
         note: why a wrapped layer is reported as float (e.g. an unreadable config).
+        config: the Keras config of the op (strides, padding, pool size, ...); for a
+            folded layer, that of the Conv/Depthwise/Dense it folds into plus
+            ``batchnorm_epsilon``.
     """
 
     name: str
@@ -510,6 +567,7 @@ class LayerQuantParams:
     kernel_int: np.ndarray | None = None
     kernel_scale: np.ndarray | None = None
     kernel_zero_point: np.ndarray | None = None
+    fake_quant_scale: np.ndarray | None = None
     bias: np.ndarray | None = None
     bias_int: np.ndarray | None = None
     bias_scale: np.ndarray | None = None
@@ -520,6 +578,7 @@ class LayerQuantParams:
     shift: np.ndarray | None = None
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     note: str = ""
+    config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def input_scale(self) -> float | None:
@@ -551,16 +610,19 @@ class LayerQuantParams:
                                    self.axis)
 
     def dequantized_kernel(self) -> np.ndarray:
-        """``(kernel_int - zero_point) * scale`` in float32, broadcast along ``axis``."""
-        if self.kernel_int is None or self.kernel_scale is None or self.kernel_zero_point is None:
+        """``(kernel_int - zero_point) * fake_quant_scale`` in float32, along ``axis``.
+
+        Bit for bit the weight quantizer's fake-quant output (what training used).
+        """
+        if (self.kernel_int is None or self.fake_quant_scale is None
+                or self.kernel_zero_point is None):
             raise ExtractionError(f"layer '{self.name}' has no quantized kernel")
         k = self.kernel_int.astype(np.int64)
+        s = self.fake_quant_scale
         if self.axis is None:
-            return ((k - self.kernel_zero_point).astype(np.float32) * self.kernel_scale).astype(
-                np.float32)
+            return ((k - self.kernel_zero_point).astype(np.float32) * s).astype(np.float32)
         flat = _channels_last(k, self.axis)
-        deq = ((flat - self.kernel_zero_point).astype(np.float32) * self.kernel_scale).astype(
-            np.float32)
+        deq = ((flat - self.kernel_zero_point).astype(np.float32) * s).astype(np.float32)
         return _from_channels_last(deq, k.shape, self.axis)
 
 
@@ -601,8 +663,9 @@ def _tensor_quant(spec: QuantSpec, stored: Mapping[str, np.ndarray], prefix: str
         raise ExtractionError(
             f"'{prefix}' has an empty range [{float(lo)}, {float(hi)}]: the quantizer never saw "
             "data; train or calibrate the QAT model before extracting")
-    return TensorQuant(float(r.scale), int(r.zero_point), spec.bits, float(r.nudged_min),
-                       float(r.nudged_max))
+    scale64, zp = qmath.converter_params(lo, hi, spec.bits, spec.narrow_range)
+    return TensorQuant(float(np.float32(scale64)), int(zp), spec.bits, float(r.nudged_min),
+                       float(r.nudged_max), float(lo), float(hi))
 
 
 def _activation_name(layer_cfg: Mapping[str, Any]) -> str:
@@ -657,7 +720,14 @@ class _Parser:
                         "without its code; the layer is reported with its float weights")
                     logger.warning("%s: %s", self.where(rec.name), self.notes[rec.name])
                 else:
-                    q = _wrapper_quant(qc, self.where(rec.name))
+                    try:
+                        q = _wrapper_quant(qc, self.where(rec.name))
+                    except _UnknownQuantizerError as e:
+                        self.notes[rec.name] = (
+                            f"{str(e).split(': ', 1)[-1]}; its quantized values cannot be "
+                            "recovered without its code, the layer is reported with its "
+                            "float weights")
+                        logger.warning("%s", self.notes[rec.name])
             self._quant[rec.name] = q
         return self._quant[rec.name]
 
@@ -716,14 +786,22 @@ class _Parser:
         return None
 
     def output_quant(self, rec: _Record, depth: int = 0) -> TensorQuant | None:
-        """Own output range, or that of the fused chain below (BN no-op -> ReLU)."""
-        q = self.own_output(rec)
-        if q is not None or depth > 8:
-            return q
+        """The output quantization the converter deploys for this layer.
+
+        A layer whose only consumer is a quantized Concatenate takes the
+        Concatenate's (TFLite's concatenation has one scale, which the converter
+        propagates to such inputs, overriding their own range); otherwise its own
+        output range, or that of the fused chain below it (BN no-op -> ReLU).
+        """
         cons = self.consumers.get(rec.name, [])
-        if len(cons) != 1:
-            return None
-        nxt = self.by_name[cons[0]]
+        nxt = self.by_name[cons[0]] if len(cons) == 1 else None
+        if nxt is not None and self._inner_kind(nxt) == "Concatenate":
+            cat = self.own_output(nxt)
+            if cat is not None:
+                return cat
+        q = self.own_output(rec)
+        if q is not None or depth > 8 or nxt is None:
+            return q
         if self._inner_kind(nxt) not in ("BatchNormalization", "ReLU", "Activation"):
             return None
         return self.output_quant(nxt, depth + 1)
@@ -763,7 +841,8 @@ class _Parser:
             op_kind, op_cfg = kind, layer_cfg
             attrs = [a for a in wq.weights if a.split(".")[-1] in _WEIGHT_ATTRS]
             if not attrs:
-                out = self.own_output(rec)
+                out = (self.own_output(rec) if kind in _PASS_THROUGH
+                       else self.output_quant(rec))
                 return LayerQuantParams(rec.name, kind, inputs,
                                         out is not None or bool(wq.weights), activation=act,
                                         output=out, weights=floats)
@@ -792,8 +871,11 @@ class _Parser:
             k_int = _from_channels_last(
                 qmath.quantize_to_int(flat, r, axis=flat.ndim - 1, dtype=int_type),
                 kernel.shape, axes)
-        scale = np.asarray(r.scale, np.float32)
+        fq_scale = np.asarray(r.scale, np.float32)
         zp = np.asarray(r.zero_point, np.int32)
+        # the deployed scale: the converter's float64 derivation from the same range
+        scale64 = qmath.converter_params(lo, hi, spec.bits, spec.narrow_range)[0]
+        scale = scale64.astype(np.float32)
         inp = self.input_quant(rec)
         out = self.output_quant(rec)
         if bias is not None:
@@ -804,18 +886,19 @@ class _Parser:
         bias_int = bias_scale = mult = m0 = shift = None
         out_scale = _per_output_channel(scale, kernel.shape, short, axes)
         if inp is not None:
-            bias_scale = (np.float32(inp.scale) * out_scale).astype(np.float32)
+            bias64 = inp.exact_scale * _per_output_channel(scale64, kernel.shape, short, axes)
+            bias_scale = bias64.astype(np.float32)
             if bias is not None:
-                b = np.asarray(bias, np.float64)
-                bias_int = np.clip(np.floor(np.abs(b) / bias_scale.astype(np.float64) + 0.5)
-                                   * np.sign(b), -(2**31), 2**31 - 1).astype(np.int32)
+                bias_int = _round_to_int32(np.asarray(bias, np.float64) / bias64)
             if out is not None:
-                mult = np.float64(inp.scale) * out_scale.astype(np.float64) / np.float64(out.scale)
+                mult = requant_multiplier(inp.scale, out_scale, out.scale,
+                                          per_tensor_fc=op_kind == "Dense" and axes is None)
                 m0, shift = quantize_multiplier(mult)
         return LayerQuantParams(
             rec.name, kind, inputs, True, folded=folded, activation=act, bits=spec.bits,
             symmetric=spec.symmetric, narrow_range=spec.narrow_range, axis=axes,
             kernel_attr=short, kernel_int=k_int, kernel_scale=scale, kernel_zero_point=zp,
+            fake_quant_scale=fq_scale,
             bias=None if bias is None else np.asarray(bias, np.float32), bias_int=bias_int,
             bias_scale=bias_scale, input=inp, output=out, multiplier=mult, multiplier_q31=m0,
             shift=shift, weights=floats)
@@ -842,7 +925,7 @@ class _Parser:
         layers: OrderedDict[str, LayerQuantParams] = OrderedDict()
         for rec in self.records:
             try:
-                layers[rec.name] = self.layer(rec)
+                layers[rec.name] = dataclasses.replace(self.layer(rec), config=_op_config(rec))
             except ExtractionError as e:
                 if self.source in str(e):
                     raise
@@ -895,6 +978,25 @@ def _per_output_channel(scale: np.ndarray, shape: tuple[int, ...], attr: str,
     if axes == (len(shape) - 1,) and scale.size == m:
         return np.tile(scale, c)
     return scale
+
+
+def _op_config(rec: _Record) -> dict[str, Any]:
+    """The Keras config of the op a record computes (inner layer, folded op)."""
+    cfg: Any = rec.config
+    if rec.class_name in _WRAPPERS:
+        layer = cfg.get("layer", {})
+        cfg = layer.get("config", {}) if isinstance(layer, Mapping) else {}
+        if isinstance(layer, Mapping) and _class_name(layer) in _FOLDED_KINDS and isinstance(
+                cfg, Mapping):
+            eps = cfg.get("epsilon", 1e-3)
+            cfg = cfg.get("layer_config", {})
+            cfg = {**cfg, "batchnorm_epsilon": eps} if isinstance(cfg, Mapping) else cfg
+    if not isinstance(cfg, Mapping):
+        return {}
+    # one form for both paths: what the H5 file's JSON would hold (lists, not tuples)
+    out = json.loads(json.dumps(cfg, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                                else str(o)))
+    return out if isinstance(out, dict) else {}
 
 
 def _is_quant_var(short: str) -> bool:

@@ -55,14 +55,16 @@ _ACTIVATIONS = ("linear", "relu", "relu6")
 def fold_numpy(kernel: np.ndarray, bias: np.ndarray | None, gamma: np.ndarray,
                beta: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilon: float,
                depthwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy twin of the folded kernel and bias, float32, same operation order as TF.
+    """The folded kernel and bias as the folded layer (and the converter) computes them.
 
-    ``W_fold = W * (gamma / sqrt(var + eps))``, ``b_fold = beta + (b - mean) * gamma / sigma``.
-    A depthwise kernel ``(H, W, C, M)`` scales output channel ``c*M + m``.
+    ``sf = gamma * rsqrt(var + eps)``, ``W_fold = W * sf``, ``b_fold = beta + (b - mean) * sf``,
+    float32, same operation order as TF. ``rsqrt`` is TF's own kernel (Eigen's is not
+    correctly rounded, so no NumPy expression reproduces it bit for bit); the rest is
+    NumPy. A depthwise kernel ``(H, W, C, M)`` scales output channel ``c*M + m``.
     """
     f32 = np.float32
-    sigma = np.sqrt(np.asarray(variance, f32) + f32(epsilon)).astype(f32)
-    sf = (np.asarray(gamma, f32) / sigma).astype(f32)
+    inv_sigma = tf.math.rsqrt(tf.constant(np.asarray(variance, f32) + f32(epsilon))).numpy()
+    sf = (np.asarray(gamma, f32) * inv_sigma).astype(f32)
     k = np.asarray(kernel, f32)
     w = np.multiply(k, sf.reshape(k.shape[-2], k.shape[-1]) if depthwise else sf, dtype=f32)
     b = np.zeros_like(sf) if bias is None else np.asarray(bias, f32)
@@ -170,8 +172,13 @@ class FoldedBatchNormBase(keras.layers.Layer):
         super().build(input_shape)
 
     def _scale_factor_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
-        """``gamma / sqrt(moving_variance + epsilon)`` and the op's bias (0 without one)."""
-        sf = self.gamma / tf.sqrt(self.moving_variance + np.float32(self.epsilon))
+        """``gamma * rsqrt(moving_variance + epsilon)`` and the op's bias (0 without one).
+
+        Written with ``rsqrt``: TF's graph optimizers rewrite ``x / sqrt(y)`` into
+        ``x * rsqrt(y)`` (and the converter's constant folding with them), so that is
+        the form every path - eager, tf.function, the TFLite conversion - computes.
+        """
+        sf = self.gamma * tf.math.rsqrt(self.moving_variance + np.float32(self.epsilon))
         return sf, self.bias if self.bias is not None else tf.zeros_like(sf)
 
     def folded_kernel_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
@@ -193,7 +200,9 @@ class FoldedBatchNormBase(keras.layers.Layer):
 
     def _inference(self, x: tf.Tensor, training: bool) -> tf.Tensor:
         w_fold, b_fold = self.folded_kernel_and_bias()
-        return self._op(x, self._quantized_kernel(w_fold, training)) + b_fold
+        # bias_add, not "+": the converter recognises Conv -> BiasAdd (also through the
+        # SpaceToBatch/BatchToSpace of a dilated convolution) and fuses the bias
+        return tf.nn.bias_add(self._op(x, self._quantized_kernel(w_fold, training)), b_fold)
 
     def _batch_corrected(self, x: tf.Tensor) -> tf.Tensor:
         sf, b = self._scale_factor_and_bias()
@@ -264,13 +273,42 @@ class FoldedConv2DBatchNorm(FoldedBatchNormBase):
 
     def _op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         cfg = self.layer_config
-        return tf.nn.conv2d(x, kernel, strides=_conv_arg(cfg, "strides", 2, 1),
-                            padding=str(cfg.get("padding", "valid")).upper(),
-                            dilations=_conv_arg(cfg, "dilation_rate", 2, 1))
+        strides = _conv_arg(cfg, "strides", 2, 1)
+        padding = str(cfg.get("padding", "valid")).upper()
+        dilations = _conv_arg(cfg, "dilation_rate", 2, 1)
+        if tuple(dilations) == (1, 1):
+            return tf.nn.conv2d(x, kernel, strides=strides, padding=padding)
+        return _dilated_conv2d(x, kernel, tuple(strides), padding, tuple(dilations))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         conv = keras.layers.Conv2D.from_config({**self.layer_config, "name": "shape_probe"})
         return conv.compute_output_shape(input_shape)
+
+
+def _dilated_conv2d(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, ...], padding: str,
+                    dilations: tuple[int, ...]) -> tf.Tensor:
+    """A dilated Conv2D whose graph is one native ``Conv2D`` op.
+
+    The converter turns that into TFLite's dilated ``CONV_2D`` (``tf.nn.convolution``
+    would lower it through SpaceToBatch/BatchToSpace, which the converter leaves
+    unfused). TF's CPU kernels have no gradient for a native dilated Conv2D, so the
+    gradient is taken through the equivalent ``tf.nn.convolution``.
+    """
+
+    @tf.custom_gradient
+    def conv(xx: tf.Tensor, kk: tf.Tensor) -> Any:
+        y = tf.nn.conv2d(xx, kk, strides=strides, padding=padding, dilations=dilations)
+
+        def grad(dy: tf.Tensor) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch([xx, kk])
+                y2 = tf.nn.convolution(xx, kk, strides=strides, padding=padding,
+                                       dilations=dilations)
+            return tape.gradient(y2, [xx, kk], output_gradients=dy)
+
+        return y, grad
+
+    return conv(x, kernel)
 
 
 @register

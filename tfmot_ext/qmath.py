@@ -37,6 +37,7 @@ __all__ = [
     "pow2_ceil",
     "power_of_two_range",
     "quantize_to_int",
+    "reciprocal",
     "symmetric_range",
     "validate_bits",
     "widen_range",
@@ -86,7 +87,7 @@ def symmetric_range(
 ) -> tuple[FloatArray, FloatArray]:
     """The ``[min, max]`` to hand FakeQuant so that it quantizes symmetrically.
 
-    With ``a = max(|x_min|, |x_max|)`` and ``scale = a / qmax`` the result is
+    With ``a = max(|x_min|, |x_max|)`` and ``scale = a * float32(1 / qmax)`` the result is
     ``(qmin * scale, qmax * scale)``: the zero point lands on 0 exactly and the
     grid is ``scale * [qmin .. qmax]`` (``qmin = -qmax - 1`` without narrow range,
     the extra negative level two's complement gives).
@@ -98,10 +99,24 @@ def symmetric_range(
     qmin, qmax = integer_range(bits, narrow_range)
     a = np.maximum(np.abs(np.asarray(x_min, np.float32)), np.abs(np.asarray(x_max, np.float32)))
     a = np.maximum(a, np.float32(MIN_RANGE / 2)).astype(np.float32)
-    scale = (a / np.float32(qmax)).astype(np.float32)
+    scale = (a * reciprocal(qmax)).astype(np.float32)
     return (scale * np.float32(qmin)).astype(np.float32), (scale * np.float32(qmax)).astype(
         np.float32
     )
+
+
+def reciprocal(n: float | np.floating[Any]) -> np.float32:
+    """``float32(1 / n)``: range code multiplies by it instead of dividing by ``n``.
+
+    TF's graph optimizers, and with them the TFLite converter's constant folding,
+    rewrite a division by a constant as a multiplication by its reciprocal; writing
+    the multiplication keeps eager TF, graph TF, this twin and the deployed scales on
+    the same float32 value.
+
+    >>> bool(reciprocal(127) == np.float32(1 / 127))
+    True
+    """
+    return np.float32(1.0 / float(n))
 
 
 def widen_range(x_min: npt.ArrayLike, x_max: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -153,13 +168,13 @@ def power_of_two_range(
     if symmetric:
         a = np.maximum(np.abs(np.asarray(x_min, np.float32)), np.abs(np.asarray(x_max, np.float32)))
         a = np.maximum(a, np.float32(MIN_RANGE / 2)).astype(np.float32)
-        scale = pow2_ceil(a / np.float32(qmax))
+        scale = pow2_ceil(a * reciprocal(qmax))
         return (scale * np.float32(qmin)).astype(np.float32), (scale * np.float32(qmax)).astype(
             np.float32
         )
     lo, hi = widen_range(x_min, x_max)
     quant_min, quant_max = np.float32(int(bool(narrow_range))), np.float32((1 << bits) - 1)
-    scale = pow2_ceil(((hi - lo) / (quant_max - quant_min)).astype(np.float32))
+    scale = pow2_ceil((hi - lo).astype(np.float32) * reciprocal(quant_max - quant_min))
     zp = np.clip(np.round(quant_min - lo / scale), quant_min, quant_max).astype(np.float32)
     return ((quant_min - zp) * scale).astype(np.float32), ((quant_max - zp) * scale).astype(
         np.float32
@@ -321,8 +336,8 @@ def fake_quant(
 
     At 2 bits ``[-1, 1]`` nudges to the grid ``{-4/3, -2/3, 0, 2/3}``:
 
-    >>> [round(float(v), 4) for v in fake_quant([-0.9, 0.3, 0.4, 5.0], -1.0, 1.0, bits=2)]
-    [-0.6667, 0.0, 0.6667, 0.6667]
+    >>> tuple(round(float(v), 4) for v in fake_quant([-0.9, 0.3, 0.4, 5.0], -1.0, 1.0, bits=2))
+    (-0.6667, 0.0, 0.6667, 0.6667)
     """
     r = nudge(x_min, x_max, bits, narrow_range)
     k = _steps(x, r, axis)

@@ -139,13 +139,20 @@ def _batch_range(x: tf.Tensor, axis: tuple[int, ...] | None) -> tuple[tf.Tensor,
     return tf.reduce_min(flat, axis=reduce), tf.reduce_max(flat, axis=reduce)
 
 
+def _reciprocal(n: float | np.floating[Any]) -> np.float32:
+    # a constant reciprocal, multiplied: TF's graph optimizers (and so the TFLite
+    # converter's constant folding) rewrite ``x / c`` as ``x * (1 / c)``, so a division
+    # would give eager mode and the deployed model scales one ulp apart
+    return qmath.reciprocal(n)
+
+
 def _symmetric_range_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool) -> tuple[
     tf.Tensor, tf.Tensor
 ]:
     qmin, qmax = qmath.integer_range(bits, narrow)
     a = tf.maximum(tf.abs(lo), tf.abs(hi))
     a = tf.maximum(a, np.float32(qmath.MIN_RANGE / 2))
-    scale = a / np.float32(qmax)
+    scale = a * _reciprocal(qmax)
     return scale * np.float32(qmin), scale * np.float32(qmax)
 
 
@@ -167,11 +174,11 @@ def _power_of_two_range_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool
     qmin, qmax = qmath.integer_range(bits, narrow)
     if symmetric:
         a = tf.maximum(tf.maximum(tf.abs(lo), tf.abs(hi)), np.float32(qmath.MIN_RANGE / 2))
-        scale = _pow2_ceil_tf(a / np.float32(qmax))
+        scale = _pow2_ceil_tf(a * _reciprocal(qmax))
         return scale * np.float32(qmin), scale * np.float32(qmax)
     lo, hi = _widen_range_tf(lo, hi)
     quant_min, quant_max = np.float32(int(narrow)), np.float32((1 << bits) - 1)
-    scale = _pow2_ceil_tf((hi - lo) / (quant_max - quant_min))
+    scale = _pow2_ceil_tf((hi - lo) * _reciprocal(quant_max - quant_min))
     zp = tf.clip_by_value(tf.round(quant_min - lo / scale), quant_min, quant_max)
     return (quant_min - zp) * scale, (quant_max - zp) * scale
 

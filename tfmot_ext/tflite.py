@@ -11,15 +11,18 @@ it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tfmot_ext._compat import check_keras2, tf
-from tfmot_ext.errors import ConversionError
+from tfmot_ext.errors import ConfigError, ConversionError
 
-__all__ = ["float_ops", "interpreter", "run_int8", "to_tflite"]
+__all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "keras_layout",
+           "op_outputs", "run_int8", "save_tflite", "to_tflite", "weight_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,143 @@ def interpreter(model_content: bytes, **kwargs: Any) -> Any:
     interp = Interpreter(model_content=model_content, **kwargs)
     interp.allocate_tensors()
     return interp
+
+
+#: Interpreter kernel sets: TFLite's reference kernels, its optimized builtin kernels
+#: without delegates, and the default (XNNPACK-delegated) configuration.
+KERNELS = ("reference", "builtin", "default")
+
+
+def _resolver_types() -> Any:
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:  # the optional "litert" extra is not installed
+        return tf.lite.experimental.OpResolverType
+    return OpResolverType
+
+
+def _resolver(kernels: str) -> dict[str, Any]:
+    if kernels not in KERNELS:
+        raise ConfigError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if kernels == "default":
+        return {}
+    types = _resolver_types()
+    return {"experimental_op_resolver_type": types.BUILTIN_REF if kernels == "reference"
+            else types.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+
+
+@dataclass(frozen=True)
+class OpTensor:
+    """One operator's int8 output over a batch, as the interpreter computed it.
+
+    Invariant: ``values`` has the batch as its first axis (one invoke per example).
+    """
+
+    name: str
+    op: str
+    values: np.ndarray
+    scale: float
+    zero_point: int
+
+
+def op_outputs(model_content: bytes, x_int8: np.ndarray, kernels: str = "reference",
+               intermediates: bool = True) -> list[OpTensor]:
+    """Every operator's int8 output tensor (or only the model outputs) on a batch.
+
+    Args:
+        model_content: an int8-I/O ``.tflite`` model.
+        x_int8: int8 inputs ``(N, ...)``; one example per invoke.
+        kernels: ``"reference"`` (``BUILTIN_REF``), ``"builtin"`` (optimized kernels,
+            no delegate) or ``"default"`` (XNNPACK delegate; only the outputs can be
+            read, the delegate does not materialize intermediate tensors).
+        intermediates: read every operator's output, not only the model's outputs.
+    """
+    kw = _resolver(kernels)
+    preserve = intermediates and kernels != "default"
+    interp = interpreter(model_content, experimental_preserve_all_tensors=preserve, **kw)
+    inp = interp.get_input_details()[0]
+    if inp["dtype"] != np.int8:
+        raise ConversionError("op_outputs needs an int8-input model (to_tflite(int8_io=True))")
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    if preserve:
+        wanted = [o for op in interp._get_ops_details() for o in op["outputs"]]
+        op_of = {o: op["op_name"] for op in interp._get_ops_details() for o in op["outputs"]}
+    else:
+        wanted = [d["index"] for d in interp.get_output_details()]
+        op_of = {i: "OUTPUT" for i in wanted}
+    wanted = [i for i in wanted if details[i]["dtype"] == np.int8]
+    rows: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
+    for i in range(len(x_int8)):
+        interp.set_tensor(inp["index"], np.asarray(x_int8[i : i + 1], np.int8))
+        interp.invoke()
+        for t in wanted:
+            rows[t].append(interp.get_tensor(t)[0].copy())
+    out = []
+    for t in wanted:
+        s, z = details[t]["quantization"]
+        out.append(OpTensor(details[t]["name"], op_of[t], np.stack(rows[t]), float(s), int(z)))
+    return out
+
+
+_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+@dataclass(frozen=True)
+class WeightTensor:
+    """A Conv/DepthwiseConv/FullyConnected operator's stored weights and quantization.
+
+    ``filter`` is in TFLite's layout (Conv ``OHWI``, depthwise ``1HW(C*M)``,
+    FullyConnected ``OI``); :func:`keras_layout` turns it into Keras's. Scales are
+    float32 as stored, one per output channel or one per tensor.
+    """
+
+    op: str
+    filter_name: str
+    filter: np.ndarray
+    filter_scales: np.ndarray
+    bias: np.ndarray | None
+    bias_scales: np.ndarray | None
+    input_scale: float
+    input_zero_point: int
+    output_scale: float
+    output_zero_point: int
+
+
+def weight_tensors(model_content: bytes) -> list[WeightTensor]:
+    """The weighted operators of a ``.tflite`` model with their tensors, in graph order."""
+    interp = tf.lite.Interpreter(
+        model_content=model_content,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType
+        .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    out = []
+    for op in interp._get_ops_details():
+        if op["op_name"] not in _WEIGHT_OPS:
+            continue
+        i, f, b = [*op["inputs"], -1][:3]
+        o = op["outputs"][0]
+
+        def q(t: int) -> dict[str, Any]:
+            return dict(details[t]["quantization_parameters"])
+
+        out.append(WeightTensor(
+            op["op_name"], details[f]["name"], interp.get_tensor(f),
+            np.asarray(q(f)["scales"], np.float32),
+            interp.get_tensor(b) if b >= 0 else None,
+            np.asarray(q(b)["scales"], np.float32) if b >= 0 else None,
+            float(q(i)["scales"][0]), int(q(i)["zero_points"][0]),
+            float(q(o)["scales"][0]), int(q(o)["zero_points"][0])))
+    return out
+
+
+def keras_layout(op: str, tfl_filter: np.ndarray, keras_shape: tuple[int, ...]) -> np.ndarray:
+    """TFLite filter -> Keras layout: Conv OHWI->HWIO, depthwise 1HW(CM)->HWCM, FC OI->IO."""
+    if op == "CONV_2D":
+        return np.transpose(tfl_filter, (1, 2, 3, 0))
+    if op == "DEPTHWISE_CONV_2D":
+        return tfl_filter.reshape(keras_shape)
+    return np.asarray(tfl_filter.T)
 
 
 def float_ops(model_content: bytes, allow_io: bool = False) -> list[str]:
@@ -85,19 +225,22 @@ def _one_at_a_time(arr: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [arr[i : i + 1]]
 
 
-def run_int8(model_content: bytes, x: np.ndarray) -> np.ndarray:
+def run_int8(model_content: bytes, x: np.ndarray, kernels: str = "default") -> np.ndarray:
     """Raw int8 outputs of an int8-I/O model on float inputs ``x``, one input at a time.
 
-    Each input is quantized with the model's input scale and zero point
-    (``clamp(round(x / s + z), -128, 127)``).
+    Each input is quantized with the model's input scale and zero point the way
+    TFLite's QUANTIZE does (:func:`tfmot_ext.reference.quantize_input`). ``kernels``
+    as in :func:`op_outputs` (``"default"``: the XNNPACK delegate).
     """
-    interp = interpreter(model_content)
+    from tfmot_ext.reference import quantize_input
+
+    interp = interpreter(model_content, **_resolver(kernels))
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     s, zp = inp["quantization"]
+    q = quantize_input(x, s, zp)
     outs = []
     for i in range(len(x)):
-        interp.set_tensor(inp["index"],
-                          np.clip(np.round(x[i : i + 1] / s + zp), -128, 127).astype(np.int8))
+        interp.set_tensor(inp["index"], q[i : i + 1])
         interp.invoke()
         outs.append(interp.get_tensor(out["index"])[0])
     return np.asarray(outs)
@@ -141,3 +284,11 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
             f"model '{model.name}': full-integer conversion left float operators {left}; "
             "quantize the layers they come from (or check unsupported='skip' layers)")
     return bytes(content)
+
+
+def save_tflite(model_content: bytes, path: str | os.PathLike[str]) -> None:
+    """Write a ``.tflite`` file atomically (a crash leaves the previous file intact)."""
+    from tfmot_ext.export import atomic_write
+
+    with atomic_write(path) as f:
+        f.write(model_content)

@@ -1,0 +1,295 @@
+"""Integer reference: fixed-point primitives against closed forms, and bit-exactness
+against the TFLite interpreter on every tensor it exposes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import tfmot_ext as te
+from tfmot_ext import reference
+from tfmot_ext._compat import keras
+from tfmot_ext.errors import IntegerReferenceError
+from tfmot_ext.extract import quantize_multiplier
+from tfmot_ext.reference import (
+    activation_range,
+    multiply_by_quantized_multiplier,
+    quantize_input,
+    requantize,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
+
+L = keras.layers
+I32 = st.integers(-(2**31), 2**31 - 1)
+
+
+def _round_half_away(num: int, den: int) -> int:
+    """Exact rational rounding, half away from zero (Python integers)."""
+    q, r = divmod(abs(num), den)
+    q += 2 * r >= den
+    return q if num >= 0 else -q
+
+
+@given(I32, I32)
+def test_srdhm_closed_form(a, b):
+    got = int(saturating_rounding_doubling_high_mul(a, b))
+    if a == b == -(2**31):
+        assert got == 2**31 - 1
+    else:  # round(a * b / 2**31) with ties up: floor((a * b + 2**30) / 2**31)
+        assert got == (a * b + 2**30) // 2**31
+
+
+@given(I32, I32.filter(lambda b: b != 0))
+def test_srdhm_ties_round_up(a, b):
+    # force an exact tie: a * b = (2k + 1) * 2**30
+    k = a // 4
+    got = int(saturating_rounding_doubling_high_mul((2 * k + 1), 2**30))
+    assert got == k + 1
+
+
+@given(I32, st.integers(0, 31))
+def test_rounding_divide_by_pot_closed_form(x, e):
+    assert int(rounding_divide_by_pot(x, e)) == _round_half_away(x, 2**e)
+
+
+@given(st.integers(-(2**24), 2**24), st.floats(1e-6, 0.999, allow_nan=False))
+def test_multiply_by_quantized_multiplier_is_within_one_of_exact(x, m):
+    """Two roundings (high multiply, then shift): within 1 of x * M0 * 2**(shift - 31)."""
+    m0, shift = quantize_multiplier(m)
+    exact = x * int(m0) * 2.0 ** (int(shift) - 31)
+    assert abs(int(multiply_by_quantized_multiplier(x, m0, shift)) - exact) <= 1
+
+
+def test_activation_ranges():
+    assert activation_range("linear", 0.1, 3) == (-128, 127)
+    assert activation_range("relu", 0.1, -5) == (-5, 127)
+    # relu6: z + round(6 / s) = -128 + round(6 / 0.03125) = 64
+    assert activation_range("relu6", 0.03125, -128) == (-128, 64)
+    with pytest.raises(IntegerReferenceError, match="sigmoid"):
+        activation_range("sigmoid", 0.1, 0, "layer 'x'")
+
+
+def test_quantize_input_and_requantize():
+    x = np.array([-1.0, -0.25, 0.0, 0.25, 0.75, 100.0], np.float32)
+    # x / 0.5 = -2, -0.5, 0, 0.5, 1.5, 200 -> ties away from zero, then + z and clamp
+    np.testing.assert_array_equal(quantize_input(x, 0.5, 3), [1, 2, 3, 4, 5, 127])
+    t = reference.IntTensor(np.array([-128, -1, 0, 5, 127], np.int8), 0.5, -1)
+    r = requantize(t, 1.0, 0)
+    # real values (q + 1) * 0.5 = -63.5, 0, 0.5, 3, 64; M = 0.5 is (2**30, 0) and the
+    # high multiply rounds ties up: -63.5 -> -63, 0.5 -> 1
+    np.testing.assert_array_equal(r.values, [-63, 0, 1, 3, 64])
+    assert requantize(t, 0.5, -1) is t
+
+
+def _all_ops_net() -> keras.Model:
+    inp = keras.Input((16, 16, 3), name="img")
+    x = L.Conv2D(8, 3, strides=2, padding="same", name="conv")(inp)
+    x = L.BatchNormalization(momentum=0.9, name="bn")(x)
+    x = L.ReLU(name="relu")(x)
+    # dilation on a folded Conv2D, which converts to a native dilated CONV_2D (an
+    # unfolded Keras Conv2D/DepthwiseConv2D with dilation goes through SpaceToBatch
+    # with a calibrated intermediate scale: see docs/integer_inference.md)
+    x = L.Conv2D(8, 3, padding="same", dilation_rate=2, name="dilated")(x)
+    x = L.BatchNormalization(momentum=0.9, name="bn_dilated")(x)
+    x = L.ReLU(name="relu_dilated")(x)
+    a = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(x)
+    a = L.BatchNormalization(momentum=0.9, name="bn_dw")(a)
+    a = L.ReLU(6.0, name="relu6")(a)
+    b = L.Conv2D(16, 1, activation="relu", name="pw")(x)
+    s = L.Add(name="add")([a, b])
+    c = L.Concatenate(name="cat")([s, L.Conv2D(4, 3, padding="same", name="side")(x)])
+    p = L.MaxPooling2D(2, name="maxpool")(c)
+    p = L.ZeroPadding2D(1, name="zpad")(p)
+    p = L.Conv2D(12, 3, name="valid")(p)
+    q = L.AveragePooling2D(2, padding="same", name="avgpool")(p)
+    g = L.GlobalAveragePooling2D(name="gap")(q)
+    g = L.Reshape((3, 4), name="reshape")(g)
+    g = L.Flatten(name="flat")(g)
+    return keras.Model(inp, L.Dense(5, name="fc")(g), name="all_ops")
+
+
+@pytest.fixture(scope="module")
+def all_ops():
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    qat = te.quantize(_all_ops_net())
+    x = rng.normal(size=(96, 16, 16, 3)).astype(np.float32)
+    qat.compile(keras.optimizers.Adam(1e-2), "mse")
+    qat.fit(x, rng.normal(size=(96, 5)).astype(np.float32), epochs=2, batch_size=16, verbose=0)
+    return qat, x, te.to_tflite(qat, x[:32])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernels", ["reference", "builtin"])
+def test_every_tensor_bit_exact(all_ops, kernels):
+    """Every int8 operator output of the interpreter, 0 LSB difference, 48 inputs."""
+    qat, x, tfl = all_ops
+    params = te.extract(qat)
+    matches = reference.compare_with_tflite(params, tfl, x[:48], kernels)
+    ops = {m.op for m in matches}
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION", "MAX_POOL_2D",
+            "AVERAGE_POOL_2D", "MEAN", "FULLY_CONNECTED"} <= ops, ops
+    assert all(m.layer is not None for m in matches), [m for m in matches if m.layer is None]
+    bad = [m for m in matches if m.mismatched]
+    assert not bad, bad
+    assert sum(m.size for m in matches) > 48 * 3000
+
+
+@pytest.mark.slow
+def test_rounding_modes_are_what_the_kernel_sets_do(all_ops):
+    """Each kernel set needs its rounding: the other one misses some elements."""
+    qat, x, tfl = all_ops
+    params = te.extract(qat)
+    for kernels, wrong in (("reference", "optimized"), ("builtin", "reference")):
+        ms = reference.compare_with_tflite(params, tfl, x[:48], kernels, isolate=True,
+                                           rounding=wrong)
+        assert 0 < sum(m.mismatched for m in ms) < 0.01 * sum(m.size for m in ms)
+        assert max(m.max_abs_diff for m in ms) == 1
+
+
+@pytest.mark.slow
+def test_verify_report(all_ops):
+    qat, x, tfl = all_ops
+    report = te.verify(qat, tfl, x[:48])
+    assert report.weights_exact and len(report.weights) == 7
+    assert report.reference_exact_fraction == 1.0
+    (out,) = report.outputs
+    assert out.elements == 48 * 5 and 0 <= out.mean_lsb <= out.max_lsb
+    text = str(report)
+    assert "quant_fc" in text and "bit-exact" in text
+    assert report.passed(min_within_1lsb=0.0, require_reference=True)
+    with pytest.raises(te.ParityError, match="parity check failed"):
+        report.check(min_within_1lsb=1.01)
+
+
+@pytest.mark.slow
+def test_layer_drift_within_one_lsb(all_ops):
+    """Every layer of the QAT model within 1 LSB of the integer reference (FakeQuant
+    does not model the integer rounding inside ADD/pooling/MEAN: up to 1 LSB). The
+    final Dense sums 12 such inputs: its drift is bounded by the weights, not 1 LSB."""
+    from tfmot_ext.parity import layer_drift
+
+    qat, x, _ = all_ops
+    drift = layer_drift(qat, x[:48])
+    assert [d.layer for d in drift][-1] == "quant_fc"
+    for d in drift[:-1]:
+        assert d.max_lsb <= 1.0 + 1e-4, d
+        assert 0 <= d.mean_lsb <= d.max_lsb and d.over_1lsb == 0
+    assert drift[-1].mean_lsb <= 1.0, drift[-1]
+
+
+@pytest.mark.slow
+def test_h5_params_run_the_same(all_ops, tmp_path):
+    qat, x, _ = all_ops
+    qat.save(str(tmp_path / "m.h5"))
+    live = reference.run(te.extract(qat), x[:8])
+    disk = reference.run(te.extract(tmp_path / "m.h5"), x[:8])
+    assert list(live.tensors) == list(disk.tensors)
+    for name in live.tensors:
+        np.testing.assert_array_equal(live.tensors[name].values, disk.tensors[name].values)
+    # float input and int8 input give the same run
+    params = te.extract(qat)
+    (qname,) = [n for n, p in params.items() if p.kind == "QuantizeLayer"]
+    q = live.tensors[qname].values
+    np.testing.assert_array_equal(reference.run(params, q).output.values,
+                                  live.output.values)
+
+
+def test_unsupported_layer_is_named(rng):
+    inp = keras.Input((6,))
+    x = L.Dense(4, name="d")(inp)
+    x = L.LayerNormalization(name="ln")(x)
+    qat = te.quantize(keras.Model(inp, L.Dense(2, name="out")(x)), unsupported="output_only")
+    xs = rng.normal(size=(8, 6)).astype(np.float32)
+    qat.compile("adam", "mse")
+    qat.fit(xs, rng.normal(size=(8, 2)), epochs=1, verbose=0)
+    with pytest.raises(IntegerReferenceError, match=r"quant_ln.*LayerNormalization"):
+        reference.run(te.extract(qat), xs)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_every_tensor_bit_exact():
+    """MobileNetV2 alpha=0.35 at 96x96 (random weights, calibrated on random data):
+    Conv/DepthwiseConv (fused ZeroPadding), ADD, MEAN, FC, ReLU6; every tensor of
+    the reference kernels exactly; optimized kernels exactly except where noted."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    m = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None,
+                                       classes=10, classifier_activation=None)
+    qat = te.quantize(m)
+    x = rng.uniform(-1, 1, size=(24, 96, 96, 3)).astype(np.float32)
+    for i in range(3):
+        qat(x[i * 8 : (i + 1) * 8], training=True)
+    tfl = te.to_tflite(qat, x[:8])
+    params = te.extract(qat)
+    ref = reference.compare_with_tflite(params, tfl, x[:4], "reference")
+    assert len(ref) > 60 and all(m.layer is not None for m in ref)
+    assert not [m for m in ref if m.mismatched]
+    assert {"ADD", "MEAN", "DEPTHWISE_CONV_2D"} <= {m.op for m in ref}
+    # optimized builtin kernels, each op from the interpreter's own inputs: at most
+    # 1 LSB, on a small fraction of one op's elements (see docs/integer_inference.md)
+    opt = reference.compare_with_tflite(params, tfl, x[:4], "builtin", isolate=True)
+    assert max(m.max_abs_diff for m in opt) <= 1
+    assert sum(m.mismatched for m in opt) <= 0.001 * sum(m.size for m in opt)
+    # the model output through XNNPACK
+    (out,) = reference.compare_with_tflite(params, tfl, x[:4], "default")
+    assert out.max_abs_diff <= 1
+    report = te.verify(qat, tfl, x[:16], params=params)
+    assert report.weights_exact and report.reference_exact_fraction == 1.0
+    assert report.outputs[0].within_1lsb >= 0.999
+
+
+@pytest.mark.slow
+def test_mnist_cnn_bit_exact_against_reference_kernels():
+    """The demo's CNN trained on MNIST 5k, 8-bit with folding: every tensor of the
+    interpreter's reference kernels and its optimized ones, on 300 test images."""
+    from tfmot_ext import demo
+
+    keras.utils.set_random_seed(0)
+    x_tr, y_tr, x_te, _ = demo.load_mnist_5k()
+    model = demo.build_cnn()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_tr, y_tr, epochs=1, batch_size=64, verbose=0)
+    qat = te.quantize(model)
+    qat.compile(keras.optimizers.Adam(5e-4),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x_tr, y_tr, epochs=1, batch_size=64, verbose=0)
+    tfl = te.to_tflite(qat, x_tr[:200])
+    params = te.extract(qat)
+    for kernels in ("reference", "builtin"):
+        ms = reference.compare_with_tflite(params, tfl, x_te[:300], kernels)
+        assert len(ms) == 6 and all(m.layer is not None and not m.mismatched for m in ms)
+    report = te.verify(qat, tfl, x_te, params=params, kernels="reference")
+    assert report.weights_exact and report.reference_exact_fraction == 1.0
+    assert report.outputs[0].within_1lsb >= 0.999 and report.outputs[0].agreement >= 0.99
+
+
+def test_float_input_quantized_like_tflite():
+    # ties: 0.5 / 1.0 rounds to 1 (away from zero), not 0 (half to even)
+    assert quantize_input(np.float32([0.5, -0.5, 2.5]), 1.0, 0).tolist() == [1, -1, 3]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 7), st.integers(1, 3), st.sampled_from(["same", "valid"]))
+def test_avg_pool_closed_form(n, size, k, padding):
+    """TFLite AVERAGE_POOL_2D: sum of the valid window elements over their count,
+    rounded half away from zero."""
+    assume(padding == "same" or size >= k)
+    rng = np.random.default_rng(n * 100 + size * 10 + k)
+    v = rng.integers(-128, 128, size=(n, size, size, 2)).astype(np.int8)
+    p = te.LayerQuantParams("pool", "AveragePooling2D", ("x",), True,
+                            config={"pool_size": [k, k], "strides": [k, k], "padding": padding})
+    got = reference._avg_pool(p, reference.IntTensor(v, 0.1, 0), "pool").values
+    pad = reference._same_padding(size, k, k, 1) if padding == "same" else (0, 0)
+    out = -(-size // k) if padding == "same" else (size - k) // k + 1
+    for i in range(out):
+        for j in range(out):
+            r0, c0 = i * k - pad[0], j * k - pad[0]
+            win = v[:, max(r0, 0):min(r0 + k, size), max(c0, 0):min(c0 + k, size), :]
+            cnt = win.shape[1] * win.shape[2]
+            tot = win.astype(np.int64).sum(axis=(1, 2))
+            want = [[_round_half_away(int(t), cnt) for t in row] for row in tot]
+            np.testing.assert_array_equal(got[:, i, j, :], want)

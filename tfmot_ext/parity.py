@@ -1,0 +1,299 @@
+"""Parity of a converted model with its QAT model, its extraction and the integer reference.
+
+``verify(model, tflite_bytes, data)`` answers the three questions a deployment
+review asks, in one :class:`ParityReport`:
+
+* outputs: how far the int8 TFLite outputs are from the QAT model's, in output
+  LSBs (``|y_qat - (q - z) * s| / s``), and how often the predicted class agrees;
+* weights: whether each weighted TFLite operator stores exactly the integers and
+  scales :func:`tfmot_ext.extract` recovers from the QAT model;
+* reference: whether :func:`tfmot_ext.reference.run` reproduces every operator
+  output of the interpreter bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tfmot_ext._compat import check_keras2
+from tfmot_ext.errors import IntegerReferenceError, ParityError
+from tfmot_ext.extract import QuantizedModelParams, extract
+from tfmot_ext.reference import TensorMatch, compare_with_tflite, quantize_input
+from tfmot_ext.tflite import (
+    WeightTensor,
+    _validated,
+    interpreter,
+    keras_layout,
+    op_outputs,
+    weight_tensors,
+)
+
+__all__ = ["LayerDrift", "OutputParity", "ParityReport", "WeightParity", "layer_drift", "verify",
+           "weight_parity"]
+
+logger = logging.getLogger(__name__)
+
+#: Slack on "within 1 LSB": both sides are float32 values of up to 255 LSBs, whose
+#: rounding error is at most ``255 * 2**-24`` (1.5e-5) LSB each.
+LSB_SLACK = 1e-4
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    """QAT model output vs TFLite int8 output, over the verification data.
+
+    Invariants: ``0 <= mean_lsb <= max_lsb``; ``within_1lsb`` and ``agreement`` are
+    fractions in ``[0, 1]`` (``agreement`` is None for a scalar output).
+    """
+
+    name: str
+    elements: int
+    max_lsb: float
+    mean_lsb: float
+    within_1lsb: float
+    agreement: float | None
+
+
+@dataclass(frozen=True)
+class WeightParity:
+    """One weighted TFLite operator vs the extracted layer it was converted from.
+
+    ``kernel``: the stored integers equal ``kernel_int`` (for layers trained below 8
+    bits, which TFLite stores on an int8 grid of its own: the dequantized values
+    agree within half a TFLite LSB). ``scales``, ``bias``, ``bias_scales``: exact
+    equality of the float32 scales and the int32 bias (a bias the converter dropped
+    counts as equal when the extracted one is all zero). ``layer`` is None when no
+    extracted layer matches the operator (then every flag is False).
+    """
+
+    op: str
+    layer: str | None
+    bits: int | None
+    kernel: bool
+    scales: bool
+    bias: bool
+    bias_scales: bool
+
+    @property
+    def exact(self) -> bool:
+        return self.kernel and self.scales and self.bias and self.bias_scales
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Outputs, weights and reference parity of one converted model.
+
+    ``reference`` is None when the reference was not run (``reference=False``) and
+    ``reference_error`` says why it could not run (an unsupported layer), else "".
+    """
+
+    outputs: tuple[OutputParity, ...]
+    weights: tuple[WeightParity, ...]
+    reference: tuple[TensorMatch, ...] | None
+    kernels: str
+    reference_error: str = ""
+
+    @property
+    def weights_exact(self) -> bool:
+        return all(w.exact for w in self.weights)
+
+    @property
+    def reference_exact_fraction(self) -> float | None:
+        """Fraction of interpreter tensor elements the reference reproduces exactly."""
+        if not self.reference:
+            return None
+        size = sum(m.size for m in self.reference)
+        bad = sum(m.mismatched for m in self.reference)
+        return 1.0 - bad / size if size else None
+
+    def passed(self, min_within_1lsb: float = 0.999, require_weights: bool = True,
+               require_reference: bool = False) -> bool:
+        """Whether every output has at least ``min_within_1lsb`` of its elements within
+        1 LSB (and, as asked, exact weights and a bit-exact reference)."""
+        ok = all(o.within_1lsb >= min_within_1lsb for o in self.outputs)
+        if require_weights:
+            ok = ok and self.weights_exact
+        if require_reference:
+            ok = ok and self.reference is not None and self.reference_exact_fraction == 1.0 \
+                and all(m.layer is not None for m in self.reference)
+        return ok
+
+    def check(self, min_within_1lsb: float = 0.999, require_weights: bool = True,
+              require_reference: bool = False) -> None:
+        """Raise :class:`tfmot_ext.errors.ParityError` (with the table) unless :meth:`passed`."""
+        if not self.passed(min_within_1lsb, require_weights, require_reference):
+            raise ParityError(f"parity check failed:\n{self}")
+
+    def __str__(self) -> str:
+        lines = ["Outputs (QAT model vs TFLite int8):",
+                 f"  {'output':<24} {'elements':>9} {'max LSB':>8} {'mean LSB':>9} "
+                 f"{'<=1 LSB':>8} {'argmax agree':>12}"]
+        for o in self.outputs:
+            agree = "-" if o.agreement is None else f"{o.agreement * 100:.2f} %"
+            lines.append(f"  {o.name[:24]:<24} {o.elements:>9} {o.max_lsb:>8.2f} "
+                         f"{o.mean_lsb:>9.4f} {o.within_1lsb * 100:>7.2f}% {agree:>12}")
+        lines.append("Weights (extracted vs stored in the .tflite):")
+        lines.append(f"  {'layer':<28} {'op':<18} {'bits':>4}  kernel scales bias b.scales")
+        for w in self.weights:
+            def f(b: bool) -> str:
+                return "ok" if b else "DIFF"
+            lines.append(f"  {str(w.layer)[:28]:<28} {w.op:<18} {w.bits or '-':>4}  "
+                         f"{f(w.kernel):>6} {f(w.scales):>6} {f(w.bias):>4} "
+                         f"{f(w.bias_scales):>8}")
+        if self.reference is not None:
+            frac = self.reference_exact_fraction
+            unmatched = sum(m.layer is None for m in self.reference)
+            lines.append(f"Integer reference vs TFLite ({self.kernels} kernels): "
+                         f"{len(self.reference)} tensors, "
+                         f"{'-' if frac is None else f'{frac * 100:.4f} %'} elements "
+                         f"bit-exact, {unmatched} unmatched")
+            for m in self.reference:
+                if m.mismatched or m.layer is None:
+                    lines.append(f"  {m.op:<18} {m.layer!s:<28} {m.mismatched}/{m.size} "
+                                 f"differ, max {m.max_abs_diff} LSB")
+        elif self.reference_error:
+            lines.append(f"Integer reference: not run ({self.reference_error})")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class LayerDrift:
+    """How far the QAT model's (float, fake-quantized) output of one layer is from the
+    integer reference's, in LSBs of that tensor: ``|y_qat - (q - z) * s| / s``.
+
+    Invariant: ``0 <= mean_lsb <= max_lsb``; ``over_1lsb`` is a fraction in [0, 1].
+    """
+
+    layer: str
+    kind: str
+    max_lsb: float
+    mean_lsb: float
+    over_1lsb: float
+
+
+def layer_drift(model: Any, x: Any, params: QuantizedModelParams | None = None
+                ) -> list[LayerDrift]:
+    """Per layer, the QAT model's output vs the integer reference's on inputs ``x``.
+
+    FakeQuant simulates the requantization of Conv/Dense outputs exactly but not the
+    integer rounding inside pooling, MEAN or ADD, so those drift by up to one LSB;
+    a layer far above that is not deployed the way it was trained.
+    """
+    from tfmot_ext._compat import keras
+    from tfmot_ext.reference import run
+
+    check_keras2(model, "model")
+    data = _validated(x, model)
+    params = extract(model) if params is None else params
+    ref = run(params, data)
+    names = [n for n in ref.tensors if params[n].kind != "QuantizeLayer"]
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    outs = probe.predict(data, batch_size=256, verbose=0)
+    outs = outs if isinstance(outs, list) else [outs]
+    result = []
+    for n, y in zip(names, outs):
+        t = ref.tensors[n]
+        lsb = np.abs(np.asarray(y, np.float64) - t.dequantize().astype(np.float64)) / t.scale
+        result.append(LayerDrift(n, params[n].kind, float(lsb.max()), float(lsb.mean()),
+                                 float((lsb > 1.0 + LSB_SLACK).mean())))
+    return result
+
+
+def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> list[WeightParity]:
+    """Compare each weighted TFLite operator with the extracted layer it comes from."""
+    out = []
+    for w in weights:
+        names = [n for n, p in params.items()
+                 if p.kernel_int is not None and f"/{n}/" in w.filter_name]
+        if len(names) != 1:
+            out.append(WeightParity(w.op, None, None, False, False, False, False))
+            continue
+        p = params[names[0]]
+        assert p.kernel_int is not None and p.kernel_scale is not None
+        try:
+            k = keras_layout(w.op, w.filter, p.kernel_int.shape)
+        except ValueError:
+            out.append(WeightParity(w.op, p.name, p.bits, False, False, False, False))
+            continue
+        if p.bits == 8:
+            kernel_ok = bool(np.array_equal(k, p.kernel_int))
+            scales_ok = bool(np.array_equal(w.filter_scales, np.atleast_1d(p.kernel_scale)))
+        else:  # TFLite re-grids a low-bit kernel in int8: compare dequantized values
+            s = _channel_broadcast(w.filter_scales, p.kernel_int.shape, p.axis)
+            deq = k.astype(np.float64) * s
+            kernel_ok = bool(np.all(np.abs(deq - p.dequantized_kernel()) <= s / 2))
+            scales_ok = kernel_ok
+        if w.bias is None:  # the converter drops an all-zero bias
+            bias_ok = bscale_ok = p.bias_int is None or not np.any(p.bias_int)
+        else:
+            bias_ok = p.bias_int is not None and np.array_equal(w.bias, p.bias_int)
+            bscale_ok = (w.bias_scales is not None and p.bias_scale is not None
+                         and np.array_equal(w.bias_scales, np.atleast_1d(p.bias_scale)))
+        out.append(WeightParity(w.op, p.name, p.bits, kernel_ok, scales_ok, bool(bias_ok),
+                                bool(bscale_ok)))
+    return out
+
+
+def _channel_broadcast(scales: np.ndarray, shape: tuple[int, ...],
+                       axis: tuple[int, ...] | None) -> np.ndarray:
+    s = np.asarray(scales, np.float64)
+    if s.size == 1 or axis is None:
+        return s.reshape(()) if s.size == 1 else s
+    if len(axis) == 2:  # depthwise (H, W, C, M): channel c * M + m
+        return s.reshape(1, 1, *shape[2:])
+    b = [1] * len(shape)
+    b[axis[0]] = s.size
+    return s.reshape(b)
+
+
+def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builtin",
+           reference: bool = True, params: QuantizedModelParams | None = None) -> ParityReport:
+    """Compare a QAT model with its int8 TFLite conversion (see the module docstring).
+
+    Args:
+        model: the tf_keras QAT model the ``.tflite`` was converted from.
+        tflite_bytes: an int8-I/O model from :func:`tfmot_ext.to_tflite`.
+        data: float inputs ``(N, *input_shape)``.
+        kernels: interpreter kernels for the comparison: ``"builtin"`` (TFLite's
+            optimized kernels, what a CPU deployment without a delegate runs; the
+            default), ``"reference"`` (its reference kernels, which lack some op
+            versions, e.g. the DEPTHWISE_CONV_2D v7 emitted for sub-8-bit weights) or
+            ``"default"`` (XNNPACK; outputs only). See :func:`tfmot_ext.tflite.op_outputs`.
+        reference: also run the integer reference and compare every tensor.
+        params: the model's extraction, if already at hand.
+
+    Returns:
+        :class:`ParityReport` (``print`` it for the table).
+    """
+    check_keras2(model, "model")
+    x = _validated(data, model)
+    params = extract(model) if params is None else params
+    interp = interpreter(tflite_bytes)
+    inp = interp.get_input_details()[0]
+    s_in, z_in = inp["quantization"]
+    q = quantize_input(x, s_in, z_in)
+    tfl = op_outputs(tflite_bytes, q, kernels, intermediates=False)
+    y = np.asarray(model.predict(x, batch_size=256, verbose=0), np.float64)
+    outputs = []
+    for t in tfl:
+        deq = (t.values.astype(np.float64) - t.zero_point) * t.scale
+        lsb = np.abs(y.reshape(deq.shape) - deq) / t.scale
+        agree = None
+        if deq.ndim == 2 and deq.shape[1] > 1:
+            agree = float((deq.argmax(-1) == y.reshape(deq.shape).argmax(-1)).mean())
+        outputs.append(OutputParity(t.name, int(lsb.size), float(lsb.max()), float(lsb.mean()),
+                                    float((lsb <= 1.0 + LSB_SLACK).mean()), agree))
+    weights = weight_parity(params, weight_tensors(tflite_bytes))
+    matches: tuple[TensorMatch, ...] | None = None
+    error = ""
+    if reference:
+        try:
+            matches = tuple(compare_with_tflite(params, tflite_bytes, q, kernels))
+        except IntegerReferenceError as e:
+            error = str(e)
+            logger.warning("integer reference not run: %s", e)
+    return ParityReport(tuple(outputs), tuple(weights), matches, kernels, error)

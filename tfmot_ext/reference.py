@@ -1,0 +1,719 @@
+"""Integer-only inference over extracted parameters, bit-exact with TFLite.
+
+``run(params, x)`` executes a model from :class:`~tfmot_ext.extract.QuantizedModelParams`
+alone: int8 activations, int32 accumulators, fixed-point requantization, no float
+anywhere on the data path (except TFLite's own float ``MEAN`` kernel, replicated
+in float32 where TFLite uses it). It is what a hardware team implements, and it
+matches the TFLite interpreter's reference kernels bit for bit.
+
+The arithmetic (Jacob et al. 2017, arXiv 1712.05877, section 2.2; TFLite's
+``internal/common.h``):
+
+* a layer with a kernel: ``acc = sum((q_x - z_x) * q_w) + q_b`` (int32), then
+  ``q_y = clamp(MBQM(acc, M0, shift) + z_y, act_min, act_max)`` with
+  ``MBQM(x, M0, s) = RDBPOT(SRDHM(x * 2**max(s, 0), M0), max(-s, 0))``;
+* ``SRDHM(a, b)`` (saturating rounding doubling high multiply) is
+  ``(a * b + (2**30 if a * b >= 0 else 1 - 2**30)) / 2**31`` truncated toward zero,
+  i.e. ``floor((a * b + 2**30) / 2**31)``: round to nearest, ties up; it saturates
+  ``INT32_MIN * INT32_MIN`` to ``INT32_MAX``;
+* ``RDBPOT(x, e)`` (rounding divide by power of two) is ``(x >> e) + (r > t)`` with
+  ``r = x & (2**e - 1)`` and ``t = (2**e - 1) >> 1`` plus one for negative ``x``:
+  round half away from zero;
+* the fused ReLU/ReLU6 clamp is ``[z_y + round(0 / s_y), z_y + round(6 / s_y)]``
+  intersected with ``[-128, 127]``.
+
+Add follows TFLite's ``ADD`` (both inputs shifted left by 20 bits and rescaled to
+twice the larger input scale, then to the output), Concatenate requantizes inputs
+whose scale differs from the output's (TFLite ``QUANTIZE``), pooling and ``MEAN``
+follow their TFLite kernels.
+
+The requantization of Conv/Depthwise/FullyConnected rounds differently in TFLite's
+kernel sets (measured, see docs/integer_inference.md): the reference kernels use
+the form above for Conv/Depthwise but a single rounding for FullyConnected; the
+optimized kernels use the form above with a final shift whose ties go up.
+``rounding="reference"`` / ``"optimized"`` reproduce each bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tfmot_ext.errors import IntegerReferenceError
+from tfmot_ext.extract import LayerQuantParams, QuantizedModelParams, quantize_multiplier
+
+__all__ = [
+    "KERNEL_ROUNDING",
+    "ROUNDINGS",
+    "SUPPORTED_KINDS",
+    "IntTensor",
+    "ReferenceRun",
+    "TensorMatch",
+    "activation_range",
+    "compare_with_tflite",
+    "match_tensors",
+    "multiply_by_quantized_multiplier",
+    "multiply_by_quantized_multiplier_single",
+    "multiply_by_quantized_multiplier_up",
+    "quantize_input",
+    "requantize",
+    "rounding_divide_by_pot",
+    "run",
+    "saturating_rounding_doubling_high_mul",
+]
+
+logger = logging.getLogger(__name__)
+
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+I64 = npt.NDArray[np.int64]
+
+
+# --------------------------------------------------------------------------- fixed point
+
+
+def saturating_rounding_doubling_high_mul(a: npt.ArrayLike, b: npt.ArrayLike) -> I64:
+    """gemmlowp's ``SaturatingRoundingDoublingHighMul`` on int32 values (as int64).
+
+    ``(a * b + nudge) / 2**31`` truncated toward zero, ``nudge = 2**30`` for
+    ``a * b >= 0`` else ``1 - 2**30``: equal to ``floor((a * b + 2**30) / 2**31)``,
+    round to nearest with ties up. ``a == b == INT32_MIN`` saturates to ``INT32_MAX``.
+
+    >>> int(saturating_rounding_doubling_high_mul(2**30, 2**30))
+    536870912
+    >>> int(saturating_rounding_doubling_high_mul(-3, 2**30))  # -1.5: ties go up
+    -1
+    """
+    a64, b64 = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    ab = a64 * b64
+    nudged = ab + np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    # C++ integer division truncates toward zero
+    high = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))
+    return np.where((a64 == _I32_MIN) & (b64 == _I32_MIN), np.int64(_I32_MAX), high)
+
+
+def rounding_divide_by_pot(x: npt.ArrayLike, exponent: npt.ArrayLike) -> I64:
+    """gemmlowp's ``RoundingDivideByPOT``: ``x / 2**exponent`` rounded half away from zero.
+
+    >>> rounding_divide_by_pot([5, -5, 6, -6], 2).tolist()
+    [1, -1, 2, -2]
+    """
+    x64, e = np.asarray(x, np.int64), np.asarray(exponent, np.int64)
+    mask = (np.int64(1) << e) - 1
+    remainder = x64 & mask
+    threshold = (mask >> 1) + (x64 < 0)
+    return (x64 >> e) + (remainder > threshold)
+
+
+def multiply_by_quantized_multiplier(x: npt.ArrayLike, m0: npt.ArrayLike,
+                                     shift: npt.ArrayLike) -> I64:
+    """TFLite's ``MultiplyByQuantizedMultiplier``: ``x * M0 * 2**(shift - 31)``, rounded.
+
+    ``RDBPOT(SRDHM(x * 2**max(shift, 0), M0), max(-shift, 0))``, the double-rounding
+    form TFLite builds by default.
+
+    >>> m0, shift = quantize_multiplier(0.5)  # 1.5, -1.5, 2: the high multiply rounds ties up
+    >>> multiply_by_quantized_multiplier([3, -3, 4], m0, shift).tolist()
+    [2, -1, 2]
+    >>> m0, shift = quantize_multiplier(0.25)  # 1.5, -1.5: the final shift rounds away
+    >>> multiply_by_quantized_multiplier([6, -6], m0, shift).tolist()
+    [2, -2]
+    """
+    s = np.asarray(shift, np.int64)
+    left, right = np.maximum(s, 0), np.maximum(-s, 0)
+    shifted = np.asarray(x, np.int64) * (np.int64(1) << left)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, m0), right)
+
+
+def multiply_by_quantized_multiplier_up(x: npt.ArrayLike, m0: npt.ArrayLike,
+                                        shift: npt.ArrayLike) -> I64:
+    """``MultiplyByQuantizedMultiplier`` as TFLite's optimized (SIMD) kernels compute it.
+
+    The same high multiply, then a rounding right shift whose ties go up (toward
+    +inf, like NEON's ``vrshl``) instead of away from zero:
+    ``(SRDHM(x * 2**max(s, 0), M0) + 2**(r - 1)) >> r`` with ``r = max(-s, 0)``.
+    It differs from :func:`multiply_by_quantized_multiplier` only on negative ties.
+
+    >>> m0, shift = quantize_multiplier(0.25)
+    >>> multiply_by_quantized_multiplier_up([6, -6, -5], m0, shift).tolist()
+    [2, -1, -1]
+    """
+    s = np.asarray(shift, np.int64)
+    left, right = np.maximum(s, 0), np.maximum(-s, 0)
+    high = saturating_rounding_doubling_high_mul(np.asarray(x, np.int64) * (np.int64(1) << left),
+                                                 m0)
+    return np.where(right > 0, (high + (np.int64(1) << np.maximum(right - 1, 0))) >> right, high)
+
+
+def multiply_by_quantized_multiplier_single(x: npt.ArrayLike, m0: npt.ArrayLike,
+                                            shift: npt.ArrayLike) -> I64:
+    """The single-rounding form: ``(x * M0 + 2**(30 - shift)) >> (31 - shift)``.
+
+    ``x * M0 * 2**(shift - 31)`` rounded once, ties up; TFLite's reference
+    FULLY_CONNECTED kernel requantizes this way.
+
+    >>> m0, shift = quantize_multiplier(0.5)
+    >>> multiply_by_quantized_multiplier_single([3, -3, 4], m0, shift).tolist()
+    [2, -1, 2]
+    """
+    total = 31 - np.asarray(shift, np.int64)
+    prod = np.asarray(x, np.int64) * np.asarray(m0, np.int64)
+    return (prod + (np.int64(1) << (total - 1))) >> total
+
+
+#: Requantization rounding of Conv/Depthwise/FullyConnected, as measured against TFLite
+#: (docs/integer_inference.md): "reference" kernels round Conv/Depthwise with
+#: :func:`multiply_by_quantized_multiplier` and FullyConnected with
+#: :func:`multiply_by_quantized_multiplier_single`; "optimized" kernels round all three
+#: with :func:`multiply_by_quantized_multiplier_up`.
+ROUNDINGS = ("reference", "optimized")
+_ROUNDING: contextvars.ContextVar[str] = contextvars.ContextVar("rounding",
+                                                               default="reference")
+#: The rounding of each interpreter kernel set (see :func:`tfmot_ext.tflite.op_outputs`).
+KERNEL_ROUNDING = {"reference": "reference", "builtin": "optimized", "default": "optimized"}
+
+
+def _round_half_away(x: Any) -> Any:
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+@dataclass(frozen=True)
+class IntTensor:
+    """An integer activation tensor with its per-tensor quantization.
+
+    Invariant: ``values`` is int8 (NHWC for images) and lies in ``[-128, 127]``;
+    the real value is ``(values - zero_point) * scale``. ``steps`` holds tensors the
+    TFLite graph materializes on the way (a pooling result before the QUANTIZE that
+    moves it to the layer's scale), oldest first.
+    """
+
+    values: npt.NDArray[np.int8]
+    scale: float
+    zero_point: int
+    steps: tuple[IntTensor, ...] = ()
+
+    def dequantize(self) -> npt.NDArray[np.float32]:
+        """``(values - zero_point) * scale`` in float32."""
+        return ((self.values.astype(np.int32) - self.zero_point).astype(np.float32)
+                * np.float32(self.scale)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """Every tensor of one reference run, by layer name, in execution order.
+
+    Invariant: ``tensors`` holds one :class:`IntTensor` per executed layer (the input
+    layer's is the quantized input); ``output`` is the last layer's.
+    """
+
+    tensors: OrderedDict[str, IntTensor]
+    output_name: str
+
+    @property
+    def output(self) -> IntTensor:
+        return self.tensors[self.output_name]
+
+
+def activation_range(activation: str, scale: float, zero_point: int,
+                     where: str = "layer") -> tuple[int, int]:
+    """The int8 clamp of a fused activation (TFLite ``CalculateActivationRangeQuantized``).
+
+    ``relu``: ``[max(-128, z), 127]``; ``relu6``: also ``min(127, z + round(6 / s))``
+    (``6 / s`` in float32, rounded half away from zero); ``linear``: ``[-128, 127]``.
+
+    >>> activation_range("relu6", 0.05, -128)
+    (-128, -8)
+    """
+    def q(f: float) -> int:
+        return zero_point + int(_round_half_away(np.float32(f) / np.float32(scale)))
+
+    if activation in ("linear", "None", None):
+        return -128, 127
+    if activation == "relu":
+        return max(-128, q(0.0)), 127
+    if activation == "relu6":
+        return max(-128, q(0.0)), min(127, q(6.0))
+    raise IntegerReferenceError(
+        f"{where}: fused activation '{activation}' has no integer form in the reference "
+        "(supported: linear, relu, relu6)")
+
+
+def quantize_input(x: npt.ArrayLike, scale: float, zero_point: int) -> npt.NDArray[np.int8]:
+    """TFLite's float -> int8 ``QUANTIZE``: ``clamp(round_half_away(x / s) + z, -128, 127)``.
+
+    The division is in float32, as the kernel does it.
+
+    >>> quantize_input([0.0, 0.25, -1.0], 0.5, -1).tolist()
+    [-1, 0, -3]
+    """
+    q = _round_half_away((np.asarray(x, np.float32) / np.float32(scale)).astype(np.float32))
+    return np.clip(q + zero_point, -128, 127).astype(np.int8)
+
+
+def requantize(t: IntTensor, scale: float, zero_point: int) -> IntTensor:
+    """TFLite's int8 -> int8 ``QUANTIZE`` (a change of scale).
+
+    ``M = double(s_in) / double(s_out)`` as ``(M0, shift)``;
+    ``q = clamp(MBQM(q_in - z_in, M0, shift) + z_out, -128, 127)``.
+    """
+    if scale == t.scale and zero_point == t.zero_point:
+        return t
+    m0, shift = quantize_multiplier(np.float64(np.float32(t.scale)) /
+                                    np.float64(np.float32(scale)))
+    acc = multiply_by_quantized_multiplier(t.values.astype(np.int64) - t.zero_point, m0, shift)
+    return IntTensor(np.clip(acc + zero_point, -128, 127).astype(np.int8), scale, zero_point)
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def _same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pad_hw(x: np.ndarray, kh: int, kw: int, strides: tuple[int, int],
+            dilation: tuple[int, int], padding: str, value: int) -> np.ndarray:
+    if padding == "valid":
+        return x
+    ph = _same_padding(x.shape[1], kh, strides[0], dilation[0])
+    pw = _same_padding(x.shape[2], kw, strides[1], dilation[1])
+    return np.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=value)
+
+
+def _windows(x: np.ndarray, kh: int, kw: int, strides: tuple[int, int],
+             dilation: tuple[int, int]) -> np.ndarray:
+    """``(N, OH, OW, C, kh, kw)`` view of the (already padded) input's windows."""
+    span_h, span_w = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
+    win = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(1, 2))
+    return win[:, :: strides[0], :: strides[1], :, :: dilation[0], :: dilation[1]]
+
+
+def _pair(v: Any, default: int = 1) -> tuple[int, int]:
+    if v is None:
+        return default, default
+    if isinstance(v, int):
+        return v, v
+    a, b = v
+    return int(a), int(b)
+
+
+def _finish(p: LayerQuantParams, acc: np.ndarray, where: str, fc: bool = False) -> IntTensor:
+    """Add the int32 bias, requantize per output channel, add z_y, clamp."""
+    assert p.output is not None and p.multiplier_q31 is not None and p.shift is not None
+    if p.bias_int is not None:
+        acc = acc + p.bias_int.astype(np.int64)
+    if _ROUNDING.get() == "optimized":
+        mbqm = multiply_by_quantized_multiplier_up
+    elif fc:
+        mbqm = multiply_by_quantized_multiplier_single
+    else:
+        mbqm = multiply_by_quantized_multiplier
+    y = mbqm(acc, p.multiplier_q31, p.shift) + p.output.zero_point
+    lo, hi = activation_range(p.activation, p.output.scale, p.output.zero_point, where)
+    return IntTensor(np.clip(y, lo, hi).astype(np.int8), p.output.scale, p.output.zero_point)
+
+
+def _check_weighted(p: LayerQuantParams, x: IntTensor, where: str) -> None:
+    if p.kernel_int is None or p.multiplier_q31 is None or p.output is None or p.input is None:
+        raise IntegerReferenceError(f"{where}: needs an integer kernel and input/output "
+                              "quantization; the layer is not (fully) quantized")
+    if p.kernel_zero_point is not None and np.any(p.kernel_zero_point != 0):
+        raise IntegerReferenceError(f"{where}: asymmetric kernels (zero point != 0) are not "
+                              "supported; TFLite int8 kernels are symmetric")
+    if (x.scale, x.zero_point) != (p.input.scale, p.input.zero_point):
+        raise IntegerReferenceError(f"{where}: input quantization ({x.scale}, {x.zero_point})"
+                              f" differs from the layer's ({p.input.scale}, "
+                              f"{p.input.zero_point})")
+    if p.bits is not None and p.bits > 8:
+        raise IntegerReferenceError(f"{where}: {p.bits}-bit weights; the int8 reference takes "
+                              "kernels of at most 8 bits")
+
+
+def _conv(p: LayerQuantParams, x: IntTensor, where: str, depthwise: bool) -> IntTensor:
+    _check_weighted(p, x, where)
+    assert p.kernel_int is not None
+    c = p.config
+    if int(c.get("groups", 1) or 1) != 1:
+        raise IntegerReferenceError(f"{where}: grouped convolution is not supported")
+    if c.get("data_format", "channels_last") not in ("channels_last", None):
+        raise IntegerReferenceError(f"{where}: only channels_last is supported")
+    k = p.kernel_int.astype(np.int64)
+    kh, kw = k.shape[0], k.shape[1]
+    strides, dil = _pair(c.get("strides")), _pair(c.get("dilation_rate"))
+    xs = x.values.astype(np.int64) - x.zero_point
+    xs = _pad_hw(xs, kh, kw, strides, dil, str(c.get("padding", "valid")).lower(), 0)
+    win = _windows(xs, kh, kw, strides, dil)  # (N, OH, OW, C, kh, kw)
+    if depthwise:
+        # (kh, kw, C, M) -> out[..., c*M + m] = sum win[..., c, i, j] * k[i, j, c, m]
+        acc = np.einsum("nhwcij,ijcm->nhwcm", win, k, optimize=True)
+        acc = acc.reshape(*acc.shape[:3], -1)
+    else:
+        acc = np.einsum("nhwcij,ijco->nhwo", win, k, optimize=True)
+    return _finish(p, acc, where)
+
+
+def _dense(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    _check_weighted(p, x, where)
+    assert p.kernel_int is not None
+    xs = x.values.astype(np.int64) - x.zero_point
+    return _finish(p, xs @ p.kernel_int.astype(np.int64), where, fc=True)
+
+
+def _relu(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    c = p.config
+    if p.kind == "Activation":
+        act = str(c.get("activation", "linear"))
+    else:
+        if float(c.get("negative_slope", 0.0) or 0.0) != 0 or float(
+                c.get("threshold", 0.0) or 0.0) != 0:
+            raise IntegerReferenceError(f"{where}: leaky/thresholded ReLU is not supported")
+        mv = c.get("max_value")
+        act = "relu" if mv is None else ("relu6" if float(mv) == 6.0 else f"relu(max={mv})")
+    lo, hi = activation_range(act, x.scale, x.zero_point, where)
+    return IntTensor(np.clip(x.values, lo, hi).astype(np.int8), x.scale, x.zero_point)
+
+
+def _max_pool(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    c = p.config
+    kh, kw = _pair(c.get("pool_size"), 2)
+    strides = _pair(c.get("strides") or (kh, kw))
+    xs = _pad_hw(x.values.astype(np.int64), kh, kw, strides, (1, 1),
+                 str(c.get("padding", "valid")).lower(), -(2**40))
+    out = _windows(xs, kh, kw, strides, (1, 1)).max(axis=(-2, -1))
+    return IntTensor(out.astype(np.int8), x.scale, x.zero_point)
+
+
+def _avg_pool(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    """TFLite int8 ``AVERAGE_POOL_2D``: sum of the valid elements, divided by their count
+    rounding half away from zero (integer ``(acc +- n/2) / n``)."""
+    c = p.config
+    kh, kw = _pair(c.get("pool_size"), 2)
+    strides = _pair(c.get("strides") or (kh, kw))
+    padding = str(c.get("padding", "valid")).lower()
+    xs = _pad_hw(x.values.astype(np.int64), kh, kw, strides, (1, 1), padding, 0)
+    ones = _pad_hw(np.ones((1, *x.values.shape[1:3], 1), np.int64), kh, kw, strides, (1, 1),
+                   padding, 0)
+    acc = _windows(xs, kh, kw, strides, (1, 1)).sum(axis=(-2, -1))
+    n = _windows(ones, kh, kw, strides, (1, 1)).sum(axis=(-2, -1))
+    out = _trunc_div(acc + np.where(acc > 0, n // 2, -(n // 2)), n)
+    pooled = IntTensor(np.clip(out, -128, 127).astype(np.int8), x.scale, x.zero_point)
+    final = _requantize_to_layer(p, pooled)
+    return final if final is pooled else dataclasses.replace(final, steps=(pooled,))
+
+
+def _trunc_div(a: np.ndarray, b: Any) -> np.ndarray:
+    q = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -q, q)
+
+
+def _global_avg_pool(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    """TFLite int8 ``MEAN`` over H and W (what GlobalAveragePooling2D converts to).
+
+    ``acc = sum(q_in - z_in)`` over the ``n = H * W`` elements (int32), then one
+    requantization that folds the division in: ``M = s_in / (n * s_out)`` (float32,
+    as the kernel computes it) as ``(M0, shift)``,
+    ``q_out = clamp(MBQM(acc, M0, shift) + z_out, -128, 127)``.
+    """
+    if p.output is None:
+        raise IntegerReferenceError(f"{where}: output is not quantized")
+    f32 = np.float32
+    v = x.values.astype(np.int64) - x.zero_point
+    n = v.shape[1] * v.shape[2]
+    acc = v.sum(axis=(1, 2), keepdims=bool(p.config.get("keepdims", False)))
+    m = f32(f32(x.scale) / (f32(n) * f32(p.output.scale)))
+    m0, shift = quantize_multiplier(np.float64(m))
+    out = multiply_by_quantized_multiplier(acc, m0, shift) + p.output.zero_point
+    return IntTensor(np.clip(out, -128, 127).astype(np.int8), p.output.scale,
+                     p.output.zero_point)
+
+
+def _add(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
+    """TFLite int8 ``ADD``: inputs to a common scale ``2 * max(s1, s2)`` with 20 bits of
+    headroom, summed, then to the output scale."""
+    if len(xs) != 2:
+        raise IntegerReferenceError(f"{where}: Add of {len(xs)} inputs; TFLite ADD is binary")
+    if p.output is None:
+        raise IntegerReferenceError(f"{where}: output is not quantized")
+    a, b = xs
+    s1, s2, so = np.float32(a.scale), np.float32(b.scale), np.float32(p.output.scale)
+    twice_max = np.float64(np.float32(2) * max(s1, s2))
+    m1, sh1 = quantize_multiplier(np.float64(s1) / twice_max)
+    m2, sh2 = quantize_multiplier(np.float64(s2) / twice_max)
+    mo, sho = quantize_multiplier(twice_max / np.float64(np.float32(1 << 20) * so))
+
+    def scaled(t: IntTensor, m: Any, sh: Any) -> np.ndarray:
+        v = (t.values.astype(np.int64) - t.zero_point) * (1 << 20)
+        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(v, m), -sh)
+
+    raw = scaled(a, m1, sh1) + scaled(b, m2, sh2)
+    y = rounding_divide_by_pot(saturating_rounding_doubling_high_mul(raw, mo), -sho)
+    y = y + p.output.zero_point
+    lo, hi = activation_range(p.activation, p.output.scale, p.output.zero_point, where)
+    return IntTensor(np.clip(y, lo, hi).astype(np.int8), p.output.scale, p.output.zero_point)
+
+
+def _concat(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
+    if p.output is None:
+        raise IntegerReferenceError(f"{where}: output is not quantized")
+    axis = int(p.config.get("axis", -1))
+    parts = [requantize(t, p.output.scale, p.output.zero_point).values for t in xs]
+    return IntTensor(np.concatenate(parts, axis=axis), p.output.scale, p.output.zero_point)
+
+
+def _zero_pad(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    pad = p.config.get("padding", 1)
+    if isinstance(pad, int):
+        ph = pw = (pad, pad)
+    else:
+        ph, pw = (_pair(v) for v in pad)
+    out = np.pad(x.values, ((0, 0), ph, pw, (0, 0)), constant_values=x.zero_point)
+    return IntTensor(out, x.scale, x.zero_point)
+
+
+def _reshape(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    if p.kind == "Flatten":
+        return IntTensor(x.values.reshape(len(x.values), -1), x.scale, x.zero_point)
+    target = p.config.get("target_shape")
+    if not isinstance(target, (list, tuple)):
+        raise IntegerReferenceError(f"{where}: Reshape without a target_shape")
+    return IntTensor(x.values.reshape(len(x.values), *target), x.scale, x.zero_point)
+
+
+def _requantize_to_layer(p: LayerQuantParams, t: IntTensor) -> IntTensor:
+    if p.output is None:
+        return t
+    return requantize(t, p.output.scale, p.output.zero_point)
+
+
+def _identity(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    return x
+
+
+_Unary = Callable[[LayerQuantParams, IntTensor, str], IntTensor]
+_UNARY: dict[str, _Unary] = {
+    "Conv2D": lambda p, x, w: _conv(p, x, w, depthwise=False),
+    "FoldedConv2DBatchNorm": lambda p, x, w: _conv(p, x, w, depthwise=False),
+    "DepthwiseConv2D": lambda p, x, w: _conv(p, x, w, depthwise=True),
+    "FoldedDepthwiseConv2DBatchNorm": lambda p, x, w: _conv(p, x, w, depthwise=True),
+    "Dense": _dense,
+    "FoldedDenseBatchNorm": _dense,
+    "ReLU": _relu,
+    "Activation": _relu,
+    "MaxPooling2D": _max_pool,
+    "AveragePooling2D": _avg_pool,
+    "GlobalAveragePooling2D": _global_avg_pool,
+    "ZeroPadding2D": _zero_pad,
+    "Flatten": _reshape,
+    "Reshape": _reshape,
+    "Dropout": _identity,
+    "SpatialDropout2D": _identity,
+}
+_NARY = {"Add": _add, "Concatenate": _concat}
+
+#: Layer kinds the reference executes.
+SUPPORTED_KINDS = frozenset({*_UNARY, *_NARY, "InputLayer", "QuantizeLayer"})
+
+
+def _execute(p: LayerQuantParams, args: list[IntTensor], where: str) -> IntTensor:
+    if p.kind in _NARY:
+        return _NARY[p.kind](p, args, where)
+    if len(args) != 1:
+        raise IntegerReferenceError(f"{where}: expected one input, got {len(args)}")
+    return _UNARY[p.kind](p, args[0], where)
+
+
+def run(params: QuantizedModelParams, x: npt.ArrayLike, rounding: str = "reference"
+        ) -> ReferenceRun:
+    """Run a model's integer parameters on a batch, integer arithmetic only.
+
+    Args:
+        params: from :func:`tfmot_ext.extract` (live model or H5 file).
+        x: the batch: int8 values already quantized with the model's input
+            quantization (what an int8-I/O TFLite model takes), or float32 values,
+            which are quantized first with :func:`quantize_input`.
+        rounding: the requantization rounding of Conv/Depthwise/FullyConnected:
+            ``"reference"`` (TFLite's reference kernels) or ``"optimized"`` (its
+            optimized kernels); see :data:`ROUNDINGS`.
+
+    Returns:
+        :class:`ReferenceRun`: every layer's int8 tensor.
+
+    Raises:
+        IntegerReferenceError: a layer kind or setting the reference does not execute (the
+            message names the layer), or a model with more than one input.
+    """
+    if rounding not in ROUNDINGS:
+        raise IntegerReferenceError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    token = _ROUNDING.set(rounding)
+    try:
+        return _run(params, np.asarray(x))
+    finally:
+        _ROUNDING.reset(token)
+
+
+def _run(params: QuantizedModelParams, xs: np.ndarray) -> ReferenceRun:
+    inputs = [n for n, p in params.items() if p.kind == "InputLayer"]
+    if len(inputs) != 1:
+        raise IntegerReferenceError(f"{params.source}: the reference runs single-input models "
+                              f"(found {len(inputs)} inputs)")
+    tensors: OrderedDict[str, IntTensor] = OrderedDict()
+    raw_input = inputs[0]
+    last = raw_input
+    for name, p in params.items():
+        where = f"{params.source}: layer '{name}' ({p.kind})"
+        if name == raw_input:
+            continue
+        if p.kind not in SUPPORTED_KINDS:
+            raise IntegerReferenceError(
+                f"{where}: the integer reference has no kernel for {p.kind}; supported: "
+                f"{', '.join(sorted(SUPPORTED_KINDS))}")
+        if p.kind == "QuantizeLayer":
+            if p.output is None:
+                raise IntegerReferenceError(f"{where}: the input quantizer has no range")
+            if xs.dtype == np.int8:
+                q = xs
+            else:
+                q = quantize_input(xs, p.output.scale, p.output.zero_point)
+            tensors[name] = IntTensor(q, p.output.scale, p.output.zero_point)
+            last = name
+            continue
+        missing = [i for i in p.inputs if i not in tensors]
+        if missing:
+            raise IntegerReferenceError(f"{where}: its inputs {missing} were not computed "
+                                  "(float layers before the model's QuantizeLayer?)")
+        tensors[name] = _execute(p, [tensors[i] for i in p.inputs], where)
+        last = name
+    return ReferenceRun(tensors, last)
+
+
+
+# --------------------------------------------------------------------------- parity
+
+
+@dataclass(frozen=True)
+class TensorMatch:
+    """One TFLite operator output compared with the reference tensor it corresponds to.
+
+    Invariants: ``0 <= mismatched <= size``; ``max_abs_diff == 0`` iff
+    ``mismatched == 0``; ``layer`` is None (and the counts are 0) when no reference
+    tensor of the same shape and quantization carries a layer name of the TFLite
+    tensor.
+    """
+
+    tflite_name: str
+    op: str
+    layer: str | None
+    size: int
+    mismatched: int
+    max_abs_diff: int
+
+
+def _components(name: str) -> set[str]:
+    return {c.split(":")[0] for part in name.split(";") for c in part.split("/")}
+
+
+def match_tensors(ref: ReferenceRun, tensors: list[Any],
+                  params: QuantizedModelParams | None = None) -> list[TensorMatch]:
+    """Pair interpreter tensors (:class:`tfmot_ext.tflite.OpTensor`) with reference ones.
+
+    A TFLite tensor's name carries the Keras layer names it was fused from; among
+    those, the latest layer whose reference tensor has the same shape, scale and
+    zero point is its counterpart. The model output is matched to the reference
+    output.
+
+    With ``params``, each matched layer is recomputed from the interpreter's own
+    input tensors where those are matched too, so a difference is attributed to the
+    operator that makes it rather than inherited from an earlier one.
+    """
+    order = list(ref.tensors)
+    hits: list[tuple[Any, tuple[str, int] | None]] = []
+    for i, t in enumerate(tensors):
+        comps = _components(t.name)
+        cands = [n for n in order if n in comps]
+        if i == len(tensors) - 1 or not cands:
+            cands = [*cands, ref.output_name]
+        hit: tuple[str, int] | None = None
+        for n in reversed(cands):
+            r = ref.tensors[n]
+            for k, c in enumerate((r, *r.steps)):
+                if (c.values.shape == t.values.shape and np.float32(c.scale) == np.float32(
+                        t.scale) and c.zero_point == t.zero_point):
+                    hit = (n, k)
+                    break
+            if hit is not None:
+                break
+        hits.append((t, hit))
+    theirs = {h[0]: IntTensor(t.values, t.scale, t.zero_point)
+              for t, h in hits if h is not None and h[1] == 0}
+    out = []
+    for t, h in hits:
+        if h is None:
+            out.append(TensorMatch(t.name, t.op, None, 0, 0, 0))
+            continue
+        layer, k = h
+        mine = ref.tensors[layer]
+        if params is not None:
+            mine = _isolated(params, ref, theirs, layer)
+        mine = (mine, *mine.steps)[k]
+        d = np.abs(mine.values.astype(np.int32) - t.values.astype(np.int32))
+        out.append(TensorMatch(t.name, t.op, layer, int(d.size), int((d > 0).sum()),
+                               int(d.max()) if d.size else 0))
+    return out
+
+
+def _isolated(params: QuantizedModelParams, ref: ReferenceRun, theirs: dict[str, IntTensor],
+              name: str) -> IntTensor:
+    """Recompute layer ``name`` (and the unmatched layers between it and the nearest
+    matched ones upstream) from the interpreter's tensors."""
+    memo: dict[str, IntTensor] = {}
+
+    def value(n: str, top: bool) -> IntTensor:
+        if not top and n in theirs:
+            return theirs[n]
+        if n in memo:
+            return memo[n]
+        p = params[n]
+        if p.kind in ("InputLayer", "QuantizeLayer") or not p.inputs:
+            memo[n] = ref.tensors[n]
+        else:
+            memo[n] = _execute(p, [value(i, False) for i in p.inputs], f"layer '{n}'")
+        return memo[n]
+
+    return value(name, True)
+
+
+def compare_with_tflite(params: QuantizedModelParams, model_content: bytes,
+                        x: npt.ArrayLike, kernels: str = "reference",
+                        isolate: bool = False, rounding: str | None = None
+                        ) -> list[TensorMatch]:
+    """Run the reference and the TFLite interpreter on ``x`` and compare every tensor.
+
+    ``x`` is float (quantized with the model's input quantization) or int8. With
+    ``kernels="default"`` only the outputs are compared (the XNNPACK delegate keeps
+    its intermediate tensors to itself). ``isolate`` recomputes each operator from
+    the interpreter's own inputs (see :func:`match_tensors`); ``rounding`` as in
+    :func:`run`, by default the one of the chosen kernels (:data:`KERNEL_ROUNDING`).
+    """
+    from tfmot_ext.tflite import op_outputs
+
+    rounding = KERNEL_ROUNDING.get(kernels, "reference") if rounding is None else rounding
+    ref = run(params, x, rounding)
+    q_in = next(iter(t for n, t in ref.tensors.items() if params[n].kind == "QuantizeLayer"))
+    theirs = op_outputs(model_content, q_in.values, kernels)
+    token = _ROUNDING.set(rounding)
+    try:
+        return match_tensors(ref, theirs, params if isolate else None)
+    finally:
+        _ROUNDING.reset(token)
