@@ -23,7 +23,8 @@ def test_demo_trains_quantizes_and_deploys(tmp_path):
     (out,) = r.parity.outputs
     assert out.within_1lsb >= 0.999 and out.agreement is not None and out.agreement >= 0.99
     assert sorted(p.rsplit("/", 1)[-1] for p in r.files) == [
-        "model.tflite", "params.h", "params.json", "params.npz"]
+        "calib.npy", "model.tflite", "params.h", "params.json", "params.npz", "qat.h5",
+        "test.npy"]
     assert (tmp_path / "model.tflite").read_bytes()[4:8] == b"TFL3"
 
 

@@ -159,3 +159,35 @@ def test_encodings_in_memory(params):
     doc = te.to_encodings(params)
     json.dumps(doc, allow_nan=False)
     assert doc["edges"] == [list(e) for e in params.edges]
+
+
+def test_atomic_path_for_writers_that_take_a_name(tmp_path):
+    """Keras's save and numpy.save write through a temporary name (the demo's qat.h5)."""
+    target = tmp_path / "m.h5"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="crash"), te.atomic_path(target) as tmp:
+        assert tmp.endswith(".h5") and os.path.dirname(tmp) == str(tmp_path)
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("crash")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]
+    with te.atomic_path(target) as tmp, open(tmp, "wb") as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["m.h5"]
+
+
+def test_atomic_files_get_ordinary_permissions(params, tmp_path):
+    """Not mkstemp's 0600: what open() would give under the current umask."""
+    umask = os.umask(0o022)
+    try:
+        te.export(params, tmp_path / "p.h")
+        with te.atomic_path(tmp_path / "m.bin") as tmp, open(tmp, "wb") as f:
+            f.write(b"x")
+        assert (tmp_path / "p.h").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "m.bin").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "p.h").chmod(0o600)  # an existing file keeps its mode
+        te.export(params, tmp_path / "p.h")
+        assert (tmp_path / "p.h").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)

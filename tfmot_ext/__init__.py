@@ -38,6 +38,7 @@ from tfmot_ext.errors import (
     UnsupportedModelError,
 )
 from tfmot_ext.export import (
+    atomic_path,
     atomic_write,
     export,
     pack_int4,
@@ -139,6 +140,7 @@ __all__ = [
     "__version__",
     "activation_quantizer",
     "annotate",
+    "atomic_path",
     "atomic_write",
     "compare_with_tflite",
     "conv_config",

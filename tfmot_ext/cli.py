@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tfmot_ext.errors import TfmotExtError, UnsupportedModelError
+from tfmot_ext.extract import PASS_THROUGH as _PASS_THROUGH
 
 __all__ = ["main"]
 
@@ -72,7 +73,9 @@ def _inspect(args: argparse.Namespace) -> int:
             scales, "yes" if p.folded else "",
             "-" if p.output is None else f"{p.output.bits}b s={p.output.scale:.3g} "
                                          f"z={p.output.zero_point}",
-            "quantized" if p.quantized else ("float" + (f" ({p.note})" if p.note else ""))))
+            "quantized" if p.quantized else (
+                "int8 pass-through" if p.kind in _PASS_THROUGH and p.kind != "InputLayer"
+                else "float" + (f" ({p.note})" if p.note else ""))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -207,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TfmotExtError, OSError) as e:
         print(f"tfmot-ext {args.command}: error: {e}", file=sys.stderr)
         return 2
-    logger.info("done in %.1f s", time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    if elapsed > 2.0:
+        logger.info("done in %.1f s", elapsed)
     return code
 
 

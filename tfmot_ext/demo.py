@@ -7,9 +7,10 @@ train, 1,000 test. BatchNormalization uses momentum 0.9: with Keras's default 0.
 the moving statistics do not converge on 4k images in a few epochs.
 
 Policy: the first convolution keeps 8-bit weights, every other weighted layer gets
-4-bit weights; activations are 8-bit throughout. The model, its integers and the
-``.tflite`` are written to ``--out`` (default ``demo_out/``): ``model.tflite``,
-``params.npz``, ``params.json``, ``params.h``.
+4-bit weights; activations are 8-bit throughout. Written to ``--out`` (default
+``demo_out/``): the QAT model ``qat.h5``, calibration and test inputs ``calib.npy`` and
+``test.npy``, ``model.tflite`` and the integers ``params.{npz,json,h}`` (what the
+``tfmot-ext`` command takes; see the README).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ import numpy as np
 from tfmot_ext import configs
 from tfmot_ext._compat import keras
 from tfmot_ext.annotate import Rule, quantize
-from tfmot_ext.export import export
+from tfmot_ext.export import atomic_path, export
 from tfmot_ext.extract import extract
 from tfmot_ext.parity import ParityReport, verify
 from tfmot_ext.reference import run as run_reference
@@ -161,8 +163,15 @@ def run(epochs: int = 6, qat_epochs: int = 3, n_train: int = 4000,
     files: list[str] = []
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
+        with atomic_path(os.path.join(out_dir, "qat.h5")) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": H5 on purpose
+            qat.save(tmp)
+        for name, arr in (("calib.npy", x_tr[:200]), ("test.npy", x_te)):
+            with atomic_path(os.path.join(out_dir, name)) as tmp, open(tmp, "wb") as f:
+                np.save(f, arr)
         save_tflite(content, os.path.join(out_dir, "model.tflite"))
-        files.append(os.path.join(out_dir, "model.tflite"))
+        files += [os.path.join(out_dir, n) for n in ("qat.h5", "calib.npy", "test.npy",
+                                                      "model.tflite")]
         for ext in ("npz", "json", "h"):
             path = os.path.join(out_dir, f"params.{ext}")
             export(params, path)

@@ -47,6 +47,7 @@ from tfmot_ext.extract import LayerQuantParams, QuantizedModelParams, TensorQuan
 __all__ = [
     "ENCODINGS_FORMAT",
     "ENCODINGS_VERSION",
+    "atomic_path",
     "atomic_write",
     "export",
     "pack_int4",
@@ -59,6 +60,16 @@ __all__ = [
 
 ENCODINGS_FORMAT = "tfmot_ext.encodings"
 ENCODINGS_VERSION = 1
+
+
+def _final_mode(target: str) -> int:
+    """The permissions a plain ``open(target, "w")`` would give (mkstemp makes 0600)."""
+    try:
+        return os.stat(target).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -78,6 +89,32 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _final_mode(target))
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """A temporary file name beside ``path`` for writers that take a name (Keras's
+    ``save``, ``numpy.save``); renamed over ``path`` on success, removed on error.
+
+    The temporary name keeps ``path``'s extension (writers choose formats by it).
+    """
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise ExportError(f"cannot write '{target}': folder '{folder}' does not exist")
+    ext = os.path.splitext(target)[1]
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=f".tmp{ext}",
+                               dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _final_mode(target))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

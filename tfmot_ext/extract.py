@@ -46,6 +46,7 @@ from tfmot_ext.quantizers import (
 )
 
 __all__ = [
+    "PASS_THROUGH",
     "LayerQuantParams",
     "QuantSpec",
     "QuantizedModelParams",
@@ -59,12 +60,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Layers that pass their input's quantization through unchanged (no own range).
-_PASS_THROUGH = frozenset({
+PASS_THROUGH = frozenset({
     "Flatten", "Reshape", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "Dropout",
     "SpatialDropout1D", "SpatialDropout2D", "Permute", "ZeroPadding2D", "Cropping2D",
     "InputLayer", "Activation", "ReLU", "BatchNormalization", "GlobalMaxPooling2D",
     "GlobalMaxPooling1D", "UpSampling2D",
 })
+_PASS_THROUGH = PASS_THROUGH
 _WRAPPERS = frozenset({"QuantizeWrapper", "QuantizeWrapperV2"})
 _WEIGHT_ATTRS = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
                  "recurrent_kernel")

@@ -25,6 +25,7 @@ from tfmot_ext.extract import QuantizedModelParams, extract
 from tfmot_ext.reference import TensorMatch, compare_with_tflite, quantize_input
 from tfmot_ext.tflite import (
     WeightTensor,
+    _resolver,
     _validated,
     interpreter,
     keras_layout,
@@ -272,7 +273,7 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
     check_keras2(model, "model")
     x = _validated(data, model)
     params = extract(model) if params is None else params
-    interp = interpreter(tflite_bytes)
+    interp = interpreter(tflite_bytes, **_resolver("builtin"))  # only reads the input
     inp = interp.get_input_details()[0]
     s_in, z_in = inp["quantization"]
     q = quantize_input(x, s_in, z_in)

@@ -10,8 +10,10 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,26 @@ logger = logging.getLogger(__name__)
 _IO_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
 
+#: Warnings TF emits on every conversion or interpreter creation that say nothing about
+#: the model at hand (the QAT input range comes from the representative data; the
+#: interpreter fallback is deliberate when ai_edge_litert is not installed).
+_NOISE = ("Statistics for quantized inputs were expected",
+          r"\s*Warning: tf.lite.Interpreter is deprecated")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for pattern in _NOISE:
+            warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+        yield
+
+
+def _tf_interpreter(**kwargs: Any) -> Any:
+    with _quiet():
+        return tf.lite.Interpreter(**kwargs)
+
+
 def interpreter(model_content: bytes, **kwargs: Any) -> Any:
     """A TFLite interpreter: ``ai_edge_litert``'s when installed, else ``tf.lite``'s.
 
@@ -39,7 +61,7 @@ def interpreter(model_content: bytes, **kwargs: Any) -> Any:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # the optional "litert" extra is not installed
-        Interpreter = tf.lite.Interpreter  # noqa: N806
+        Interpreter = _tf_interpreter  # noqa: N806
     interp = Interpreter(model_content=model_content, **kwargs)
     interp.allocate_tensors()
     return interp
@@ -147,7 +169,7 @@ class WeightTensor:
 
 def weight_tensors(model_content: bytes) -> list[WeightTensor]:
     """The weighted operators of a ``.tflite`` model with their tensors, in graph order."""
-    interp = tf.lite.Interpreter(
+    interp = _tf_interpreter(
         model_content=model_content,
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType
         .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -188,7 +210,7 @@ def float_ops(model_content: bytes, allow_io: bool = False) -> list[str]:
     Reads the model's own operators (an interpreter without default delegates, whose
     delegate nodes would hide them).
     """
-    interp = tf.lite.Interpreter(
+    interp = _tf_interpreter(
         model_content=model_content,
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType
         .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -274,7 +296,8 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
         conv.inference_input_type = tf.int8
         conv.inference_output_type = tf.int8
     try:
-        content = conv.convert()
+        with _quiet():
+            content = conv.convert()
     except Exception as e:  # the converter raises its own ConverterError types
         raise ConversionError(f"TFLite conversion of model '{model.name}' failed: {e}"[:2000]
                               ) from e
