@@ -377,3 +377,59 @@ def test_unknown_quantizer_class_reports_that_layer_float(rng, tmp_path):
     assert disk["quant_conv"].kernel_int is None and "StdClipQuantizer" in disk["quant_conv"].note
     assert "kernel" in disk["quant_conv"].weights
     np.testing.assert_array_equal(disk["quant_fc"].kernel_int, live["quant_fc"].kernel_int)
+
+
+_EDGE_KERNELS = {
+    "zeros": lambda shape, rng: np.zeros(shape, np.float32),
+    "constant_channels": lambda shape, rng: np.broadcast_to(
+        np.arange(1, shape[-1] + 1, dtype=np.float32) * 0.1, shape).copy(),
+    "one_zero_channel": lambda shape, rng: np.concatenate(
+        [np.zeros((*shape[:-1], 1), np.float32),
+         rng.normal(size=(*shape[:-1], shape[-1] - 1)).astype(np.float32)], -1),
+    "tiny": lambda shape, rng: (rng.normal(size=shape) * 1e-30).astype(np.float32),
+    "subnormal": lambda shape, rng: np.full(shape, 1e-40, np.float32),
+    "huge": lambda shape, rng: (rng.normal(size=shape) * 1e30).astype(np.float32),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(_EDGE_KERNELS))
+@pytest.mark.parametrize("bits,per_channel", [(2, True), (8, False), (16, True)])
+def test_numeric_edge_cases(case, bits, per_channel, rng):
+    """Degenerate kernels at 2, 8 and 16 bits: a defined result (finite integers in
+    range, positive finite scales, finite multipliers, finite fake-quant output) or a
+    clear ExtractionError naming the layer; NumPy never divides by zero or makes NaN."""
+    inp = keras.Input((6, 6, 2))
+    x = L.Conv2D(3, 3, name="conv")(inp)
+    x = L.Flatten(name="flat")(x)
+    model = keras.Model(inp, L.Dense(2, name="fc")(x))
+    qat = te.quantize(model, [te.Rule(name="conv", config=te.conv_config(
+        weight_q=te.weight_quantizer(bits, per_channel=per_channel)))])
+    conv = qat.get_layer("quant_conv")
+    var = conv._weight_vars[0][0]  # the float kernel variable the wrapper quantizes
+    var.assign(_EDGE_KERNELS[case](tuple(var.shape), rng))
+    data = rng.normal(size=(8, 6, 6, 2)).astype(np.float32)
+    with np.errstate(all="ignore"):
+        y = qat(data, training=True).numpy()
+    fq = _fake_quant_kernel(conv)
+    assert np.all(np.isfinite(fq)), case
+    with np.errstate(divide="raise", invalid="raise", over="raise"):
+        try:
+            params = extract(qat)
+        except ExtractionError as e:
+            # only a range the float model itself overflowed may be refused
+            assert case == "huge" and not np.all(np.isfinite(y)), e
+            assert "quant_" in str(e) and ("NaN/Inf" in str(e) or "empty range" in str(e))
+            return
+    p = params["quant_conv"]
+    qmin, qmax = qmath.integer_range(bits, True)
+    assert p.kernel_int.min() >= qmin and p.kernel_int.max() <= qmax
+    assert np.all(np.isfinite(p.kernel_scale)) and np.all(p.kernel_scale > 0)
+    np.testing.assert_array_equal(p.dequantized_kernel(), fq)
+    if case == "zeros":
+        assert not np.any(p.kernel_int)
+    for name in ("quant_conv", "quant_fc"):
+        q = params[name]
+        if q.multiplier is not None:
+            assert np.all(np.isfinite(q.multiplier)) and np.all(q.multiplier >= 0)
+            assert np.all(np.isfinite(q.bias_scale)) and np.all(q.bias_scale > 0)

@@ -238,3 +238,78 @@ def test_mnist_qat_vs_tflite_within_one_lsb(per_channel, bits, mnist):
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999
     if bits == 4:
         assert (got.argmax(1) == y_te).mean() == (ref.argmax(1) == y_te).mean()
+
+
+_MIRRORED_SCRIPT = r"""
+import json, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import tfmot_ext as te
+from tfmot_ext._compat import keras
+L = keras.layers
+rng = np.random.default_rng(0)
+x = rng.normal(size=(32, 8, 8, 3)).astype(np.float32)
+y = rng.normal(size=(32, 2)).astype(np.float32)
+# both halves of the batch (one per replica) hold the global extremes, so the input's
+# all-values range is the same on each replica as on one device
+x[[0, 16], 0, 0, 0] = 6.0
+x[[1, 17], 0, 0, 0] = -6.0
+
+def build(sync):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, name="c")(inp)
+    h = L.BatchNormalization(momentum=0.5, synchronized=sync, name="bn")(h)
+    h = L.ReLU(name="r")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    qat = te.quantize(keras.Model(inp, L.Dense(2, name="fc")(h)))
+    qat.compile(keras.optimizers.SGD(0.0), "mse")   # lr 0: only statistics move
+    return qat
+
+out = {}
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one per process
+for mode in ("single", "mirrored", "mirrored_sync"):
+    if mode == "single":
+        qat = build(False)
+        qat.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+        diverged = []
+    else:
+        with strategy.scope():
+            qat = build(mode == "mirrored_sync")
+        qat.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+        diverged = [v.name for la in qat.layers for v in la.weights
+                    if not all(np.array_equal(strategy.experimental_local_results(v)[0].numpy(),
+                                              r.numpy())
+                               for r in strategy.experimental_local_results(v)[1:])]
+    c = qat.get_layer("quant_c").layer
+    out[mode] = {"diverged": diverged, "sync": c.synchronized,
+                 "mean": c.moving_mean.numpy().tolist(),
+                 "var": c.moving_variance.numpy().tolist()}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_replicas_stay_in_sync(tmp_path):
+    """Two replicas (logical CPUs, a fresh process): no variable of the QAT model
+    diverges between replicas; synchronized BN gives the single-device statistics of
+    the global batch, plain BN averages the replicas' own (a different variance)."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(_MIRRORED_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=600)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    r = json.loads(line[0][len("RESULT"):])
+    assert r["mirrored"]["diverged"] == [] and r["mirrored_sync"]["diverged"] == []
+    assert r["mirrored_sync"]["sync"] and not r["mirrored"]["sync"]
+    single, sync, plain = (np.array(r[m]["var"]) for m in ("single", "mirrored_sync", "mirrored"))
+    # global-batch statistics from all-reduced sums vs TF's fused kernel: float32
+    # rounding of sums over 16 x 36 elements, far below the per-replica difference
+    np.testing.assert_allclose(sync, single, rtol=1e-5)
+    np.testing.assert_allclose(r["mirrored_sync"]["mean"], r["single"]["mean"], atol=1e-6)
+    assert np.max(np.abs(plain - single)) > 1e-4

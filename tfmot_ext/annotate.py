@@ -397,7 +397,11 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
     """
     annotated = annotate(model, policy, unsupported=unsupported, strict=strict)
     if scheme is None:
-        scheme = FoldingScheme()
+        # tf_keras does not serialize BatchNormalization(synchronized=True): pass the names
+        scheme = FoldingScheme(synchronized=[
+            la.name for la in model.layers
+            if isinstance(la, keras.layers.BatchNormalization)
+            and getattr(la, "synchronized", False)])
     with quantize_scope(layer_classes(model), custom_objects or {}):
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
     if logger.isEnabledFor(logging.INFO):

@@ -39,7 +39,7 @@ from tfmot_ext.tflite import run_int8, save_tflite, to_tflite
 
 __all__ = [
     "DemoResult", "build_cnn", "load_mnist_5k", "main", "mixed_policy", "run", "tflite_accuracy",
-    "tflite_predict",
+    "tflite_predict", "train",
 ]
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,24 @@ def tflite_predict(model_content: bytes, x: np.ndarray, kernels: str = "default"
     return run_int8(model_content, x, kernels).argmax(-1)
 
 
+def train(epochs: int, qat_epochs: int, policy: Any = None, n_train: int = 4000) -> tuple[
+        Any, Any, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Seeded: train :func:`build_cnn` float, quantize (``policy``, BN folded), fine-tune.
+
+    Returns ``(float_model, qat_model, (x_train, y_train, x_test, y_test))``.
+    """
+    keras.utils.set_random_seed(0)
+    data = load_mnist_5k(n_train)
+    x_tr, y_tr = data[0], data[1]
+    model = build_cnn()
+    _compile(model, 2e-3)
+    model.fit(x_tr, y_tr, epochs=epochs, batch_size=64, verbose=0)
+    qat = quantize(model, policy)
+    _compile(qat, 5e-4)
+    qat.fit(x_tr, y_tr, epochs=qat_epochs, batch_size=64, verbose=0)
+    return model, qat, data
+
+
 @dataclass(frozen=True)
 class DemoResult:
     """Accuracies (fractions in [0, 1]) on the held-out images and the reports.
@@ -142,15 +160,8 @@ def run(epochs: int = 6, qat_epochs: int = 3, n_train: int = 4000,
     has no DEPTHWISE_CONV_2D version 7, which the converter emits for the 4-bit
     depthwise layer.
     """
-    keras.utils.set_random_seed(0)
-    x_tr, y_tr, x_te, y_te = load_mnist_5k(n_train)
-    model = build_cnn()
-    _compile(model, 2e-3)
-    model.fit(x_tr, y_tr, epochs=epochs, batch_size=64, verbose=0)
+    model, qat, (x_tr, _, x_te, y_te) = train(epochs, qat_epochs, mixed_policy(), n_train)
     float_acc = _accuracy(model, x_te, y_te)
-    qat = quantize(model, mixed_policy())
-    _compile(qat, 5e-4)
-    qat.fit(x_tr, y_tr, epochs=qat_epochs, batch_size=64, verbose=0)
     qat_acc = _accuracy(qat, x_te, y_te)
     table = format_summary(summarize(qat))
     if not tflite:

@@ -73,36 +73,12 @@ def _final_mode(target: str) -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success rename it over ``path``.
-
-    On any exception the temporary file is removed and ``path`` is untouched.
-    """
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(folder):
-        raise ExportError(f"cannot write '{target}': folder '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _final_mode(target))
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
-    """A temporary file name beside ``path`` for writers that take a name (Keras's
-    ``save``, ``numpy.save``); renamed over ``path`` on success, removed on error.
-
-    The temporary name keeps ``path``'s extension (writers choose formats by it).
+    """A temporary file name beside ``path``; renamed over ``path`` on success, removed
+    on any error (``path`` is then untouched). For writers that take a name (Keras's
+    ``save``, ``numpy.save``); the temporary name keeps ``path``'s extension, by which
+    such writers choose their format. The result gets the permissions a plain
+    ``open`` would give (or those of the file it replaces).
     """
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
@@ -120,6 +96,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over
+    ``path`` (:func:`atomic_path`). On any exception the temporary file is removed and
+    ``path`` is untouched.
+    """
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def pack_int4(values: np.ndarray) -> np.ndarray:

@@ -91,17 +91,25 @@ class FoldedBatchNormBase(keras.layers.Layer):
         weight_quantizer: quantizer of the folded kernel, or None (float).
         freeze_bn_delay: training steps after which the moving statistics freeze;
             None never freezes by itself (use :class:`FreezeBatchNorm`).
+        synchronized: under a ``tf.distribute`` strategy with several replicas, take
+            the batch statistics over the global batch (all-reduced sums), as Keras's
+            ``BatchNormalization(synchronized=True)``; otherwise each replica normalizes
+            with its own batch and the moving statistics average the replicas' updates.
+
+    Distribution: the moving statistics and the quantizer ranges are mirrored with
+    ``MEAN`` aggregation (every replica's update is averaged and written to all
+    copies), the step counters with ``ONLY_FIRST_REPLICA``.
     """
 
     _KERNEL: ClassVar[str] = "kernel"
     _CONFIG_KEYS: ClassVar[tuple[str, ...]] = (
         "layer_config", "epsilon", "momentum", "activation", "weight_quantizer",
-        "freeze_bn_delay")
+        "freeze_bn_delay", "synchronized")
 
     def __init__(self, layer_config: dict[str, Any], epsilon: float = 1e-3,
                  momentum: float = 0.99, activation: str = "linear",
                  weight_quantizer: Any = None, freeze_bn_delay: int | None = None,
-                 **kwargs: Any) -> None:
+                 synchronized: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if activation not in _ACTIVATIONS:
             raise ConfigError(f"{type(self).__name__} '{self.name}': activation must be one of "
@@ -118,6 +126,7 @@ class FoldedBatchNormBase(keras.layers.Layer):
         self.activation = activation
         self.weight_quantizer = _deserialize_quantizer(weight_quantizer)
         self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)
+        self.synchronized = bool(synchronized)
 
     # -- config ----------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -127,7 +136,7 @@ class FoldedBatchNormBase(keras.layers.Layer):
             "layer_config": self.layer_config, "epsilon": self.epsilon,
             "momentum": self.momentum, "activation": self.activation,
             "weight_quantizer": None if q is None else keras.utils.serialize_keras_object(q),
-            "freeze_bn_delay": self.freeze_bn_delay,
+            "freeze_bn_delay": self.freeze_bn_delay, "synchronized": self.synchronized,
         })
         return base
 
@@ -159,14 +168,17 @@ class FoldedBatchNormBase(keras.layers.Layer):
                                     trainable=True) if self.use_bias else None
         self.gamma = self.add_weight("gamma", shape=(n,), initializer="ones", trainable=True)
         self.beta = self.add_weight("beta", shape=(n,), initializer="zeros", trainable=True)
+        mean, first = tf.VariableAggregation.MEAN, tf.VariableAggregation.ONLY_FIRST_REPLICA
         self.moving_mean = self.add_weight("moving_mean", shape=(n,), initializer="zeros",
-                                           trainable=False)
+                                           trainable=False, aggregation=mean)
         self.moving_variance = self.add_weight("moving_variance", shape=(n,),
-                                               initializer="ones", trainable=False)
+                                               initializer="ones", trainable=False,
+                                               aggregation=mean)
         self.bn_step = self.add_weight("bn_step", shape=(), dtype=tf.int32,
-                                       initializer="zeros", trainable=False)
+                                       initializer="zeros", trainable=False, aggregation=first)
         self.bn_frozen = self.add_weight("bn_frozen", shape=(), dtype=tf.int32,
-                                         initializer="zeros", trainable=False)
+                                         initializer="zeros", trainable=False,
+                                         aggregation=first)
         self._qvars = (self.weight_quantizer.build(shape, self._KERNEL, self)
                        if self.weight_quantizer is not None else {})
         super().build(input_shape)
@@ -204,26 +216,65 @@ class FoldedBatchNormBase(keras.layers.Layer):
         # SpaceToBatch/BatchToSpace of a dilated convolution) and fuses the bias
         return tf.nn.bias_add(self._op(x, self._quantized_kernel(w_fold, training)), b_fold)
 
-    def _batch_corrected(self, x: tf.Tensor) -> tf.Tensor:
-        sf, b = self._scale_factor_and_bias()
-        y = self._op(x, self._quantized_kernel(self._scale_kernel(self.kernel, sf), True))
-        m = np.float32(self.momentum)
+    def _batch_statistics(self, y: tf.Tensor, sf: tf.Tensor, b: tf.Tensor) -> tuple[
+            tf.Tensor, tf.Tensor, tf.Tensor]:
+        """BN of the unfolded pre-BN output ``z = y / sf + b`` with batch statistics.
+
+        Returns ``(out, mean, var)``: the normalized output and the statistics the
+        moving averages take (unbiased variance on rank 4, biased on rank 2, as Keras's
+        fused and non-fused BN store them).
+        """
+        ctx = tf.distribute.get_replica_context()
+        if self.synchronized and ctx is not None and ctx.num_replicas_in_sync > 1:
+            # global-batch statistics: all-reduced sums of z and z^2 and the count
+            z = y / sf + b
+            axes = list(range(z.shape.rank - 1))
+            count = tf.cast(tf.reduce_prod(tf.shape(z)[:-1]), tf.float32)
+            s1, s2 = tf.reduce_sum(z, axes), tf.reduce_sum(tf.square(z), axes)
+            count, s1, s2 = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [count, s1, s2])
+            mean = s1 / count
+            var_b = tf.maximum(s2 / count - tf.square(mean), 0.0)
+            out = ((z - mean) * (self.gamma * tf.math.rsqrt(var_b + np.float32(self.epsilon)))
+                   + self.beta)
+            var = var_b * count / tf.maximum(count - 1, 1) if y.shape.rank == 4 else var_b
+            return out, mean, var
         if y.shape.rank == 4:
-            # z = y / sf + b is the unfolded pre-BN output. BN's output does not depend on
-            # the shift b, so TF's fused kernel runs on y / sf (the kernel Keras's BN uses
-            # on rank-4 tensors, returning the unbiased batch variance Keras stores).
+            # BN's output does not depend on the shift b, so TF's fused kernel runs on
+            # y / sf (the kernel Keras's BN uses on rank-4 tensors, returning the unbiased
+            # batch variance Keras stores)
             out, mean, var = tf.compat.v1.nn.fused_batch_norm(
                 y / sf, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
-            mean = mean + b
-        else:
-            # Keras's BN is not fused here and stores the biased batch variance
-            z = y / sf + b
-            mean, var = tf.nn.moments(z, axes=list(range(z.shape.rank - 1)))
-            out = (z - mean) * (self.gamma / tf.sqrt(var + np.float32(self.epsilon))) + self.beta
-        updates = [self.moving_mean.assign(self.moving_mean * m + mean * (1 - m)),
-                   self.moving_variance.assign(self.moving_variance * m + var * (1 - m))]
+            return out, mean + b, var
+        # Keras's BN is not fused here and stores the biased batch variance
+        z = y / sf + b
+        mean, var = tf.nn.moments(z, axes=list(range(z.shape.rank - 1)))
+        out = (z - mean) * (self.gamma / tf.sqrt(var + np.float32(self.epsilon))) + self.beta
+        return out, mean, var
+
+    def _train(self, x: tf.Tensor) -> tf.Tensor:
+        """One training step, without control flow around any variable update.
+
+        The folded kernel ``W * sf`` (moving statistics) is fake-quantized once; until
+        the freeze the output is BN with batch statistics of ``op(x, FQ(W_fold)) / sf``
+        (the batch correction) and the moving statistics update; once frozen it is the
+        inference form ``op(x, FQ(W_fold)) + b_fold`` and they stay. Both outputs are
+        computed and one selected: a ``tf.cond`` around the updates would put
+        cross-replica synchronization inside control flow, which ``tf.distribute``
+        cannot run.
+        """
+        with tf.control_dependencies([self.bn_step.assign_add(1)]):
+            frozen = self._frozen()
+        sf, b = self._scale_factor_and_bias()
+        y = self._op(x, self._quantized_kernel(self._scale_kernel(self.kernel, sf), True))
+        folded = tf.nn.bias_add(y, self.beta + (b - self.moving_mean) * sf)
+        out, mean, var = self._batch_statistics(y, sf, b)
+        m = np.float32(self.momentum)
+        new_mean = tf.where(frozen, self.moving_mean, self.moving_mean * m + mean * (1 - m))
+        new_var = tf.where(frozen, self.moving_variance,
+                           self.moving_variance * m + var * (1 - m))
+        updates = [self.moving_mean.assign(new_mean), self.moving_variance.assign(new_var)]
         with tf.control_dependencies(updates):
-            return tf.identity(out)
+            return tf.where(frozen, folded, out)
 
     def _frozen(self) -> tf.Tensor:
         frozen = self.bn_frozen > 0
@@ -234,17 +285,10 @@ class FoldedBatchNormBase(keras.layers.Layer):
     def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
         if training is None:
             training = keras.backend.learning_phase()
-        if isinstance(training, (bool, int)) and not training:
-            return self._activate(self._inference(inputs, False))
-
-        def train_branch() -> tf.Tensor:
-            with tf.control_dependencies([self.bn_step.assign_add(1)]):
-                return tf.cond(self._frozen(), lambda: self._inference(inputs, True),
-                               lambda: self._batch_corrected(inputs))
-
         if isinstance(training, (bool, int)):
-            return self._activate(train_branch())
-        return self._activate(tf.cond(tf.cast(training, tf.bool), train_branch,
+            return self._activate(self._train(inputs) if training
+                                  else self._inference(inputs, False))
+        return self._activate(tf.cond(tf.cast(training, tf.bool), lambda: self._train(inputs),
                                       lambda: self._inference(inputs, False)))
 
     def compute_output_shape(self, input_shape: Any) -> Any:

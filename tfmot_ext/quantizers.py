@@ -239,10 +239,15 @@ def _check_common(name: str, bits: int, per_channel: bool, axis: Any) -> tuple[i
 
 
 def _make_range_vars(layer: Any, name: str, shape: Sequence[int]) -> dict[str, tf.Variable]:
+    # MEAN aggregation: under a tf.distribute strategy every replica's update is
+    # averaged and written to all copies (without it the copies silently diverge)
     init = keras.initializers.Constant(0.0)
+    mean = tf.VariableAggregation.MEAN
     return {
-        "min_var": layer.add_weight(f"{name}_min", shape=shape, initializer=init, trainable=False),
-        "max_var": layer.add_weight(f"{name}_max", shape=shape, initializer=init, trainable=False),
+        "min_var": layer.add_weight(f"{name}_min", shape=shape, initializer=init,
+                                    trainable=False, aggregation=mean),
+        "max_var": layer.add_weight(f"{name}_max", shape=shape, initializer=init,
+                                    trainable=False, aggregation=mean),
     }
 
 
@@ -537,7 +542,8 @@ class LSQQuantizer(QuantizerBase):
         shape = _range_shape(self, tensor_shape, name)
         _keep_weight_order(layer)
         step = layer.add_weight(f"{name}_step", shape=shape,
-                                initializer=keras.initializers.Constant(0.0), trainable=True)
+                                initializer=keras.initializers.Constant(0.0), trainable=True,
+                                aggregation=tf.VariableAggregation.MEAN)
         return {"step": step}
 
     def effective_range(self, step: Any, _unused: Any = None) -> tuple[np.ndarray, np.ndarray]:

@@ -13,10 +13,11 @@ after the ReLU).
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 from typing import Any
 
+from tfmot_ext._compat import QuantizeLayer, keras, tfmot
 from tfmot_ext._compat import default_8bit_transforms as _t8
-from tfmot_ext._compat import keras, tfmot
 from tfmot_ext.configs import LayerQuantizeConfig, channel_axis_of_kind
 from tfmot_ext.folding import (
     FoldedBatchNormBase,
@@ -24,7 +25,12 @@ from tfmot_ext.folding import (
     FoldedDenseBatchNorm,
     FoldedDepthwiseConv2DBatchNorm,
 )
-from tfmot_ext.quantizers import QuantizerBase, activation_quantizer, weight_quantizer
+from tfmot_ext.quantizers import (
+    MinMaxQuantizer,
+    QuantizerBase,
+    activation_quantizer,
+    weight_quantizer,
+)
 
 __all__ = [
     "DefaultScheme",
@@ -67,10 +73,32 @@ class _SafeLayerReluActivationQuantize(_LayerReluActivationQuantize):
         return super().replacement(match_layer)
 
 
+class _InputLayerQuantize(_t8.InputLayerQuantize):
+    """tfmot's InputLayerQuantize with tfmot_ext's all-values quantizer.
+
+    Same range rule as tfmot's AllValuesQuantizer (running min/max over all batches,
+    8-bit asymmetric), but its variables aggregate by MEAN under a distribution
+    strategy; tfmot's are unaggregated, and its replicas' input ranges diverge.
+    """
+
+    def replacement(self, match_layer: Any) -> Any:
+        quant_layer = QuantizeLayer(MinMaxQuantizer(
+            8, symmetric=False, narrow_range=False, range_tracking="all_values"))
+        layer_config = {"class_name": "QuantizeLayer", "config": quant_layer.get_config(),
+                        "name": quant_layer.name}
+        return _LayerNode(layer_config, input_layers=[match_layer])
+
+    def custom_objects(self) -> dict[str, Any]:
+        from tfmot_ext.scope import custom_objects
+
+        return {**super().custom_objects(), **custom_objects()}
+
+
 def safe_default_transforms() -> list[Any]:
-    """tfmot's default 8-bit layout transforms, in tfmot's order, ReLU fusion made safe."""
+    """tfmot's default 8-bit layout transforms, in tfmot's order, ReLU fusion made safe,
+    the input quantized by tfmot_ext's all-values quantizer."""
     return [
-        _t8.InputLayerQuantize(),
+        _InputLayerQuantize(),
         _t8.SeparableConv1DQuantize(),
         _t8.SeparableConvQuantize(),
         _t8.Conv2DReshapeBatchNormReLUQuantize(),
@@ -167,11 +195,16 @@ class FoldBatchNorm(_Transform):
     Args:
         with_activation: match the trailing ReLU/ReLU6 (or Activation) layer too.
         freeze_bn_delay: passed to the folded layers.
+        synchronized: BatchNormalization layer names whose folded layer takes global-batch
+            statistics under a distribution strategy (tf_keras does not serialize
+            ``BatchNormalization(synchronized=True)``, so it is passed by name).
     """
 
-    def __init__(self, with_activation: bool, freeze_bn_delay: int | None = None) -> None:
+    def __init__(self, with_activation: bool, freeze_bn_delay: int | None = None,
+                 synchronized: frozenset[str] = frozenset()) -> None:
         self.with_activation = with_activation
         self.freeze_bn_delay = freeze_bn_delay
+        self.synchronized = frozenset(synchronized)
 
     def pattern(self) -> Any:
         linear = _LayerPattern("Conv2D|DepthwiseConv2D|Dense", config={"activation": "linear"})
@@ -203,7 +236,8 @@ class FoldBatchNorm(_Transform):
         folded = _FOLDED[kind](
             layer_config=op_cfg, epsilon=bn_cfg.get("epsilon", 1e-3),
             momentum=bn_cfg.get("momentum", 0.99), activation=act, weight_quantizer=wq,
-            freeze_bn_delay=self.freeze_bn_delay, name=op_cfg["name"])
+            freeze_bn_delay=self.freeze_bn_delay,
+            synchronized=bn_cfg.get("name") in self.synchronized, name=op_cfg["name"])
         layer_config = {"class_name": keras.utils.get_registered_name(type(folded)),
                         "config": folded.get_config(), "name": folded.name}
         weights = collections.OrderedDict()
@@ -247,10 +281,11 @@ class FoldBatchNorm(_Transform):
         return custom_objects()
 
 
-def folding_transforms(freeze_bn_delay: int | None = None) -> list[Any]:
+def folding_transforms(freeze_bn_delay: int | None = None,
+                       synchronized: frozenset[str] = frozenset()) -> list[Any]:
     """The folding transforms (with-activation first), then :func:`safe_default_transforms`."""
-    return [FoldBatchNorm(True, freeze_bn_delay), FoldBatchNorm(False, freeze_bn_delay),
-            *safe_default_transforms()]
+    return [FoldBatchNorm(True, freeze_bn_delay, synchronized),
+            FoldBatchNorm(False, freeze_bn_delay, synchronized), *safe_default_transforms()]
 
 
 class FoldingScheme(_QuantizeScheme):
@@ -264,13 +299,18 @@ class FoldingScheme(_QuantizeScheme):
     Args:
         freeze_bn_delay: training steps after which folded layers freeze their BN
             statistics (None: only :class:`tfmot_ext.FreezeBatchNorm` freezes them).
+        synchronized: names of the BatchNormalization layers to fold with global-batch
+            statistics under a distribution strategy (``tfmot_ext.quantize`` passes
+            those built with ``synchronized=True``).
     """
 
-    def __init__(self, freeze_bn_delay: int | None = None) -> None:
+    def __init__(self, freeze_bn_delay: int | None = None,
+                 synchronized: Iterable[str] = ()) -> None:
         self.freeze_bn_delay = freeze_bn_delay
+        self.synchronized = frozenset(synchronized)
 
     def get_layout_transformer(self) -> Any:
-        return LayoutTransform(folding_transforms(self.freeze_bn_delay))
+        return LayoutTransform(folding_transforms(self.freeze_bn_delay, self.synchronized))
 
     def get_quantize_registry(self) -> Any:
         return _qk.default_8bit.Default8BitQuantizeRegistry()

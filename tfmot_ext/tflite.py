@@ -167,14 +167,20 @@ class WeightTensor:
     output_zero_point: int
 
 
-def weight_tensors(model_content: bytes) -> list[WeightTensor]:
-    """The weighted operators of a ``.tflite`` model with their tensors, in graph order."""
+def _undelegated(model_content: bytes) -> tuple[Any, dict[int, dict[str, Any]]]:
+    """A ``tf.lite`` interpreter without default delegates (whose delegate nodes would
+    hide the model's own operators) and its tensor details by index."""
     interp = _tf_interpreter(
         model_content=model_content,
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType
         .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interp.allocate_tensors()
-    details = {d["index"]: d for d in interp.get_tensor_details()}
+    return interp, {d["index"]: d for d in interp.get_tensor_details()}
+
+
+def weight_tensors(model_content: bytes) -> list[WeightTensor]:
+    """The weighted operators of a ``.tflite`` model with their tensors, in graph order."""
+    interp, details = _undelegated(model_content)
     out = []
     for op in interp._get_ops_details():
         if op["op_name"] not in _WEIGHT_OPS:
@@ -210,12 +216,7 @@ def float_ops(model_content: bytes, allow_io: bool = False) -> list[str]:
     Reads the model's own operators (an interpreter without default delegates, whose
     delegate nodes would hide them).
     """
-    interp = _tf_interpreter(
-        model_content=model_content,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType
-        .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interp.allocate_tensors()
-    details = {d["index"]: d for d in interp.get_tensor_details()}
+    interp, details = _undelegated(model_content)
     found = []
     for op in interp._get_ops_details():
         if allow_io and op["op_name"] in _IO_OPS:

@@ -12,18 +12,10 @@ import numpy as np
 
 import tfmot_ext as te
 from tfmot_ext import demo
-from tfmot_ext._compat import keras
 
 
 def main() -> None:
-    keras.utils.set_random_seed(0)
-    x_tr, y_tr, _, _ = demo.load_mnist_5k()
-    model = demo.build_cnn()
-    demo._compile(model, 2e-3)
-    model.fit(x_tr, y_tr, epochs=2, batch_size=64, verbose=0)
-    qat = te.quantize(model)
-    demo._compile(qat, 5e-4)
-    qat.fit(x_tr, y_tr, epochs=1, batch_size=64, verbose=0)
+    _, qat, _ = demo.train(epochs=2, qat_epochs=1)
     p = te.extract(qat)["quant_conv3"]
     np.set_printoptions(precision=9, suppress=False)
     print(f"layer {p.name} ({p.kind}), {p.bits}-bit, axis {p.axis}, fused {p.activation}")

@@ -14,19 +14,11 @@ import numpy as np
 
 import tfmot_ext as te
 from tfmot_ext import demo, reference
-from tfmot_ext._compat import keras
 from tfmot_ext.tflite import op_outputs
 
 
 def main() -> None:
-    keras.utils.set_random_seed(0)
-    x_tr, y_tr, x_te, _ = demo.load_mnist_5k()
-    model = demo.build_cnn()
-    demo._compile(model, 2e-3)
-    model.fit(x_tr, y_tr, epochs=2, batch_size=64, verbose=0)
-    qat = te.quantize(model)
-    demo._compile(qat, 5e-4)
-    qat.fit(x_tr, y_tr, epochs=1, batch_size=64, verbose=0)
+    _, qat, (x_tr, _, x_te, _) = demo.train(epochs=2, qat_epochs=1)
     tfl = te.to_tflite(qat, x_tr[:200])
     params = te.extract(qat)
     p = params["quant_conv3"]
