@@ -252,18 +252,23 @@ class FoldedBatchNormBase(keras.layers.Layer):
         return out, mean, var
 
     def _train(self, x: tf.Tensor) -> tf.Tensor:
-        """One training step, without control flow around any variable update.
+        """One training step.
 
-        The folded kernel ``W * sf`` (moving statistics) is fake-quantized once; until
-        the freeze the output is BN with batch statistics of ``op(x, FQ(W_fold)) / sf``
-        (the batch correction) and the moving statistics update; once frozen it is the
-        inference form ``op(x, FQ(W_fold)) + b_fold`` and they stay. Both outputs are
-        computed and one selected: a ``tf.cond`` around the updates would put
-        cross-replica synchronization inside control flow, which ``tf.distribute``
-        cannot run.
+        The folded kernel ``W * sf`` (moving statistics) is fake-quantized; until the
+        freeze the output is BN with batch statistics of ``op(x, FQ(W_fold)) / sf`` (the
+        batch correction) and the moving statistics update; once frozen it is the
+        inference form ``op(x, FQ(W_fold)) + b_fold`` and they stay.
+
+        Without a distribution strategy a ``tf.cond`` runs only the needed branch.
+        Under one, a ``tf.cond`` around the (cross-replica synchronized) updates cannot
+        run: both outputs are computed, one is selected, and the moving statistics are
+        written with their old values once frozen.
         """
         with tf.control_dependencies([self.bn_step.assign_add(1)]):
             frozen = self._frozen()
+        if not tf.distribute.has_strategy():
+            return tf.cond(frozen, lambda: self._inference(x, True),
+                           lambda: self._batch_corrected(x))
         sf, b = self._scale_factor_and_bias()
         y = self._op(x, self._quantized_kernel(self._scale_kernel(self.kernel, sf), True))
         folded = tf.nn.bias_add(y, self.beta + (b - self.moving_mean) * sf)
@@ -275,6 +280,17 @@ class FoldedBatchNormBase(keras.layers.Layer):
         updates = [self.moving_mean.assign(new_mean), self.moving_variance.assign(new_var)]
         with tf.control_dependencies(updates):
             return tf.where(frozen, folded, out)
+
+    def _batch_corrected(self, x: tf.Tensor) -> tf.Tensor:
+        """Training before the freeze: BN with batch statistics, moving statistics update."""
+        sf, b = self._scale_factor_and_bias()
+        y = self._op(x, self._quantized_kernel(self._scale_kernel(self.kernel, sf), True))
+        out, mean, var = self._batch_statistics(y, sf, b)
+        m = np.float32(self.momentum)
+        updates = [self.moving_mean.assign(self.moving_mean * m + mean * (1 - m)),
+                   self.moving_variance.assign(self.moving_variance * m + var * (1 - m))]
+        with tf.control_dependencies(updates):
+            return tf.identity(out)
 
     def _frozen(self) -> tf.Tensor:
         frozen = self.bn_frozen > 0
