@@ -212,8 +212,7 @@ class FoldedBatchNormBase(keras.layers.Layer):
 
     def _inference(self, x: tf.Tensor, training: bool) -> tf.Tensor:
         w_fold, b_fold = self.folded_kernel_and_bias()
-        # bias_add, not "+": the converter recognises Conv -> BiasAdd (also through the
-        # SpaceToBatch/BatchToSpace of a dilated convolution) and fuses the bias
+        # bias_add, not "+": the converter fuses Conv -> BiasAdd into the op's bias
         return tf.nn.bias_add(self._op(x, self._quantized_kernel(w_fold, training)), b_fold)
 
     def _batch_statistics(self, y: tf.Tensor, sf: tf.Tensor, b: tf.Tensor) -> tuple[
