@@ -4,12 +4,11 @@ For each quantized layer:
 
 * weight SQNR, exact: ``10 log10(sum w^2 / sum (w - FQ(w))^2)`` with ``FQ(w)`` the
   extracted integers dequantized (what the quantizer computes in training);
-* activation SQNR of the layer's quantized output tensor on the given data, from the
-  uniform-noise model plus clipping: ``10 log10(E[y^2] / (s^2 / 12 + E[clip^2]))``,
-  where ``y`` is the layer's output in the QAT model, ``s`` its scale and ``clip`` the
-  part of ``y`` outside the trained range (0 for a fake-quantized output, whose
-  values are clipped already; the fraction of values at the range ends is reported
-  as ``saturated``).
+* activation SQNR of the layer's quantized output, fake-quant vs float, measured on
+  the given data: the layer's output in the QAT model against a float twin of the
+  layer (same op and config, the fake-quantized kernel, no output quantizer) fed the
+  QAT model's own inputs to that layer, so that only this quantizer's error counts;
+  ``saturated`` is the fraction of float values outside the trained range.
 
 Low SQNR marks the layers that deserve more bits. The page embeds a bar chart (PNG,
 drawn with matplotlib, the optional ``report`` extra) and the table.
@@ -72,6 +71,41 @@ class LayerReport:
     saturated: float | None
 
 
+_FOLDED_OPS = {"FoldedConv2DBatchNorm": "Conv2D",
+               "FoldedDepthwiseConv2DBatchNorm": "DepthwiseConv2D",
+               "FoldedDenseBatchNorm": "Dense"}
+
+
+def _float_twin(p: Any) -> Any:
+    """A float Keras layer computing what layer ``p`` computes before its output
+    quantizer: the same op (the folded op for a folded layer) with the fake-quantized
+    kernel; None when the kind is not a built-in Keras layer."""
+    from tfmot_ext._compat import keras
+
+    kind = _FOLDED_OPS.get(p.kind, p.kind)
+    cfg = {k: v for k, v in dict(p.config).items() if k != "batchnorm_epsilon"}
+    cfg["name"] = f"float_twin_{p.name}"
+    if p.kernel_int is not None:
+        cfg["activation"] = p.activation if p.activation in ("linear", "relu", "relu6") \
+            else "linear"
+        cfg["use_bias"] = p.bias is not None
+    try:
+        return keras.layers.deserialize({"class_name": kind, "config": cfg})
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _twin_output(p: Any, twin: Any, inputs: list[np.ndarray]) -> np.ndarray:
+    args = inputs if len(inputs) > 1 else inputs[0]
+    y = twin(args)  # builds the layer
+    if p.kernel_int is not None:
+        weights = [p.dequantized_kernel()] + ([np.asarray(p.bias, np.float32)]
+                                              if p.bias is not None else [])
+        twin.set_weights(weights)
+        y = twin(args)
+    return np.asarray(y, np.float64)
+
+
 def layer_reports(model: Any, data: Any, params: QuantizedModelParams | None = None
                   ) -> list[LayerReport]:
     """The per-layer quantization error of a QAT model on ``data`` (see the module doc)."""
@@ -83,12 +117,18 @@ def layer_reports(model: Any, data: Any, params: QuantizedModelParams | None = N
     params = extract(model) if params is None else params
     names = [n for n, p in params.items()
              if p.kind not in ("InputLayer",) and (p.kernel_int is not None or p.output)]
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    wanted = [model.get_layer(n).output for n in names]
+    feeds = {n: [i for i in params[n].inputs if i in params] for n in names}
+    feed_names = sorted({i for n in names for i in feeds[n]})
+    wanted += [model.get_layer(i).output for i in feed_names]
+    probe = keras.Model(model.inputs, wanted)
     outs = probe.predict(x, batch_size=256, verbose=0)
     outs = outs if isinstance(outs, list) else [outs]
+    values = dict(zip(names + feed_names, outs))
     reports = []
-    for n, y in zip(names, outs):
+    for n in names:
         p = params[n]
+        y = values[n]
         w_sqnr = None
         if p.kernel_int is not None and p.kernel_attr is not None:
             # a folded layer quantizes its folded kernel W * gamma * rsqrt(var + eps)
@@ -97,19 +137,37 @@ def layer_reports(model: Any, data: Any, params: QuantizedModelParams | None = N
             w_sqnr = sqnr_db(w_float, w_float - p.dequantized_kernel())
         a_bits = a_sqnr = sat = None
         if p.output is not None:
+            pre = _pre_quantization(p, x, [values[i] for i in feeds[n]])
+            yq = np.asarray(y, np.float64)
             t = p.output
-            yy = np.asarray(y, np.float64)
-            clip = np.clip(yy, t.min, t.max) - yy
-            noise = t.scale**2 / 12.0 + float(np.mean(clip**2))
-            power = float(np.mean(yy**2))
-            a_sqnr = 10.0 * math.log10(power / noise) if power > 0 else -math.inf
-            tol = t.scale * 1e-3
-            sat = float(np.mean((yy <= t.min + tol) | (yy >= t.max - tol)))
-            a_bits = t.bits
+            # the QAT output differs from the float one only where this layer's own
+            # output quantizer acts (a Conv whose ReLU layer holds the quantizer: not here)
+            if pre is not None and pre.shape == yq.shape and np.max(
+                    np.abs(pre - yq)) > 1e-3 * t.scale:
+                a_sqnr = sqnr_db(pre, pre - yq)
+                sat = float(np.mean((pre < t.min) | (pre > t.max)))
+                a_bits = t.bits
         reports.append(LayerReport(n, p.kind, p.folded, p.bits,
                                    None if p.bits is None else p.axis is not None,
                                    w_sqnr, a_bits, a_sqnr, sat))
     return reports
+
+
+def _pre_quantization(p: Any, x: np.ndarray, inputs: list[np.ndarray]) -> np.ndarray | None:
+    """The float tensor layer ``p``'s output quantizer receives, from the QAT model's
+    own inputs to that layer (so only this quantizer's error is measured)."""
+    if p.kind == "QuantizeLayer":
+        return np.asarray(x, np.float64)
+    if not inputs:
+        return None
+    twin = _float_twin(p)
+    if twin is None:
+        return None
+    try:
+        return _twin_output(p, twin, inputs)
+    except (ValueError, TypeError) as e:
+        logger.info("layer '%s': no float twin (%s)", p.name, e)
+        return None
 
 
 def _folded_float_kernel(p: Any) -> np.ndarray:
@@ -190,10 +248,10 @@ def write_html_report(reports: list[LayerReport], path: str | os.PathLike[str],
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,td:nth-child(2)
 {{text-align:left}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>SQNR = signal-to-quantization-noise ratio in dB (about 6 dB per bit). Weights: exact,
-from the float kernel and its fake-quantized values. Activations: uniform-noise model
-(scale&sup2;/12) plus clipping, on the given data. Layers with the lowest SQNR gain
-most from more bits.</p>
+<p>SQNR = signal-to-quantization-noise ratio in dB (about 6 dB per bit). Weights: the
+float kernel against its fake-quantized values. Activations: the layer's quantized output
+against the same layer computed in float from the same inputs, on the given data.
+Layers with the lowest SQNR gain most from more bits.</p>
 {img}
 <table><tr><th>layer</th><th>kind</th><th>folded</th><th>weights</th><th>weight SQNR dB</th>
 <th>act. bits</th><th>act. SQNR dB</th><th>saturated %</th></tr>
