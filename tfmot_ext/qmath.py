@@ -155,8 +155,11 @@ def power_of_two_range(
     asymmetric), so the power-of-two grid still covers the range. Symmetric:
     ``(qmin * scale, qmax * scale)``. Asymmetric: zero point
     ``zp_u = clamp(round_half_even(quant_min - min / scale))`` on the unsigned grid and
-    ``((quant_min - zp_u) * scale, (quant_max - zp_u) * scale)``. Exact in float32
-    because the scale is a power of two.
+    ``((quant_min - zp_u) * scale, (quant_max - zp_u) * scale)``; where that rounding
+    leaves an end of ``[min, max]`` outside the grid, the scale is doubled once (which
+    always covers ``max``; a sliver of ``min`` below half a step can still fall off, as
+    with any nudged asymmetric range). Exact in float32 because the scale is a power of
+    two.
 
     ``1/127`` rounds up to ``2**-6``:
 
@@ -175,6 +178,11 @@ def power_of_two_range(
     lo, hi = widen_range(x_min, x_max)
     quant_min, quant_max = np.float32(int(bool(narrow_range))), np.float32((1 << bits) - 1)
     scale = pow2_ceil((hi - lo).astype(np.float32) * reciprocal(quant_max - quant_min))
+    zp = np.clip(np.round(quant_min - lo / scale), quant_min, quant_max).astype(np.float32)
+    # rounding the zero point can shift the grid off one end (e.g. 2 bits, [-16, 33]):
+    # one doubling of the scale always covers it again
+    short = ((quant_min - zp) * scale > lo) | ((quant_max - zp) * scale < hi)
+    scale = np.where(short, scale * np.float32(2), scale).astype(np.float32)
     zp = np.clip(np.round(quant_min - lo / scale), quant_min, quant_max).astype(np.float32)
     return ((quant_min - zp) * scale).astype(np.float32), ((quant_max - zp) * scale).astype(
         np.float32

@@ -180,6 +180,10 @@ def _power_of_two_range_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool
     quant_min, quant_max = np.float32(int(narrow)), np.float32((1 << bits) - 1)
     scale = _pow2_ceil_tf((hi - lo) * _reciprocal(quant_max - quant_min))
     zp = tf.clip_by_value(tf.round(quant_min - lo / scale), quant_min, quant_max)
+    # as qmath.power_of_two_range: double the scale where the rounded grid falls short
+    short = tf.logical_or((quant_min - zp) * scale > lo, (quant_max - zp) * scale < hi)
+    scale = tf.where(short, scale * np.float32(2), scale)
+    zp = tf.clip_by_value(tf.round(quant_min - lo / scale), quant_min, quant_max)
     return (quant_min - zp) * scale, (quant_max - zp) * scale
 
 
