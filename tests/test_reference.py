@@ -270,6 +270,8 @@ def test_mnist_cnn_bit_exact_against_reference_kernels():
 def test_float_input_quantized_like_tflite():
     # ties: 0.5 / 1.0 rounds to 1 (away from zero), not 0 (half to even)
     assert quantize_input(np.float32([0.5, -0.5, 2.5]), 1.0, 0).tolist() == [1, -1, 3]
+    # std::round is exact: just below a tie goes down (floor(x + 0.5) in float32 would not)
+    assert quantize_input(np.float32([0.49999997, -0.49999997]), 1.0, 0).tolist() == [0, 0]
 
 
 @settings(max_examples=50, deadline=None)

@@ -38,8 +38,8 @@ from tfmot_ext.summary import format_summary, summarize
 from tfmot_ext.tflite import run_int8, save_tflite, to_tflite
 
 __all__ = [
-    "DemoResult", "build_cnn", "load_mnist_5k", "main", "mixed_policy", "run", "tflite_accuracy",
-    "tflite_predict", "train",
+    "DemoResult", "build_cnn", "load_mnist_5k", "main", "mixed_policy", "run", "tflite_predict",
+    "train",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,11 +103,6 @@ def _compile(model: Any, lr: float) -> None:
 def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
     pred = model.predict(x, batch_size=256, verbose=0)
     return float((pred.argmax(-1) == y).mean())
-
-
-def tflite_accuracy(qat: Any, x_calib: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    """Convert the QAT model to a full-integer TFLite model (int8 I/O) and score it."""
-    return float((tflite_predict(to_tflite(qat, x_calib), x) == y).mean())
 
 
 def tflite_predict(model_content: bytes, x: np.ndarray, kernels: str = "default") -> np.ndarray:

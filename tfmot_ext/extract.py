@@ -54,6 +54,7 @@ __all__ = [
     "extract",
     "inbound_layer_names",
     "quantize_multiplier",
+    "read_model_config",
     "requant_multiplier",
 ]
 
@@ -66,7 +67,6 @@ PASS_THROUGH = frozenset({
     "InputLayer", "Activation", "ReLU", "BatchNormalization", "GlobalMaxPooling2D",
     "GlobalMaxPooling1D", "UpSampling2D",
 })
-_PASS_THROUGH = PASS_THROUGH
 _WRAPPERS = frozenset({"QuantizeWrapper", "QuantizeWrapperV2"})
 _WEIGHT_ATTRS = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
                  "recurrent_kernel")
@@ -87,7 +87,7 @@ def quantize_multiplier(m: npt.ArrayLike) -> tuple[npt.NDArray[np.int32], npt.ND
     """
     mm = np.asarray(m, np.float64)
     q, shift = np.frexp(mm)
-    m0 = np.floor(np.abs(q) * 2.0**31 + 0.5) * np.sign(q)
+    m0 = qmath.round_half_away(q * 2.0**31)
     over = m0 == 2.0**31
     m0 = np.where(over, m0 / 2, m0)
     shift = np.where(over, shift + 1, shift)
@@ -126,7 +126,7 @@ def requant_multiplier(input_scale: float, kernel_scale: npt.ArrayLike, output_s
 
 def _round_to_int32(x: np.ndarray) -> npt.NDArray[np.int32]:
     """``round_half_away(x)`` saturated to int32 (how the converter quantizes biases)."""
-    return np.clip(np.floor(np.abs(x) + 0.5) * np.sign(x), -(2**31), 2**31 - 1).astype(np.int32)
+    return np.clip(qmath.round_half_away(x), -(2**31), 2**31 - 1).astype(np.int32)
 
 
 # --------------------------------------------------------------------------- specs
@@ -423,6 +423,41 @@ def _records_from_h5(path: str) -> list[_Record]:
                             f"({type(e).__name__}: {e})"[:600]) from e
 
 
+def _model_config(f: Any, path: str) -> Any:
+    """The parsed ``model_config`` JSON of an open Keras H5 file (no Keras involved)."""
+    raw = f.attrs.get("model_config")
+    if raw is None:
+        raise H5FormatError(
+            f"'{path}' has no 'model_config' attribute: it is a weights-only file or not a "
+            "Keras H5 model; save the QAT model with model.save('x.h5')")
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str) or len(raw) > MAX_CONFIG_CHARS:
+        raise H5FormatError(f"'{path}': model_config is not a JSON string of sane size")
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise H5FormatError(f"'{path}': model_config is not valid JSON ({e})") from e
+
+
+def read_model_config(path: str | os.PathLike[str]) -> Any:
+    """The model config JSON stored in a Keras H5 file, read with h5py only.
+
+    Raises:
+        H5FormatError: missing, unreadable or not a Keras H5 model.
+    """
+    import h5py
+
+    p = os.fspath(path)
+    try:
+        with h5py.File(p, "r") as f:
+            return _model_config(f, p)
+    except H5FormatError:
+        raise
+    except _READ_ERRORS as e:
+        raise H5FormatError(f"'{p}' is not a readable Keras H5 file ({e})"[:600]) from e
+
+
 def _read_h5(path: str) -> list[_Record]:
     import h5py
 
@@ -434,20 +469,7 @@ def _read_h5(path: str) -> list[_Record]:
         raise H5FormatError(f"'{path}' is not a readable HDF5 file ({e}); pass a Keras H5 "
                             "checkpoint saved with model.save('x.h5')") from e
     with f:
-        raw = f.attrs.get("model_config")
-        if raw is None:
-            raise H5FormatError(
-                f"'{path}' has no 'model_config' attribute: it is a weights-only file or not a "
-                "Keras H5 model; save the QAT model with model.save('x.h5')")
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
-        if not isinstance(raw, str) or len(raw) > MAX_CONFIG_CHARS:
-            raise H5FormatError(f"'{path}': model_config is not a JSON string of sane size")
-        try:
-            model_config = json.loads(raw)
-        except ValueError as e:
-            raise H5FormatError(f"'{path}': model_config is not valid JSON ({e})") from e
-        records = _records_from_config(model_config, f"'{path}'")
+        records = _records_from_config(_model_config(f, path), f"'{path}'")
         if "model_weights" not in f:
             raise H5FormatError(f"'{path}' has no 'model_weights' group")
         group = f["model_weights"]
@@ -783,7 +805,7 @@ class _Parser:
         q = self.own_output(up)
         if q is not None:
             return q
-        if self._inner_kind(up) in _PASS_THROUGH:
+        if self._inner_kind(up) in PASS_THROUGH:
             return self.input_quant(up, depth + 1)
         return None
 
@@ -843,7 +865,7 @@ class _Parser:
             op_kind, op_cfg = kind, layer_cfg
             attrs = [a for a in wq.weights if a.split(".")[-1] in _WEIGHT_ATTRS]
             if not attrs:
-                out = (self.own_output(rec) if kind in _PASS_THROUGH
+                out = (self.own_output(rec) if kind in PASS_THROUGH
                        else self.output_quant(rec))
                 return LayerQuantParams(rec.name, kind, inputs,
                                         out is not None or bool(wq.weights), activation=act,

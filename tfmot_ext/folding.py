@@ -196,7 +196,11 @@ class FoldedBatchNormBase(keras.layers.Layer):
     def folded_kernel_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
         """``(W_fold, b_fold)`` from the moving statistics (float, unquantized)."""
         sf, b = self._scale_factor_and_bias()
-        return self._scale_kernel(self.kernel, sf), self.beta + (b - self.moving_mean) * sf
+        return self._scale_kernel(self.kernel, sf), self._folded_bias(sf, b)
+
+    def _folded_bias(self, sf: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        """``b_fold = beta + (b - moving_mean) * sf``."""
+        return self.beta + (b - self.moving_mean) * sf
 
     def _activate(self, y: tf.Tensor) -> tf.Tensor:
         if self.activation == "relu":
@@ -268,27 +272,33 @@ class FoldedBatchNormBase(keras.layers.Layer):
         if not tf.distribute.has_strategy():
             return tf.cond(frozen, lambda: self._inference(x, True),
                            lambda: self._batch_corrected(x))
+        sf, b, y, out, mean, var = self._batch_step(x)
+        folded = tf.nn.bias_add(y, self._folded_bias(sf, b))
+        with tf.control_dependencies(self._moving_updates(mean, var, keep=frozen)):
+            return tf.where(frozen, folded, out)
+
+    def _batch_step(self, x: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """``(sf, b, y, out, mean, var)``: ``y = op(x, FQ(W * sf))`` and its BN with batch
+        statistics (:meth:`_batch_statistics`)."""
         sf, b = self._scale_factor_and_bias()
         y = self._op(x, self._quantized_kernel(self._scale_kernel(self.kernel, sf), True))
-        folded = tf.nn.bias_add(y, self.beta + (b - self.moving_mean) * sf)
-        out, mean, var = self._batch_statistics(y, sf, b)
+        return (sf, b, y, *self._batch_statistics(y, sf, b))
+
+    def _moving_updates(self, mean: tf.Tensor, var: tf.Tensor, keep: Any = None) -> list[Any]:
+        """Moving-average updates ``v <- v * momentum + batch * (1 - momentum)``; where
+        ``keep`` (the frozen flag) is true each variable is written its own value."""
         m = np.float32(self.momentum)
-        new_mean = tf.where(frozen, self.moving_mean, self.moving_mean * m + mean * (1 - m))
-        new_var = tf.where(frozen, self.moving_variance,
-                           self.moving_variance * m + var * (1 - m))
-        updates = [self.moving_mean.assign(new_mean), self.moving_variance.assign(new_var)]
-        with tf.control_dependencies(updates):
-            return tf.where(frozen, folded, out)
+        new_mean = self.moving_mean * m + mean * (1 - m)
+        new_var = self.moving_variance * m + var * (1 - m)
+        if keep is not None:
+            new_mean = tf.where(keep, self.moving_mean, new_mean)
+            new_var = tf.where(keep, self.moving_variance, new_var)
+        return [self.moving_mean.assign(new_mean), self.moving_variance.assign(new_var)]
 
     def _batch_corrected(self, x: tf.Tensor) -> tf.Tensor:
         """Training before the freeze: BN with batch statistics, moving statistics update."""
-        sf, b = self._scale_factor_and_bias()
-        y = self._op(x, self._quantized_kernel(self._scale_kernel(self.kernel, sf), True))
-        out, mean, var = self._batch_statistics(y, sf, b)
-        m = np.float32(self.momentum)
-        updates = [self.moving_mean.assign(self.moving_mean * m + mean * (1 - m)),
-                   self.moving_variance.assign(self.moving_variance * m + var * (1 - m))]
-        with tf.control_dependencies(updates):
+        _, _, _, out, mean, var = self._batch_step(x)
+        with tf.control_dependencies(self._moving_updates(mean, var)):
             return tf.identity(out)
 
     def _frozen(self) -> tf.Tensor:

@@ -19,22 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_ext._compat import check_keras2
+from tfmot_ext._compat import check_keras2, keras
 from tfmot_ext.errors import IntegerReferenceError, ParityError
 from tfmot_ext.extract import QuantizedModelParams, extract
-from tfmot_ext.reference import TensorMatch, compare_with_tflite, quantize_input
+from tfmot_ext.reference import TensorMatch, compare_with_tflite, run
 from tfmot_ext.tflite import (
     WeightTensor,
-    _resolver,
     _validated,
-    interpreter,
     keras_layout,
     op_outputs,
     weight_tensors,
 )
 
-__all__ = ["LayerDrift", "OutputParity", "ParityReport", "WeightParity", "layer_drift", "verify",
-           "weight_parity"]
+__all__ = ["LayerDrift", "OutputParity", "ParityReport", "WeightParity", "layer_drift",
+           "layer_outputs", "verify", "weight_parity"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +174,13 @@ class LayerDrift:
     over_1lsb: float
 
 
+def layer_outputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """The outputs of the named layers of ``model`` on ``x``, in one pass, by name."""
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    outs = probe.predict(x, batch_size=256, verbose=0)
+    return dict(zip(names, outs if isinstance(outs, list) else [outs]))
+
+
 def layer_drift(model: Any, x: Any, params: QuantizedModelParams | None = None
                 ) -> list[LayerDrift]:
     """Per layer, the QAT model's output vs the integer reference's on inputs ``x``.
@@ -184,19 +189,13 @@ def layer_drift(model: Any, x: Any, params: QuantizedModelParams | None = None
     integer rounding inside pooling, MEAN or ADD, so those drift by up to one LSB;
     a layer far above that is not deployed the way it was trained.
     """
-    from tfmot_ext._compat import keras
-    from tfmot_ext.reference import run
-
     check_keras2(model, "model")
     data = _validated(x, model)
     params = extract(model) if params is None else params
     ref = run(params, data)
     names = [n for n in ref.tensors if params[n].kind != "QuantizeLayer"]
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
-    outs = probe.predict(data, batch_size=256, verbose=0)
-    outs = outs if isinstance(outs, list) else [outs]
     result = []
-    for n, y in zip(names, outs):
+    for n, y in layer_outputs(model, names, data).items():
         t = ref.tensors[n]
         lsb = np.abs(np.asarray(y, np.float64) - t.dequantize().astype(np.float64)) / t.scale
         result.append(LayerDrift(n, params[n].kind, float(lsb.max()), float(lsb.mean()),
@@ -273,11 +272,7 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
     check_keras2(model, "model")
     x = _validated(data, model)
     params = extract(model) if params is None else params
-    interp = interpreter(tflite_bytes, **_resolver("builtin"))  # only reads the input
-    inp = interp.get_input_details()[0]
-    s_in, z_in = inp["quantization"]
-    q = quantize_input(x, s_in, z_in)
-    tfl = op_outputs(tflite_bytes, q, kernels, intermediates=False)
+    tfl = op_outputs(tflite_bytes, x, kernels, intermediates=False)
     y = np.asarray(model.predict(x, batch_size=256, verbose=0), np.float64)
     outputs = []
     for t in tfl:
@@ -293,7 +288,7 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
     error = ""
     if reference:
         try:
-            matches = tuple(compare_with_tflite(params, tflite_bytes, q, kernels))
+            matches = tuple(compare_with_tflite(params, tflite_bytes, x, kernels))
         except IntegerReferenceError as e:
             error = str(e)
             logger.warning("integer reference not run: %s", e)

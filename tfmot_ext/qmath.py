@@ -38,6 +38,7 @@ __all__ = [
     "power_of_two_range",
     "quantize_to_int",
     "reciprocal",
+    "round_half_away",
     "symmetric_range",
     "validate_bits",
     "widen_range",
@@ -103,6 +104,22 @@ def symmetric_range(
     return (scale * np.float32(qmin)).astype(np.float32), (scale * np.float32(qmax)).astype(
         np.float32
     )
+
+
+def round_half_away(x: npt.ArrayLike) -> np.ndarray:
+    """``std::round``: to nearest, ties away from zero, exact in the input's precision.
+
+    ``floor(|x| + 0.5)`` is not: in float32, ``0.49999997 + 0.5`` rounds up to ``1.0``.
+    Here NumPy's exact half-to-even rounding is corrected on exact ties only.
+
+    >>> round_half_away(np.float32([0.5, -0.5, 2.5, 0.49999997])).tolist()
+    [1.0, -1.0, 3.0, 0.0]
+    """
+    a = np.asarray(x)
+    with np.errstate(invalid="ignore"):  # inf/NaN pass through unchanged
+        t = np.trunc(a)
+        tie = np.abs(a - t) == 0.5
+        return np.where(tie, t + np.sign(a), np.round(a)).astype(a.dtype)
 
 
 def reciprocal(n: float | np.floating[Any]) -> np.float32:
@@ -253,12 +270,8 @@ def nudge(
     zp_u = np.where(
         zp_from_min < quant_min,
         quant_min,
-        np.where(zp_from_min > quant_max, quant_max, np.round(zp_from_min + 0.0)),
+        np.where(zp_from_min > quant_max, quant_max, round_half_away(zp_from_min)),
     ).astype(np.float32)
-    # np.round is half-to-even: fix exact .5 ties to round away from zero like std::round.
-    tie = (zp_from_min - np.floor(zp_from_min)) == np.float32(0.5)
-    zp_u = np.where(tie & (zp_from_min >= quant_min) & (zp_from_min <= quant_max),
-                    np.floor(zp_from_min) + 1, zp_u).astype(np.float32)
     # min == max (TF outputs 0 then): report zero point 0 rather than NaN.
     zp_u = np.where(np.isfinite(zp_u), zp_u, np.float32(1 << (bits - 1))).astype(np.float32)
     nudged_min = ((quant_min - zp_u) * scale).astype(np.float32)
@@ -376,7 +389,7 @@ def converter_params(
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = (hi - lo) / float(qmax - qmin)
         zp_from_min = qmin - lo / scale
-    rounded = np.sign(zp_from_min) * np.floor(np.abs(zp_from_min) + 0.5)
+    rounded = round_half_away(zp_from_min)
     zp = np.where(zp_from_min < qmin, qmin, np.where(zp_from_min > qmax, qmax, rounded))
     degenerate = np.abs(hi - lo) < np.finfo(np.float64).eps
     scale = np.where(degenerate, 1.0, scale)

@@ -49,6 +49,8 @@ import numpy.typing as npt
 
 from tfmot_ext.errors import IntegerReferenceError
 from tfmot_ext.extract import LayerQuantParams, QuantizedModelParams, quantize_multiplier
+from tfmot_ext.qmath import round_half_away
+from tfmot_ext.scheme import relu_kind
 
 __all__ = [
     "KERNEL_ROUNDING",
@@ -126,10 +128,21 @@ def multiply_by_quantized_multiplier(x: npt.ArrayLike, m0: npt.ArrayLike,
     >>> multiply_by_quantized_multiplier([6, -6], m0, shift).tolist()
     [2, -2]
     """
+    return _high_mul_then_shift(x, m0, shift, rounding_divide_by_pot)
+
+
+def _high_mul_then_shift(x: npt.ArrayLike, m0: npt.ArrayLike, shift: npt.ArrayLike,
+                         right_shift: Callable[[I64, I64], I64]) -> I64:
+    """``right_shift(SRDHM(x * 2**max(shift, 0), M0), max(-shift, 0))``."""
     s = np.asarray(shift, np.int64)
     left, right = np.maximum(s, 0), np.maximum(-s, 0)
     shifted = np.asarray(x, np.int64) * (np.int64(1) << left)
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, m0), right)
+    return right_shift(saturating_rounding_doubling_high_mul(shifted, m0), right)
+
+
+def _shift_right_ties_up(x: I64, e: I64) -> I64:
+    """``x / 2**e`` rounded to nearest, ties up (``(x + 2**(e-1)) >> e``; ``x`` for e = 0)."""
+    return np.where(e > 0, (x + (np.int64(1) << np.maximum(e - 1, 0))) >> e, x)
 
 
 def multiply_by_quantized_multiplier_up(x: npt.ArrayLike, m0: npt.ArrayLike,
@@ -145,11 +158,7 @@ def multiply_by_quantized_multiplier_up(x: npt.ArrayLike, m0: npt.ArrayLike,
     >>> multiply_by_quantized_multiplier_up([6, -6, -5], m0, shift).tolist()
     [2, -1, -1]
     """
-    s = np.asarray(shift, np.int64)
-    left, right = np.maximum(s, 0), np.maximum(-s, 0)
-    high = saturating_rounding_doubling_high_mul(np.asarray(x, np.int64) * (np.int64(1) << left),
-                                                 m0)
-    return np.where(right > 0, (high + (np.int64(1) << np.maximum(right - 1, 0))) >> right, high)
+    return _high_mul_then_shift(x, m0, shift, _shift_right_ties_up)
 
 
 def multiply_by_quantized_multiplier_single(x: npt.ArrayLike, m0: npt.ArrayLike,
@@ -178,10 +187,6 @@ _ROUNDING: contextvars.ContextVar[str] = contextvars.ContextVar("rounding",
                                                                default="reference")
 #: The rounding of each interpreter kernel set (see :func:`tfmot_ext.tflite.op_outputs`).
 KERNEL_ROUNDING = {"reference": "reference", "builtin": "optimized", "default": "optimized"}
-
-
-def _round_half_away(x: Any) -> Any:
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -235,7 +240,7 @@ def activation_range(activation: str, scale: float, zero_point: int,
     (-128, -8)
     """
     def q(f: float) -> int:
-        return zero_point + int(_round_half_away(np.float32(f) / np.float32(scale)))
+        return zero_point + int(round_half_away(np.float32(f) / np.float32(scale)))
 
     if activation in ("linear", "None", None):
         return -128, 127
@@ -256,7 +261,7 @@ def quantize_input(x: npt.ArrayLike, scale: float, zero_point: int) -> npt.NDArr
     >>> quantize_input([0.0, 0.25, -1.0], 0.5, -1).tolist()
     [-1, 0, -3]
     """
-    q = _round_half_away((np.asarray(x, np.float32) / np.float32(scale)).astype(np.float32))
+    q = round_half_away((np.asarray(x, np.float32) / np.float32(scale)).astype(np.float32))
     return np.clip(q + zero_point, -128, 127).astype(np.int8)
 
 
@@ -372,15 +377,14 @@ def _dense(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
 
 
 def _relu(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
-    c = p.config
-    if p.kind == "Activation":
-        act = str(c.get("activation", "linear"))
-    else:
-        if float(c.get("negative_slope", 0.0) or 0.0) != 0 or float(
-                c.get("threshold", 0.0) or 0.0) != 0:
-            raise IntegerReferenceError(f"{where}: leaky/thresholded ReLU is not supported")
-        mv = c.get("max_value")
-        act = "relu" if mv is None else ("relu6" if float(mv) == 6.0 else f"relu(max={mv})")
+    """A ReLU/ReLU6 (or Activation) layer: the clamp TFLite would fuse (scheme.relu_kind)."""
+    act = relu_kind(p.kind, p.config)
+    if act is None:
+        if p.kind == "Activation" and p.config.get("activation", "linear") == "linear":
+            return x
+        raise IntegerReferenceError(
+            f"{where}: only ReLU, ReLU6 and Activation('relu'|'relu6'|'linear') have an "
+            f"integer form in the reference (config {dict(p.config)})"[:600])
     lo, hi = activation_range(act, x.scale, x.zero_point, where)
     return IntTensor(np.clip(x.values, lo, hi).astype(np.int8), x.scale, x.zero_point)
 

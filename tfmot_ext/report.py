@@ -96,20 +96,20 @@ def _float_twin(p: Any) -> Any:
 
 
 def _twin_output(p: Any, twin: Any, inputs: list[np.ndarray]) -> np.ndarray:
-    args = inputs if len(inputs) > 1 else inputs[0]
-    y = twin(args)  # builds the layer
+    def args(arrays: list[np.ndarray]) -> Any:
+        return arrays if len(arrays) > 1 else arrays[0]
+
     if p.kernel_int is not None:
-        weights = [p.dequantized_kernel()] + ([np.asarray(p.bias, np.float32)]
-                                              if p.bias is not None else [])
-        twin.set_weights(weights)
-        y = twin(args)
-    return np.asarray(y, np.float64)
+        twin(args([a[:1] for a in inputs]))  # builds the layer's weights
+        twin.set_weights([p.dequantized_kernel()] + (
+            [np.asarray(p.bias, np.float32)] if p.bias is not None else []))
+    return np.asarray(twin(args(inputs)), np.float64)
 
 
 def layer_reports(model: Any, data: Any, params: QuantizedModelParams | None = None
                   ) -> list[LayerReport]:
     """The per-layer quantization error of a QAT model on ``data`` (see the module doc)."""
-    from tfmot_ext._compat import keras
+    from tfmot_ext.parity import layer_outputs
     from tfmot_ext.tflite import _validated
 
     check_keras2(model, "model")
@@ -117,14 +117,9 @@ def layer_reports(model: Any, data: Any, params: QuantizedModelParams | None = N
     params = extract(model) if params is None else params
     names = [n for n, p in params.items()
              if p.kind not in ("InputLayer",) and (p.kernel_int is not None or p.output)]
-    wanted = [model.get_layer(n).output for n in names]
     feeds = {n: [i for i in params[n].inputs if i in params] for n in names}
-    feed_names = sorted({i for n in names for i in feeds[n]})
-    wanted += [model.get_layer(i).output for i in feed_names]
-    probe = keras.Model(model.inputs, wanted)
-    outs = probe.predict(x, batch_size=256, verbose=0)
-    outs = outs if isinstance(outs, list) else [outs]
-    values = dict(zip(names + feed_names, outs))
+    feed_names = sorted({i for n in names for i in feeds[n]} - set(names))
+    values = layer_outputs(model, names + feed_names, x)
     reports = []
     for n in names:
         p = params[n]

@@ -16,7 +16,7 @@ from typing import Any
 
 from tfmot_ext import configs, folding, quantizers
 from tfmot_ext._compat import keras, tfmot
-from tfmot_ext.errors import UnsupportedModelError
+from tfmot_ext.errors import H5FormatError, UnsupportedModelError
 
 __all__ = ["custom_objects", "load_qat_model", "quantize_scope"]
 
@@ -79,7 +79,7 @@ def _code_bearing_layers(config: Any, found: list[str] | None = None) -> list[st
 
 def _stored_config(path: str) -> Any:
     """The model config stored in an H5 file or SavedModel folder, read without Keras."""
-    import json
+    from tfmot_ext.extract import read_model_config  # extract imports the classes above
 
     if os.path.isdir(path):
         meta = os.path.join(path, "keras_metadata.pb")
@@ -90,18 +90,9 @@ def _stored_config(path: str) -> Any:
         # the metadata proto holds the layers' JSON configs as strings; a Lambda shows as
         # its class name with its bytecode next to it
         return {"class_name": "Lambda"} if '"class_name": "Lambda"' in raw else None
-    import h5py
-
     try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-    except OSError:
-        return None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    try:
-        return json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
+        return read_model_config(path)
+    except H5FormatError:  # not an H5 model: Keras's own error says what it is
         return None
 
 

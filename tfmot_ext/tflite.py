@@ -58,11 +58,7 @@ def interpreter(model_content: bytes, **kwargs: Any) -> Any:
     Tensors are allocated. Extra keyword arguments go to the interpreter
     (``experimental_op_resolver_type``, ``num_threads``, ...).
     """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # the optional "litert" extra is not installed
-        Interpreter = _tf_interpreter  # noqa: N806
-    interp = Interpreter(model_content=model_content, **kwargs)
+    interp = _backend()[0](model_content=model_content, **kwargs)
     interp.allocate_tensors()
     return interp
 
@@ -72,12 +68,14 @@ def interpreter(model_content: bytes, **kwargs: Any) -> Any:
 KERNELS = ("reference", "builtin", "default")
 
 
-def _resolver_types() -> Any:
+def _backend() -> tuple[Any, Any]:
+    """``(Interpreter, OpResolverType)``: ``ai_edge_litert``'s when installed, else
+    ``tf.lite``'s (the optional "litert" extra)."""
     try:
-        from ai_edge_litert.interpreter import OpResolverType
-    except ImportError:  # the optional "litert" extra is not installed
-        return tf.lite.experimental.OpResolverType
-    return OpResolverType
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        return _tf_interpreter, tf.lite.experimental.OpResolverType
+    return Interpreter, OpResolverType
 
 
 def _resolver(kernels: str) -> dict[str, Any]:
@@ -85,7 +83,7 @@ def _resolver(kernels: str) -> dict[str, Any]:
         raise ConfigError(f"kernels must be one of {KERNELS}, got {kernels!r}")
     if kernels == "default":
         return {}
-    types = _resolver_types()
+    types = _backend()[1]
     return {"experimental_op_resolver_type": types.BUILTIN_REF if kernels == "reference"
             else types.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
 
@@ -104,13 +102,15 @@ class OpTensor:
     zero_point: int
 
 
-def op_outputs(model_content: bytes, x_int8: np.ndarray, kernels: str = "reference",
+def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
                intermediates: bool = True) -> list[OpTensor]:
     """Every operator's int8 output tensor (or only the model outputs) on a batch.
 
     Args:
         model_content: an int8-I/O ``.tflite`` model.
-        x_int8: int8 inputs ``(N, ...)``; one example per invoke.
+        x: inputs ``(N, ...)``, one example per invoke: int8 as the model takes them, or
+            float, quantized with the model's input scale and zero point the way
+            TFLite's QUANTIZE does (:func:`tfmot_ext.reference.quantize_input`).
         kernels: ``"reference"`` (``BUILTIN_REF``), ``"builtin"`` (optimized kernels,
             no delegate) or ``"default"`` (XNNPACK delegate; only the outputs can be
             read, the delegate does not materialize intermediate tensors).
@@ -122,6 +122,10 @@ def op_outputs(model_content: bytes, x_int8: np.ndarray, kernels: str = "referen
     inp = interp.get_input_details()[0]
     if inp["dtype"] != np.int8:
         raise ConversionError("op_outputs needs an int8-input model (to_tflite(int8_io=True))")
+    if np.asarray(x).dtype != np.int8:
+        from tfmot_ext.reference import quantize_input
+
+        x = quantize_input(x, *inp["quantization"])
     details = {d["index"]: d for d in interp.get_tensor_details()}
     if preserve:
         wanted = [o for op in interp._get_ops_details() for o in op["outputs"]]
@@ -131,8 +135,8 @@ def op_outputs(model_content: bytes, x_int8: np.ndarray, kernels: str = "referen
         op_of = {i: "OUTPUT" for i in wanted}
     wanted = [i for i in wanted if details[i]["dtype"] == np.int8]
     rows: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
-    for i in range(len(x_int8)):
-        interp.set_tensor(inp["index"], np.asarray(x_int8[i : i + 1], np.int8))
+    for i in range(len(x)):
+        interp.set_tensor(inp["index"], np.asarray(x[i : i + 1], np.int8))
         interp.invoke()
         for t in wanted:
             rows[t].append(interp.get_tensor(t)[0].copy())
@@ -255,18 +259,7 @@ def run_int8(model_content: bytes, x: np.ndarray, kernels: str = "default") -> n
     TFLite's QUANTIZE does (:func:`tfmot_ext.reference.quantize_input`). ``kernels``
     as in :func:`op_outputs` (``"default"``: the XNNPACK delegate).
     """
-    from tfmot_ext.reference import quantize_input
-
-    interp = interpreter(model_content, **_resolver(kernels))
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    s, zp = inp["quantization"]
-    q = quantize_input(x, s, zp)
-    outs = []
-    for i in range(len(x)):
-        interp.set_tensor(inp["index"], q[i : i + 1])
-        interp.invoke()
-        outs.append(interp.get_tensor(out["index"])[0])
-    return np.asarray(outs)
+    return op_outputs(model_content, x, kernels, intermediates=False)[0].values
 
 
 def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
