@@ -24,6 +24,8 @@ L = keras.layers
 KINDS = [
     (L.Conv2D, dict(filters=5, kernel_size=3, padding="same", strides=2),
      FoldedConv2DBatchNorm, (4, 9, 9, 3), "kernel"),
+    (L.Conv2D, dict(filters=6, kernel_size=3, groups=3, padding="same"),  # grouped (RegNet)
+     FoldedConv2DBatchNorm, (4, 9, 9, 3), "kernel"),
     (L.DepthwiseConv2D, dict(kernel_size=3, depth_multiplier=2), FoldedDepthwiseConv2DBatchNorm,
      (4, 9, 9, 3), "depthwise_kernel"),
     (L.Dense, dict(units=6), FoldedDenseBatchNorm, (16, 7), "kernel"),

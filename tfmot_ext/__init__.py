@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from tfmot_ext.annotate import UNSUPPORTED_MODES, Rule, annotate, plan, quantize
+from tfmot_ext.annotate import UNSUPPORTED_MODES, Rule, annotate, builtin_choice, plan, quantize
 from tfmot_ext.configs import (
     LayerQuantizeConfig,
     conv_config,
@@ -63,6 +63,7 @@ from tfmot_ext.folding import (
     FreezeBatchNorm,
     freeze_batch_norm,
 )
+from tfmot_ext.graph import TensorOp, flatten, prepare, replace_tf_ops
 from tfmot_ext.parity import (
     LayerDrift,
     OutputParity,
@@ -132,6 +133,7 @@ __all__ = [
     "ReferenceRun",
     "Rule",
     "TensorMatch",
+    "TensorOp",
     "TensorQuant",
     "TfmotExtError",
     "UnsupportedLayerError",
@@ -142,6 +144,7 @@ __all__ = [
     "annotate",
     "atomic_path",
     "atomic_write",
+    "builtin_choice",
     "compare_with_tflite",
     "conv_config",
     "conv_transpose_config",
@@ -151,6 +154,7 @@ __all__ = [
     "depthwise_conv_config",
     "export",
     "extract",
+    "flatten",
     "float_ops",
     "format_summary",
     "freeze_batch_norm",
@@ -164,9 +168,11 @@ __all__ = [
     "output_only_config",
     "pack_int4",
     "plan",
+    "prepare",
     "quantize",
     "quantize_multiplier",
     "quantize_scope",
+    "replace_tf_ops",
     "requant_multiplier",
     "run_int8",
     "run_reference",

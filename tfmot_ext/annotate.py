@@ -36,12 +36,14 @@ from tfmot_ext.configs import (
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
 from tfmot_ext.extract import inbound_layer_names
+from tfmot_ext.graph import PASS_THROUGH_OPS, TensorOp, prepare
+from tfmot_ext.quantizers import weight_quantizer
 from tfmot_ext.scheme import FoldingScheme, relu_kind
 from tfmot_ext.scope import quantize_scope
 from tfmot_ext.summary import format_summary, summarize
 
-__all__ = ["UNSUPPORTED_MODES", "Rule", "annotate", "consumers", "layer_classes", "plan",
-           "quantize"]
+__all__ = ["UNSUPPORTED_MODES", "Rule", "annotate", "builtin_choice", "consumers",
+           "layer_classes", "plan", "quantize"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +168,12 @@ def _check_model(model: Any) -> None:
         )
 
 
+def _prepared(model: Any) -> Any:
+    """``model`` checked, with nested models flattened (:func:`tfmot_ext.graph.flatten`)."""
+    _check_model(model)
+    return prepare(model)
+
+
 def _validate_policy(policy: Sequence[Rule] | None) -> list[Rule]:
     if policy is None:
         return []
@@ -194,7 +202,7 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
         UnsupportedLayerError: a layer nothing can quantize, with ``unsupported="error"``.
         ConfigError: a config naming an attribute its layer lacks.
     """
-    _check_model(model)
+    model = _prepared(model)
     if unsupported not in UNSUPPORTED_MODES:
         raise PolicyError(f"unsupported={unsupported!r} must be one of {UNSUPPORTED_MODES}")
     rules = _validate_policy(policy)
@@ -219,7 +227,7 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
                 if not isinstance(layer, keras.Model) and registry.supports(layer):
                     decisions[layer.name] = None
                     continue
-                choice = _unsupported(layer, unsupported)
+                choice = builtin_choice(layer) or _unsupported(layer, unsupported)
         if isinstance(choice, LayerQuantizeConfig):
             choice.validate_for(layer)
         decisions[layer.name] = choice
@@ -314,8 +322,56 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
     for name, cfg in list(decisions.items()):
         if cfg == _PENDING:
             layer = by_name[name]
-            decisions[name] = None if registry.supports(layer) else _unsupported(layer,
-                                                                                 unsupported)
+            decisions[name] = None if registry.supports(layer) else (
+                builtin_choice(layer) or _unsupported(layer, unsupported))
+
+
+L = keras.layers
+#: Layers that only move or select elements: TFLite keeps their input's scale.
+_PASS_THROUGH_LAYERS: tuple[type, ...] = (
+    L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Permute, L.RepeatVector, L.SpatialDropout1D,
+    L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout,
+    L.AlphaDropout, L.ActivityRegularization)
+#: Layers computing new values whose output TFLite requantizes: output quantized.
+_OUTPUT_QUANTIZED: tuple[type, ...] = (
+    L.Multiply, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Rescaling, L.Normalization,
+    L.LayerNormalization, L.BatchNormalization, L.UnitNormalization, L.Activation, L.ReLU,
+    L.LeakyReLU, L.PReLU, L.ELU, L.Softmax, L.CenterCrop, L.Resizing, L.UpSampling2D)
+#: Left float, the converter quantizes them from the representative data: layers
+#: called with several tensor arguments (query, value, ...), which tfmot's wrapper
+#: cannot pass, and recurrent layers, whose wrapped form the converter cannot fuse
+#: into its sequence op ("Failed to duplicate values for the stateful op").
+_FLOAT_FOR_CONVERTER: tuple[type, ...] = (L.MultiHeadAttention, L.Attention,
+                                          L.AdditiveAttention, L.RNN, L.Bidirectional)
+#: keras.applications' own helper layers (InceptionResNetV2, ConvNeXt): output quantized.
+_APPLICATION_LAYERS = frozenset({"CustomScaleLayer", "LayerScale"})
+
+
+def builtin_choice(layer: Any) -> Any:
+    """tfmot_ext's choice for a layer neither a preset nor tfmot's registry covers.
+
+    ``"skip"`` for layers TFLite runs at their input's scale (pass-through TF ops such
+    as reshape/slicing, cropping, permutes, noise and dropout layers) and for
+    attention layers (called with several tensors, which tfmot's wrapper cannot
+    pass: they stay float in training and the converter quantizes them from the
+    representative data);
+    :func:`~tfmot_ext.configs.output_only_config` for layers that compute new values
+    (other TF ops such as ``x + 3.0``, Multiply, Rescaling, Normalization,
+    LayerNormalization, a BatchNormalization no Conv/Dense precedes, activations,
+    keras.applications' ``CustomScaleLayer``/``LayerScale``); 8-bit per-tensor
+    weights for an Embedding table (its output is the table's rows, at its scale);
+    None for anything else (a user's custom layer: ``unsupported`` decides).
+    """
+    if isinstance(layer, TensorOp):
+        return "skip" if layer.function in PASS_THROUGH_OPS else output_only_config()
+    if isinstance(layer, L.Embedding):
+        # TFLite's GATHER returns rows of the int8 table at the table's scale
+        return LayerQuantizeConfig(weights={"embeddings": weight_quantizer(8, per_channel=False)})
+    if isinstance(layer, _PASS_THROUGH_LAYERS + _FLOAT_FOR_CONVERTER):
+        return "skip"
+    if isinstance(layer, _OUTPUT_QUANTIZED) or type(layer).__name__ in _APPLICATION_LAYERS:
+        return output_only_config()
+    return None
 
 
 def _unsupported(layer: Any, mode: str) -> Any:
@@ -342,11 +398,13 @@ def annotate(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: s
     to ``tfmot.quantization.keras.quantize_apply`` or use :func:`quantize`.
 
     Args:
-        model: a built tf_keras Sequential or functional model.
+        model: a built tf_keras Sequential or functional model; models nested in it
+            are flattened first (:func:`tfmot_ext.graph.flatten`).
         policy: ordered rules; None uses the defaults only.
         unsupported: ``"error"``, ``"skip"`` or ``"output_only"`` for layers nothing covers.
         strict: raise if a rule matches no layer.
     """
+    model = _prepared(model)
     decisions = plan(model, policy, unsupported=unsupported, strict=strict)
     annotate_layer = tfmot.quantization.keras.quantize_annotate_layer
 
@@ -380,7 +438,8 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
     """Make ``model`` quantization-aware in one call: :func:`annotate` + ``quantize_apply``.
 
     Args:
-        model: a built tf_keras Sequential or functional model (weights are kept).
+        model: a built tf_keras Sequential or functional model (weights are kept;
+            nested models are flattened first).
         policy: ordered :class:`Rule` list; unmatched layers get the defaults.
         scheme: a tfmot ``QuantizeScheme``; default :class:`tfmot_ext.scheme.FoldingScheme`
             (BatchNorm folded into the preceding Conv2D/DepthwiseConv2D/Dense, otherwise
@@ -395,6 +454,7 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
         The QAT model. What was quantized how is logged at INFO level
         (:func:`tfmot_ext.summary.summarize` returns it as data).
     """
+    model = _prepared(model)
     annotated = annotate(model, policy, unsupported=unsupported, strict=strict)
     if scheme is None:
         # tf_keras does not serialize BatchNormalization(synchronized=True): pass the names

@@ -327,15 +327,22 @@ def _conv_arg(cfg: dict[str, Any], key: str, rank: int, default: Any) -> tuple[i
 
 @register
 class FoldedConv2DBatchNorm(FoldedBatchNormBase):
-    """Conv2D (channels_last, groups 1) + BatchNormalization (+ ReLU/ReLU6), folded."""
+    """Conv2D (channels_last; grouped too) + BatchNormalization (+ ReLU/ReLU6), folded.
+
+    A grouped kernel ``(H, W, C_in / groups, C_out)`` is one native grouped ``Conv2D``
+    (TFLite's ``CONV_2D`` with groups), folded and quantized per output channel.
+    """
 
     def _kernel_shape(self, input_shape: Any) -> tuple[int, ...]:
         cfg = self.layer_config
-        if cfg.get("data_format", "channels_last") not in (None, "channels_last") or int(
-                cfg.get("groups", 1)) != 1:
-            raise ConfigError(f"{self.name}: only channels_last, groups=1 Conv2D is foldable")
+        groups = int(cfg.get("groups", 1))
+        if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
+            raise ConfigError(f"{self.name}: only channels_last Conv2D is foldable")
+        if int(input_shape[-1]) % groups or int(cfg["filters"]) % groups:
+            raise ConfigError(f"{self.name}: {input_shape[-1]} input channels and "
+                              f"{cfg['filters']} filters must be multiples of groups={groups}")
         kh, kw = _conv_arg(cfg, "kernel_size", 2, 1)
-        return (kh, kw, int(input_shape[-1]), int(cfg["filters"]))
+        return (kh, kw, int(input_shape[-1]) // groups, int(cfg["filters"]))
 
     def _channels(self) -> int:
         return int(self.layer_config["filters"])
@@ -345,6 +352,8 @@ class FoldedConv2DBatchNorm(FoldedBatchNormBase):
         strides = _conv_arg(cfg, "strides", 2, 1)
         padding = str(cfg.get("padding", "valid")).upper()
         dilations = _conv_arg(cfg, "dilation_rate", 2, 1)
+        if int(cfg.get("groups", 1)) > 1:
+            return _grouped_conv2d(x, kernel, tuple(strides), padding, tuple(dilations))
         if tuple(dilations) == (1, 1):
             return tf.nn.conv2d(x, kernel, strides=strides, padding=padding)
         return _dilated_conv2d(x, kernel, tuple(strides), padding, tuple(dilations))
@@ -352,6 +361,14 @@ class FoldedConv2DBatchNorm(FoldedBatchNormBase):
     def compute_output_shape(self, input_shape: Any) -> Any:
         conv = keras.layers.Conv2D.from_config({**self.layer_config, "name": "shape_probe"})
         return conv.compute_output_shape(input_shape)
+
+
+@tf.function(jit_compile=True)
+def _grouped_conv2d(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, ...], padding: str,
+                    dilations: tuple[int, ...]) -> tf.Tensor:
+    """A grouped Conv2D, XLA-compiled as Keras's Conv2D does it: TF's CPU kernels have no
+    gradient for grouped convolutions; the converter inlines it into one ``CONV_2D``."""
+    return tf.nn.conv2d(x, kernel, strides=strides, padding=padding, dilations=dilations)
 
 
 def _dilated_conv2d(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, ...], padding: str,

@@ -67,6 +67,9 @@ class WeightParity:
     equality of the float32 scales and the int32 bias (a bias the converter dropped
     counts as equal when the extracted one is all zero). ``layer`` is None when no
     extracted layer matches the operator (then every flag is False).
+    ``calibrated``: the operator's weights belong to no quantized layer of the QAT
+    model (a layer left float, e.g. inside MultiHeadAttention) and the converter
+    quantized them itself; such an operator is listed, not judged (``exact`` is True).
     """
 
     op: str
@@ -76,10 +79,12 @@ class WeightParity:
     scales: bool
     bias: bool
     bias_scales: bool
+    calibrated: bool = False
 
     @property
     def exact(self) -> bool:
-        return self.kernel and self.scales and self.bias and self.bias_scales
+        return self.calibrated or (self.kernel and self.scales and self.bias
+                                   and self.bias_scales)
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,10 @@ class ParityReport:
         for w in self.weights:
             def f(b: bool) -> str:
                 return "ok" if b else "DIFF"
+            if w.calibrated:
+                lines.append(f"  {'(float in QAT)':<28} {w.op:<18} {'-':>4}  quantized by "
+                             "the converter from the representative data")
+                continue
             lines.append(f"  {str(w.layer)[:28]:<28} {w.op:<18} {w.bits or '-':>4}  "
                          f"{f(w.kernel):>6} {f(w.scales):>6} {f(w.bias):>4} "
                          f"{f(w.bias_scales):>8}")
@@ -210,7 +219,9 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
         names = [n for n, p in params.items()
                  if p.kernel_int is not None and f"/{n}/" in w.filter_name]
         if len(names) != 1:
-            out.append(WeightParity(w.op, None, None, False, False, False, False))
+            out.append(WeightParity(w.op, None, None, False, False, False, False,
+                                    calibrated=not names and not _from_quantized_layer(
+                                        params, w.filter_name)))
             continue
         p = params[names[0]]
         assert p.kernel_int is not None and p.kernel_scale is not None
@@ -236,6 +247,11 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
         out.append(WeightParity(w.op, p.name, p.bits, kernel_ok, scales_ok, bool(bias_ok),
                                 bool(bscale_ok)))
     return out
+
+
+def _from_quantized_layer(params: QuantizedModelParams, tensor_name: str) -> bool:
+    """Whether a TFLite weight tensor's name points into a layer QAT quantized."""
+    return any(f"/{n}/" in tensor_name for n, p in params.items() if p.kernel_int is not None)
 
 
 def _channel_broadcast(scales: np.ndarray, shape: tuple[int, ...],

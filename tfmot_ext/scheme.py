@@ -79,9 +79,13 @@ class _InputLayerQuantize(_t8.InputLayerQuantize):
     Same range rule as tfmot's AllValuesQuantizer (running min/max over all batches,
     8-bit asymmetric), but its variables aggregate by MEAN under a distribution
     strategy; tfmot's are unaggregated, and its replicas' input ranges diverge.
+    Integer inputs (token ids for an Embedding) are not quantized.
     """
 
     def replacement(self, match_layer: Any) -> Any:
+        dtype = str(match_layer.layer["config"].get("dtype") or "float32")
+        if not dtype.startswith(("float", "bfloat")):
+            return match_layer  # token ids and other integer inputs stay as they are
         quant_layer = QuantizeLayer(MinMaxQuantizer(
             8, symmetric=False, narrow_range=False, range_tracking="all_values"))
         layer_config = {"class_name": "QuantizeLayer", "config": quant_layer.get_config(),
@@ -225,8 +229,8 @@ class FoldBatchNorm(_Transform):
         op = bn.input_layers[0]
         kind = _class(op)
         op_cfg = dict(op.layer["config"])
-        if kind == "Conv2D" and (int(op_cfg.get("groups", 1)) != 1 or op_cfg.get(
-                "data_format", "channels_last") not in (None, "channels_last")):
+        if kind == "Conv2D" and op_cfg.get("data_format", "channels_last") not in (
+                None, "channels_last"):
             return match_layer
         bn_cfg = bn.layer["config"]
         axis = bn_cfg.get("axis", -1)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from tfmot_ext import configs, folding, quantizers
+from tfmot_ext import configs, folding, graph, quantizers
 from tfmot_ext._compat import keras, tfmot
 from tfmot_ext.errors import H5FormatError, UnsupportedModelError
 
@@ -29,6 +29,7 @@ _CLASSES: tuple[type, ...] = (
     folding.FoldedConv2DBatchNorm,
     folding.FoldedDepthwiseConv2DBatchNorm,
     folding.FoldedDenseBatchNorm,
+    graph.TensorOp,
 )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_ext._compat import check_keras2, tf
+from tfmot_ext._compat import check_keras2, keras, tf
 from tfmot_ext.errors import ConfigError, ConversionError
 
 __all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "keras_layout",
@@ -108,9 +108,10 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
 
     Args:
         model_content: an int8-I/O ``.tflite`` model.
-        x: inputs ``(N, ...)``, one example per invoke: int8 as the model takes them, or
-            float, quantized with the model's input scale and zero point the way
-            TFLite's QUANTIZE does (:func:`tfmot_ext.reference.quantize_input`).
+        x: inputs ``(N, ...)``, one example per invoke: int8 as the model takes them
+            (integer token ids for an integer-input model), or float, quantized with
+            the model's input scale and zero point the way TFLite's QUANTIZE does
+            (:func:`tfmot_ext.reference.quantize_input`).
         kernels: ``"reference"`` (``BUILTIN_REF``), ``"builtin"`` (optimized kernels,
             no delegate) or ``"default"`` (XNNPACK delegate; only the outputs can be
             read, the delegate does not materialize intermediate tensors).
@@ -120,9 +121,10 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
     preserve = intermediates and kernels != "default"
     interp = interpreter(model_content, experimental_preserve_all_tensors=preserve, **kw)
     inp = interp.get_input_details()[0]
-    if inp["dtype"] != np.int8:
+    in_type = np.dtype(inp["dtype"])
+    if in_type.kind == "f":
         raise ConversionError("op_outputs needs an int8-input model (to_tflite(int8_io=True))")
-    if np.asarray(x).dtype != np.int8:
+    if in_type == np.int8 and np.asarray(x).dtype != np.int8:
         from tfmot_ext.reference import quantize_input
 
         x = quantize_input(x, *inp["quantization"])
@@ -136,7 +138,7 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
     wanted = [i for i in wanted if details[i]["dtype"] == np.int8]
     rows: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
     for i in range(len(x)):
-        interp.set_tensor(inp["index"], np.asarray(x[i : i + 1], np.int8))
+        interp.set_tensor(inp["index"], np.asarray(x[i : i + 1], in_type))
         interp.invoke()
         for t in wanted:
             rows[t].append(interp.get_tensor(t)[0].copy())
@@ -232,8 +234,10 @@ def float_ops(model_content: bytes, allow_io: bool = False) -> list[str]:
 
 
 def _validated(data: Any, model: Any) -> np.ndarray:
-    """Representative data as float32 ``(N, *input_shape)``, or :class:`ConversionError`."""
-    arr = np.asarray(data, np.float32)
+    """Representative data as ``(N, *input_shape)`` of the model's input type (float32,
+    or the integer type of token-id inputs), or :class:`ConversionError`."""
+    dtype = np.dtype(getattr(model.inputs[0].dtype, "as_numpy_dtype", np.float32))
+    arr = np.asarray(data, dtype if dtype.kind in "iu" else np.float32)
     expected = tuple(model.input_shape[1:])
     if arr.ndim != len(expected) + 1 or any(
             e is not None and e != a for e, a in zip(expected, arr.shape[1:])):
@@ -262,8 +266,12 @@ def run_int8(model_content: bytes, x: np.ndarray, kernels: str = "default") -> n
     return op_outputs(model_content, x, kernels, intermediates=False)[0].values
 
 
+def _has_rnn(model: Any) -> bool:
+    return any(isinstance(getattr(la, "layer", la), keras.layers.RNN) for la in model.layers)
+
+
 def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
-              int8_io: bool = True) -> bytes:
+              int8_io: bool = True, static_batch: bool | None = None) -> bytes:
     """Convert a QAT (or float) tf_keras model to a full-integer TFLite flatbuffer.
 
     Args:
@@ -271,7 +279,10 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
         representative_data: an array of real inputs, shape ``(N, *input_shape)``; one
             at a time is fed to the converter (used for ranges QAT did not train).
         int8_io: int8 input and output tensors (else float, with QUANTIZE/DEQUANTIZE
-            at the edges).
+            at the edges); integer inputs (token ids) keep their type.
+        static_batch: convert a batch-1 signature instead of Keras's dynamic batch.
+            TFLite fuses a Keras LSTM/GRU into its sequence op only with a static
+            batch, so None (the default) means "when the model has an RNN layer".
 
     Returns:
         The ``.tflite`` bytes.
@@ -282,7 +293,14 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
     """
     check_keras2(model, "model")
     data = _validated(representative_data, model)
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if static_batch is None:
+        static_batch = _has_rnn(model)
+    if static_batch:
+        spec = tf.TensorSpec((1, *model.input_shape[1:]), model.inputs[0].dtype)
+        fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+    else:
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: _one_at_a_time(data)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

@@ -1,0 +1,125 @@
+"""Flattening nested models (tfmot_ext.graph)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tfmot_ext as te
+from tfmot_ext._compat import keras, tf
+from tfmot_ext.errors import UnsupportedModelError
+from tfmot_ext.graph import (
+    TensorOp,
+    flatten,
+    has_nested_models,
+    has_tf_ops,
+    is_tensor_ref,
+    map_tensor_refs,
+    replace_tf_ops,
+)
+
+L = keras.layers
+
+
+def _nested_model():
+    keras.utils.set_random_seed(0)
+    stem = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, padding="same", name="conv"),
+                             L.BatchNormalization(name="bn"), L.ReLU(name="relu")], name="stem")
+    a, b = keras.Input((8, 8, 4)), keras.Input((8, 8, 4))
+    s = L.Add(name="add")([L.Conv2D(4, 1, name="pw")(a), b])
+    pair = keras.Model([a, b], s, name="pair")
+    inp = keras.Input((8, 8, 3))
+    h = stem(inp)
+    h2 = L.Conv2D(4, 1, name="conv")(h)          # clashes with the stem's "conv"
+    h = pair([h, h2])
+    h = h + 1.0                                  # a TF-op layer on a nested output
+    h = tf.multiply(h, h2)                       # kwargs referencing another tensor
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(inp, L.Dense(3, name="fc")(h), name="outer")
+
+
+def test_tensor_refs():
+    node = [["a", 0, 0, {"y": ["b", 1, 0], "name": None}]]
+    assert is_tensor_ref(node[0]) and not is_tensor_ref(node) and not is_tensor_ref(["a", 0])
+    seen = []
+    out = map_tensor_refs(node, lambda r: seen.append(r[0]) or [r[0].upper(), r[1], r[2]])
+    assert out == [["A", 0, 0, {"y": ["B", 1, 0], "name": None}]] and seen == ["a", "b"]
+
+
+def test_flatten_computes_the_same_function():
+    model = _nested_model()
+    assert has_nested_models(model)
+    flat = flatten(model)
+    assert not has_nested_models(flat)
+    names = [la.name for la in flat.layers]
+    assert len(names) == len(set(names))
+    assert {"stem_conv", "conv", "bn", "relu", "pw", "add", "gap", "fc"} <= set(names)
+    x = np.random.default_rng(0).normal(size=(5, 8, 8, 3)).astype(np.float32)
+    # same layers, same weights, same order of operations: identical outputs
+    np.testing.assert_array_equal(flat.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert flatten(flat) is flat
+
+
+def test_flatten_refuses_a_model_called_twice():
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(4, name="d")], name="inner")
+    inp = keras.Input((4,))
+    model = keras.Model(inp, inner(inner(inp)))
+    with pytest.raises(UnsupportedModelError, match="'inner' is called 2 times"):
+        flatten(model)
+
+
+def _tf_op_model():
+    a, b = keras.Input((6, 6, 4)), keras.Input((6, 6, 4))
+    h = tf.concat([a, b], axis=-1)               # first argument a list of tensors
+    h = h[:, 1:, :, :6]                          # SlicingOpLambda
+    h = h * 0.5 + 3.0                            # constants
+    h = tf.multiply(h, tf.reduce_mean(h, axis=[1, 2], keepdims=True))  # tensor kwarg
+    return keras.Model([a, b], L.Dense(2, name="fc")(L.Flatten(name="flat")(h)))
+
+
+def test_replace_tf_ops_computes_the_same_function():
+    keras.utils.set_random_seed(0)
+    model = _tf_op_model()
+    assert has_tf_ops(model)
+    new = replace_tf_ops(model)
+    assert not has_tf_ops(new)
+    ops = [la for la in new.layers if isinstance(la, TensorOp)]
+    assert sorted(op.function for op in ops) == sorted(
+        ["concat", "__operators__.getitem", "math.multiply", "__operators__.add",
+         "math.reduce_mean", "math.multiply"])
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(3, 6, 6, 4)).astype(np.float32) for _ in range(2)]
+    np.testing.assert_array_equal(new.predict(x, verbose=0), model.predict(x, verbose=0))
+    again = TensorOp.from_config(ops[0].get_config())
+    assert again.get_config() == ops[0].get_config()
+    assert replace_tf_ops(new) is new
+
+
+def test_builtin_choices_for_tf_ops_and_layers():
+    new = replace_tf_ops(_tf_op_model())
+    by_fn = {la.function: te.builtin_choice(la) for la in new.layers if isinstance(la, TensorOp)}
+    assert by_fn["__operators__.getitem"] == "skip"
+    assert isinstance(by_fn["concat"], te.LayerQuantizeConfig) and by_fn["concat"].output
+    assert te.builtin_choice(L.Cropping2D(1)) == "skip"
+    assert te.builtin_choice(L.Multiply()).output is not None
+
+    class Mine(L.Layer):
+        pass
+
+    assert te.builtin_choice(Mine()) is None
+
+
+@pytest.mark.slow
+def test_quantize_nested_model_with_tf_ops_end_to_end():
+    """Nested Sequential + nested functional + TF ops: quantize, train, convert; every
+    weighted layer's integers equal the .tflite's."""
+    model = _nested_model()
+    qat = te.quantize(model)
+    assert not has_nested_models(qat)
+    x = np.random.default_rng(1).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    qat.compile("sgd", "mse")
+    qat.train_on_batch(x, np.zeros((16, 3), np.float32))
+    report = te.verify(qat, te.to_tflite(qat, x), x)
+    assert {w.layer for w in report.weights} == {"quant_stem_conv", "quant_conv", "quant_pw",
+                                                 "quant_fc"}
+    assert report.weights_exact

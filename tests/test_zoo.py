@@ -1,0 +1,134 @@
+"""Real architectures: keras.applications families, a text model, an LSTM model.
+
+The families run through ``benchmarks/zoo.py``'s ``run_family`` (quantize with
+folding, one training step, int8 conversion, extraction parity); the full table of
+all 18 families is ``python benchmarks/zoo.py`` (docs/zoo.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfmot_ext as te
+from tfmot_ext._compat import keras
+from tfmot_ext.errors import UnsupportedLayerError, UnsupportedModelError
+
+L = keras.layers
+_spec = importlib.util.spec_from_file_location(
+    "zoo", Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py")
+assert _spec is not None and _spec.loader is not None
+zoo = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("zoo", zoo)
+_spec.loader.exec_module(zoo)
+
+
+# one family per kind of wall tfmot hits (see the zoo issue):
+# RegNetX002: TFOpLambda (x + y), Rescaling, grouped convolutions;
+# RegNetY002: squeeze-excite Multiply; MobileNetV3Small: TFOpLambda hard-swish,
+# Rescaling, Multiply; ResNet50V2: BatchNormalization after no conv (pre-activation)
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["RegNetX002", "RegNetY002", "MobileNetV3Small",
+                                    "ResNet50V2"])
+def test_family_quantizes_trains_converts_with_exact_extraction(family):
+    r = zoo.run_family(family, with_tfmot=False)
+    assert (r.quantize, r.train, r.convert) == ("ok", "ok", "ok"), r
+    assert r.weights_exact and r.weighted_ops > 10, r
+
+
+@pytest.mark.slow
+def test_nested_family_quantizes_and_trains():
+    """ConvNeXtTiny: a Sequential stem nested in the model, LayerNormalization,
+    LayerScale, GELU; tfmot refuses it outright ("a keras Model inside another")."""
+    model = zoo.build("ConvNeXtTiny")
+    assert any(isinstance(la, keras.Model) for la in model.layers)
+    qat = te.quantize(model)
+    assert not any(isinstance(la, keras.Model) for la in qat.layers)
+    x = zoo.inputs("ConvNeXtTiny", model, 4)
+    zoo._compile(qat)
+    assert np.isfinite(float(np.asarray(qat.train_on_batch(x, np.arange(4)))))
+
+
+def test_custom_layer_gets_a_message_naming_it_and_the_fix():
+    class Scale(L.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(2)(Scale(name="my_scale")(inp)))
+    with pytest.raises(UnsupportedLayerError, match=r"'my_scale' \(Scale\).*Rule\(name="):
+        te.plan(model)
+    assert te.plan(model, unsupported="output_only")["my_scale"].output is not None
+    assert te.plan(model, unsupported="skip")["my_scale"] == "skip"
+
+
+def test_subclassed_model_error_explains_the_functional_rewrite():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(np.zeros((1, 3), np.float32))
+    with pytest.raises(UnsupportedModelError, match="functional API"):
+        te.quantize(net)
+
+
+def _text_model():
+    keras.utils.set_random_seed(0)
+    tok = keras.Input((16,), dtype="int32")
+    h = L.Embedding(100, 32, name="emb")(tok)
+    a = L.MultiHeadAttention(num_heads=2, key_dim=16, name="mha")(h, h)
+    h = L.LayerNormalization(name="ln")(L.Add(name="res")([h, a]))
+    h = L.GlobalAveragePooling1D(name="pool")(h)
+    return keras.Model(tok, L.Dense(3, name="fc")(h))
+
+
+@pytest.mark.slow
+def test_text_model_policy_and_int8_conversion():
+    """Embedding (8-bit table), MultiHeadAttention (float in QAT, quantized by the
+    converter), LayerNormalization (output quantized), Dense: converts to an
+    all-integer model with int32 token input; the QAT-quantized Dense is bit-exact."""
+    model = _text_model()
+    decisions = te.plan(model)
+    assert decisions["mha"] == "skip" and decisions["ln"].output is not None
+    assert set(decisions["emb"].weights) == {"embeddings"}
+    qat = te.quantize(model)
+    x = np.random.default_rng(0).integers(0, 100, size=(16, 16)).astype(np.int32)
+    qat.compile("sgd", "mse")
+    qat.train_on_batch(x, np.zeros((16, 3), np.float32))
+    content = te.to_tflite(qat, x)
+    interp = te.interpreter(content)
+    assert interp.get_input_details()[0]["dtype"] == np.int32
+    ops = {d["op_name"] for d in interp._get_ops_details()}
+    assert {"GATHER", "BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED"} <= ops
+    report = te.verify(qat, content, x[:8])
+    fc = [w for w in report.weights if w.layer == "quant_fc"]
+    assert len(fc) == 1 and fc[0].exact and not fc[0].calibrated
+    # MultiHeadAttention's four projections: quantized by the converter, listed as such
+    assert sum(w.calibrated for w in report.weights) == 4
+
+
+@pytest.mark.slow
+def test_lstm_model_converts_to_the_integer_sequence_op():
+    """An LSTM stays float in QAT (wrapped, the converter cannot fuse it) and converts,
+    with a static batch, to TFLite's integer UNIDIRECTIONAL_SEQUENCE_LSTM."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 4))
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.LSTM(8, name="lstm")(inp)))
+    assert te.plan(model)["lstm"] == "skip"
+    qat = te.quantize(model)
+    x = np.random.default_rng(0).normal(size=(16, 12, 4)).astype(np.float32)
+    qat.compile("sgd", "mse")
+    qat.train_on_batch(x, np.zeros((16, 2), np.float32))
+    content = te.to_tflite(qat, x)
+    ops = {d["op_name"] for d in te.interpreter(content)._get_ops_details()}
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops
+    assert te.run_int8(content, x[:4]).shape == (4, 2)
