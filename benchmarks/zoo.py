@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -93,6 +94,12 @@ def _first_line(e: BaseException) -> str:
     return text[0][:90] if text else type(e).__name__
 
 
+def _reference_gap(error: str) -> str:
+    """The layer kind the integer reference lacks, from its error message."""
+    m = re.search(r"no kernel for (\w+)", error) or re.search(r"\((\w+)\): ", error)
+    return f"no {m.group(1)}" if m else error[:60]
+
+
 def _tfmot(family: str, x: np.ndarray) -> tuple[str, str]:
     try:
         qat = tfmot.quantization.keras.quantize_model(build(family, x.shape[1]))
@@ -152,7 +159,7 @@ def run_family(family: str, *, size: int | None = None, steps: int = 0, n_verify
         row["weighted_ops"] = len(report.weights)
         frac = report.reference_exact_fraction
         row["reference"] = (f"{frac * 100:.2f}% exact" if frac is not None
-                            else f"n/a: {report.reference_error.split(':')[-1].strip()[:60]}")
+                            else f"n/a: {_reference_gap(report.reference_error)}")
         if steps:
             _compile(model)
             row["step_ratio"] = step_ratio(model, qat, x, y, steps)

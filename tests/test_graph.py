@@ -123,3 +123,25 @@ def test_quantize_nested_model_with_tf_ops_end_to_end():
     assert {w.layer for w in report.weights} == {"quant_stem_conv", "quant_conv", "quant_pw",
                                                  "quant_fc"}
     assert report.weights_exact
+
+
+def test_normalization_becomes_the_same_per_channel_rescaling():
+    from tfmot_ext.graph import normalization_affine, replace_normalization
+
+    keras.utils.set_random_seed(0)
+    mean, var = [123.7, 116.3, 103.5], [3409.0, 3262.0, 0.0]   # a zero variance: eps
+    inp = keras.Input((4, 4, 3))
+    h = L.Normalization(mean=mean, variance=var, name="norm")(inp)
+    model = keras.Model(inp, L.Conv2D(2, 1, name="c")(h))
+    new = replace_normalization(model)
+    r = new.get_layer("norm")
+    assert isinstance(r, L.Rescaling)
+    s, _ = normalization_affine(mean, var, keras.backend.epsilon())
+    np.testing.assert_array_equal(np.asarray(r.scale, np.float32), s)
+    x = np.random.default_rng(0).uniform(0, 255, size=(4, 4, 4, 3)).astype(np.float32)
+    x[..., 2] = 103.5  # the zero-variance channel at its mean: 0 either way
+    # x * (1/sd) - mean/sd vs (x - mean)/sd: float32 rounding of O(1) values
+    np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(new.get_layer("c").kernel.numpy(),
+                                  model.get_layer("c").kernel.numpy())

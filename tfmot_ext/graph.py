@@ -20,6 +20,13 @@ argument and keyword arguments, tensors among them) tfmot's wrappers cannot repl
 ("'list' object has no attribute 'dtype'"). :func:`replace_tf_ops` turns each into a
 :class:`TensorOp`: the same op, called the same way, with every tensor argument
 passed as an ordinary input, so it can be wrapped and its output quantized.
+
+**Normalization.** A fixed ``Normalization`` (EfficientNet's, ConvNeXt's input
+statistics) computes ``(x - mean) / max(sqrt(var), eps)``; the converter turns that
+into SUB then MUL, and in front of an output quantizer it requantizes the model
+input through float (DEQUANTIZE/QUANTIZE). :func:`replace_normalization` writes it
+as the same per-channel affine ``x * scale + offset`` with a ``Rescaling`` (MUL then
+ADD, all integer), equal to it up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from tfmot_ext._compat import keras
 from tfmot_ext.errors import UnsupportedModelError
 
 __all__ = ["PASS_THROUGH_OPS", "TensorOp", "flatten", "has_nested_models", "has_tf_ops",
-           "is_tensor_ref", "map_tensor_refs", "prepare", "replace_tf_ops"]
+           "is_tensor_ref", "map_tensor_refs", "normalization_affine", "prepare",
+           "replace_normalization", "replace_tf_ops"]
 
 logger = logging.getLogger(__name__)
 register = keras.utils.register_keras_serializable(package="tfmot_ext")
@@ -351,9 +361,63 @@ def replace_tf_ops(model: Any, custom_objects: dict[str, Any] | None = None) -> 
     return new
 
 
+def normalization_affine(mean: Any, variance: Any, epsilon: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, offset)`` with ``x * scale + offset == (x - mean) / max(sqrt(var), eps)``.
+
+    ``scale = 1 / max(sqrt(var), eps)``, ``offset = -mean * scale`` (float32).
+
+    >>> s, o = normalization_affine([2.0], [4.0], 1e-7)
+    >>> float(s[0]), float(o[0])
+    (0.5, -1.0)
+    """
+    m = np.asarray(mean, np.float32).reshape(-1)
+    sd = np.maximum(np.sqrt(np.asarray(variance, np.float32).reshape(-1)), np.float32(epsilon))
+    scale = (np.float32(1) / sd).astype(np.float32)
+    return scale, (-m * scale).astype(np.float32)
+
+
+def _is_fixed_channel_normalization(layer: Any) -> bool:
+    if not isinstance(layer, keras.layers.Normalization) or getattr(layer, "invert", False):
+        return False
+    axis = tuple(layer.axis) if isinstance(layer.axis, (list, tuple)) else (layer.axis,)
+    rank = len(layer.input_shape) if isinstance(layer.input_shape, tuple) else 0
+    return axis in ((-1,), (rank - 1,)) and hasattr(layer, "mean")
+
+
+def replace_normalization(model: Any) -> Any:
+    """``model`` with every channels-last ``Normalization`` replaced by the equivalent
+    per-channel ``Rescaling`` (:func:`normalization_affine`; module docstring)."""
+    targets = {la.name: la for la in model.layers if _is_fixed_channel_normalization(la)}
+    if not targets:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    for e in cfg["layers"]:
+        if e["name"] in targets:
+            layer = targets[e["name"]]
+            scale, offset = normalization_affine(layer.mean.numpy(), layer.variance.numpy(),
+                                                 keras.backend.epsilon())
+            e["class_name"] = "Rescaling"
+            e["config"] = {"name": e["name"], "trainable": False,
+                           "dtype": e["config"].get("dtype", "float32"),
+                           "scale": scale.tolist(), "offset": offset.tolist()}
+            e.pop("module", None)
+            e.pop("registered_name", None)
+    with keras.utils.custom_object_scope(_all_layer_classes(model)):
+        new = keras.Model.from_config(cfg)
+    for layer in new.layers:
+        src = model.get_layer(layer.name)
+        if src.weights and layer.name not in targets:
+            layer.set_weights(src.get_weights())
+    logger.info("model '%s': %d Normalization layers written as per-channel Rescaling",
+                model.name, len(targets))
+    return new
+
+
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None) -> Any:
-    """:func:`flatten` then :func:`replace_tf_ops`: a graph tfmot can wrap layer by layer."""
+    """:func:`flatten`, :func:`replace_tf_ops`, :func:`replace_normalization`: a graph
+    tfmot can wrap layer by layer and the converter keeps integer."""
     flat = flatten(model, custom_objects)
     if isinstance(flat, keras.Sequential):
         return flat
-    return replace_tf_ops(flat, custom_objects)
+    return replace_normalization(replace_tf_ops(flat, custom_objects))
