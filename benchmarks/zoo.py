@@ -174,7 +174,7 @@ def table(results: list[ZooResult]) -> str:
     lines = [head, "-" * len(head)]
 
     def short(v: str) -> str:
-        return "ok" if v == "ok" else "FAIL"
+        return v if v in ("ok", "-") else "FAIL"
 
     for r in results:
         ext = "-" if r.weights_exact is None else (
