@@ -145,3 +145,25 @@ def test_normalization_becomes_the_same_per_channel_rescaling():
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(new.get_layer("c").kernel.numpy(),
                                   model.get_layer("c").kernel.numpy())
+
+
+@pytest.mark.slow
+def test_dense_on_rank4_deploys_the_trained_integers():
+    """Dense on (N, H, W, C) is reshaped to rank 2 around it (same function, bit for bit):
+    the converter then keeps its per-tensor trained kernel instead of re-quantizing a
+    MatMul per channel; extraction walks through the reshapes to the input scale."""
+    from tfmot_ext.graph import dense_to_rank2
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 4, 8))
+    model = keras.Model(inp, L.Dense(6, name="d")(L.Conv2D(8, 1, name="c")(inp)))
+    x = np.random.default_rng(0).normal(size=(8, 4, 4, 8)).astype(np.float32)
+    flat = dense_to_rank2(model)
+    assert [la.name for la in flat.layers][-3:] == ["d_rank2", "d", "d_rank_restore"]
+    np.testing.assert_array_equal(flat.predict(x, verbose=0), model.predict(x, verbose=0))
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.train_on_batch(x, np.zeros((8, 4, 4, 6), np.float32))
+    report = te.verify(qat, te.to_tflite(qat, x), x)
+    assert {w.layer for w in report.weights} == {"quant_c", "quant_d"}
+    assert report.weights_exact

@@ -37,6 +37,7 @@ from tfmot_ext._compat import check_keras2
 from tfmot_ext.configs import channel_axis_of_kind
 from tfmot_ext.errors import ExtractionError, H5FormatError
 from tfmot_ext.folding import fold_numpy
+from tfmot_ext.graph import PASS_THROUGH_OPS
 from tfmot_ext.quantizers import (
     FixedRangeQuantizer,
     LSQQuantizer,
@@ -795,6 +796,19 @@ class _Parser:
             return _class_name(layer) if isinstance(layer, Mapping) else "?"
         return rec.class_name
 
+    def _passes_through(self, rec: _Record) -> bool:
+        """A scale-preserving layer: PASS_THROUGH, or a TensorOp of a pass-through op."""
+        kind = self._inner_kind(rec)
+        if kind in PASS_THROUGH:
+            return True
+        if kind.split(">")[-1] == "TensorOp":
+            cfg = rec.config.get("layer", {}).get("config", {}) if rec.class_name in _WRAPPERS \
+                else rec.config
+            op = cfg.get("op", {}) if isinstance(cfg, Mapping) else {}
+            fn = op.get("config", {}).get("function") if isinstance(op, Mapping) else None
+            return fn in PASS_THROUGH_OPS
+        return False
+
     def input_quant(self, rec: _Record, depth: int = 0) -> TensorQuant | None:
         """Walk upstream through scale-preserving layers to the producing range."""
         if not rec.inbound or depth > 64:
@@ -805,7 +819,7 @@ class _Parser:
         q = self.own_output(up)
         if q is not None:
             return q
-        if self._inner_kind(up) in PASS_THROUGH:
+        if self._passes_through(up):
             return self.input_quant(up, depth + 1)
         return None
 

@@ -41,9 +41,20 @@ import numpy as np
 from tfmot_ext._compat import keras
 from tfmot_ext.errors import UnsupportedModelError
 
-__all__ = ["PASS_THROUGH_OPS", "TensorOp", "flatten", "has_nested_models", "has_tf_ops",
-           "is_tensor_ref", "map_tensor_refs", "normalization_affine", "prepare",
-           "replace_normalization", "replace_tf_ops"]
+__all__ = [
+    "PASS_THROUGH_OPS",
+    "TensorOp",
+    "dense_to_rank2",
+    "flatten",
+    "has_nested_models",
+    "has_tf_ops",
+    "is_tensor_ref",
+    "map_tensor_refs",
+    "normalization_affine",
+    "prepare",
+    "replace_normalization",
+    "replace_tf_ops",
+]
 
 logger = logging.getLogger(__name__)
 register = keras.utils.register_keras_serializable(package="tfmot_ext")
@@ -414,10 +425,68 @@ def replace_normalization(model: Any) -> Any:
     return new
 
 
+def _reshape_entry(name: str, src: list[Any], shape: list[int]) -> dict[str, Any]:
+    op = {"class_name": "TFOpLambda", "config": {"name": name, "trainable": True,
+                                                 "dtype": "float32", "function": "reshape"}}
+    return {"class_name": keras.utils.get_registered_name(TensorOp), "name": name,
+            "config": {"name": name, "trainable": True, "dtype": "float32", "op": op,
+                       "first_arg": {"__input__": 0}, "op_kwargs": {"shape": shape}},
+            "inbound_nodes": [[[*src[:3], {}]]]}
+
+
+def dense_to_rank2(model: Any) -> Any:
+    """``model`` with every Dense on a rank > 2 input wrapped in reshapes to rank 2.
+
+    ``Dense`` on ``(N, H, W, C)`` (ConvNeXt's pointwise layers) is a Tensordot, which
+    the converter lowers to a MatMul whose kernel it re-quantizes per output channel,
+    not the per-tensor grid trained; on ``(N*H*W, C)`` it is TFLite's
+    FULLY_CONNECTED with exactly the trained integers. Same function, same weights.
+    """
+    targets: dict[str, tuple[int, ...]] = {}
+    for la in model.layers:
+        if isinstance(la, keras.layers.Dense) and len(la.inbound_nodes) == 1:
+            shape = tuple(la.input_shape)
+            if len(shape) > 2 and all(d is not None for d in shape[1:]):
+                targets[la.name] = shape
+    if not targets:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    after = {n: f"{n}_rank_restore" for n in targets}
+
+    def redirect(r: list[Any]) -> list[Any]:
+        return [after[r[0]], 0, 0] if r[0] in after else r
+
+    layers: list[dict[str, Any]] = []
+    for e in cfg["layers"]:
+        e["inbound_nodes"] = map_tensor_refs(e.get("inbound_nodes", []), redirect)
+        if e["name"] not in targets:
+            layers.append(e)
+            continue
+        shape = targets[e["name"]]
+        flat = f"{e['name']}_rank2"
+        layers.append(_reshape_entry(flat, _outer_inputs(e)[0], [-1, int(shape[-1])]))
+        e["inbound_nodes"] = [[[flat, 0, 0, {}]]]
+        layers.append(e)
+        units = int(e["config"]["units"])
+        layers.append(_reshape_entry(after[e["name"]], [e["name"], 0, 0],
+                                     [-1, *[int(d) for d in shape[1:-1]], units]))
+    cfg["layers"] = layers
+    cfg["output_layers"] = map_tensor_refs(cfg["output_layers"], redirect)
+    with keras.utils.custom_object_scope({**_all_layer_classes(model), "TensorOp": TensorOp}):
+        new = keras.Model.from_config(cfg)
+    for layer in new.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    logger.info("model '%s': %d Dense layers on rank > 2 inputs reshaped to rank 2",
+                model.name, len(targets))
+    return new
+
+
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None) -> Any:
-    """:func:`flatten`, :func:`replace_tf_ops`, :func:`replace_normalization`: a graph
-    tfmot can wrap layer by layer and the converter keeps integer."""
+    """:func:`flatten`, :func:`replace_tf_ops`, :func:`replace_normalization`,
+    :func:`dense_to_rank2`: a graph tfmot can wrap layer by layer and the converter
+    deploys as trained."""
     flat = flatten(model, custom_objects)
     if isinstance(flat, keras.Sequential):
         return flat
-    return replace_normalization(replace_tf_ops(flat, custom_objects))
+    return dense_to_rank2(replace_normalization(replace_tf_ops(flat, custom_objects)))
