@@ -36,7 +36,7 @@ from tfmot_ext.configs import (
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
 from tfmot_ext.extract import inbound_layer_names
-from tfmot_ext.graph import PASS_THROUGH_OPS, TensorOp, prepare
+from tfmot_ext.graph import PASS_THROUGH_OPS, TensorOp, layer_classes, prepare
 from tfmot_ext.quantizers import weight_quantizer
 from tfmot_ext.scheme import FoldingScheme, relu_kind
 from tfmot_ext.scope import quantize_scope
@@ -352,9 +352,9 @@ def builtin_choice(layer: Any) -> Any:
 
     ``"skip"`` for layers TFLite runs at their input's scale (pass-through TF ops such
     as reshape/slicing, cropping, permutes, noise and dropout layers) and for
-    attention layers (called with several tensors, which tfmot's wrapper cannot
-    pass: they stay float in training and the converter quantizes them from the
-    representative data);
+    attention and LSTM/GRU/RNN layers (tfmot's wrapper cannot pass an attention
+    layer's several tensors, and the converter cannot fuse a wrapped RNN: they stay
+    float in training and the converter quantizes them from the representative data);
     :func:`~tfmot_ext.configs.output_only_config` for layers that compute new values
     (other TF ops such as ``x + 3.0``, Multiply, Rescaling, Normalization,
     LayerNormalization, a BatchNormalization no Conv/Dense precedes, activations,
@@ -416,20 +416,6 @@ def annotate(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: s
 
     with quantize_scope(layer_classes(model)):
         return keras.models.clone_model(model, clone_function=clone)
-
-
-def layer_classes(model: Any) -> dict[str, type]:
-    """The classes of ``model``'s layers by bare and registered name (for deserialization).
-
-    tfmot's layout transform rebuilds the model from its config, which needs every
-    custom layer class in scope; the live model already tells which they are.
-    """
-    out: dict[str, type] = {}
-    for layer in model.layers:
-        cls = type(layer)
-        out[cls.__name__] = cls
-        out[keras.utils.get_registered_name(cls)] = cls
-    return out
 
 
 def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = None, *,

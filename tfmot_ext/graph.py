@@ -49,6 +49,7 @@ __all__ = [
     "has_nested_models",
     "has_tf_ops",
     "is_tensor_ref",
+    "layer_classes",
     "map_tensor_refs",
     "normalization_affine",
     "prepare",
@@ -221,15 +222,33 @@ def _layer_at(model: Any, path: str) -> Any:
     return layer
 
 
-def _all_layer_classes(model: Any) -> dict[str, type]:
+def layer_classes(model: Any) -> dict[str, type]:
+    """The classes of ``model``'s layers, nested models' included, by bare and registered
+    name (rebuilding a model from its config needs every custom layer class in scope;
+    the live model already tells which they are)."""
     out: dict[str, type] = {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            out.update(_all_layer_classes(layer))
+            out.update(layer_classes(layer))
         cls = type(layer)
         out[cls.__name__] = cls
         out[keras.utils.get_registered_name(cls)] = cls
     return out
+
+
+def _rebuild(model: Any, cfg: dict[str, Any], source_of: Callable[[str], Any],
+             custom_objects: dict[str, Any] | None = None) -> Any:
+    """A new model from the rewritten config ``cfg`` of ``model``; each new layer that
+    has weights takes those of ``source_of(name)`` (the original layer, or None)."""
+    objects = {**layer_classes(model), "TensorOp": TensorOp, **(custom_objects or {})}
+    with keras.utils.custom_object_scope(objects):
+        new = keras.Model.from_config(cfg)
+    for layer in new.layers:
+        if layer.weights:
+            src = source_of(layer.name)
+            if src is not None:
+                layer.set_weights(src.get_weights())
+    return new
 
 
 def flatten(model: Any, custom_objects: dict[str, Any] | None = None) -> Any:
@@ -248,14 +267,8 @@ def flatten(model: Any, custom_objects: dict[str, Any] | None = None) -> Any:
     if isinstance(model, keras.Sequential):
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     flat_cfg, origin = _flatten_config(model.get_config(), "")
-    objects = {**_all_layer_classes(model), **(custom_objects or {})}
-    with keras.utils.custom_object_scope(objects):
-        flat = keras.Model.from_config(flat_cfg)
-    for layer in flat.layers:
-        src = _layer_at(model, origin[layer.name])
-        if src.weights:
-            layer.set_weights(src.get_weights())
-    return flat
+    return _rebuild(model, flat_cfg, lambda name: _layer_at(model, origin[name]),
+                    custom_objects)
 
 
 @register
@@ -360,13 +373,7 @@ def replace_tf_ops(model: Any, custom_objects: dict[str, Any] | None = None) -> 
     cfg = copy.deepcopy(model.get_config())
     cfg["layers"] = [_tf_op_entry(e) if e["class_name"] in _TF_OP_CLASSES else e
                      for e in cfg["layers"]]
-    objects = {**_all_layer_classes(model), "TensorOp": TensorOp, **(custom_objects or {})}
-    with keras.utils.custom_object_scope(objects):
-        new = keras.Model.from_config(cfg)
-    for layer in new.layers:
-        src = model.get_layer(layer.name)
-        if src.weights:
-            layer.set_weights(src.get_weights())
+    new = _rebuild(model, cfg, model.get_layer, custom_objects)
     logger.info("model '%s': %d TF-op layers made wrappable", model.name,
                 sum(isinstance(la, TensorOp) for la in new.layers))
     return new
@@ -414,12 +421,7 @@ def replace_normalization(model: Any) -> Any:
                            "scale": scale.tolist(), "offset": offset.tolist()}
             e.pop("module", None)
             e.pop("registered_name", None)
-    with keras.utils.custom_object_scope(_all_layer_classes(model)):
-        new = keras.Model.from_config(cfg)
-    for layer in new.layers:
-        src = model.get_layer(layer.name)
-        if src.weights and layer.name not in targets:
-            layer.set_weights(src.get_weights())
+    new = _rebuild(model, cfg, lambda name: None if name in targets else model.get_layer(name))
     logger.info("model '%s': %d Normalization layers written as per-channel Rescaling",
                 model.name, len(targets))
     return new
@@ -472,11 +474,7 @@ def dense_to_rank2(model: Any) -> Any:
                                      [-1, *[int(d) for d in shape[1:-1]], units]))
     cfg["layers"] = layers
     cfg["output_layers"] = map_tensor_refs(cfg["output_layers"], redirect)
-    with keras.utils.custom_object_scope({**_all_layer_classes(model), "TensorOp": TensorOp}):
-        new = keras.Model.from_config(cfg)
-    for layer in new.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
+    new = _rebuild(model, cfg, model.get_layer)
     logger.info("model '%s': %d Dense layers on rank > 2 inputs reshaped to rank 2",
                 model.name, len(targets))
     return new

@@ -219,9 +219,9 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
         names = [n for n, p in params.items()
                  if p.kernel_int is not None and f"/{n}/" in w.filter_name]
         if len(names) != 1:
+            # no quantized layer's name in the tensor's: a layer left float in QAT
             out.append(WeightParity(w.op, None, None, False, False, False, False,
-                                    calibrated=not names and not _from_quantized_layer(
-                                        params, w.filter_name)))
+                                    calibrated=not names))
             continue
         p = params[names[0]]
         assert p.kernel_int is not None and p.kernel_scale is not None
@@ -247,11 +247,6 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
         out.append(WeightParity(w.op, p.name, p.bits, kernel_ok, scales_ok, bool(bias_ok),
                                 bool(bscale_ok)))
     return out
-
-
-def _from_quantized_layer(params: QuantizedModelParams, tensor_name: str) -> bool:
-    """Whether a TFLite weight tensor's name points into a layer QAT quantized."""
-    return any(f"/{n}/" in tensor_name for n, p in params.items() if p.kernel_int is not None)
 
 
 def _channel_broadcast(scales: np.ndarray, shape: tuple[int, ...],
