@@ -193,3 +193,45 @@ def test_dense_feeding_relu_layer_keeps_its_weight_quantizer():
     w = _wrappers(qat)
     assert _bits(w["d"], "kernel") == 4
     assert w["r"].quantize_config.get_output_quantizers(w["r"].layer)
+
+
+@pytest.mark.slow
+def test_average_pooling_runs_at_its_input_scale():
+    """DenseNet's transition: an AveragePooling2D whose output feeds a Concatenate and a
+    BatchNormalization. With tfmot's registry output quantizer the converter refused it
+    ("'tfl.average_pool_2d' op quantization parameters violate the same scale
+    constraint"); with no quantizer of its own it is TFLite's AVERAGE_POOL_2D at its
+    input's scale, and conv layers without a bias compare against the converter's zero
+    bias. (QAT vs TFLite outputs are not asserted here: the Concatenate's scale the
+    converter imposes on the shared pooled tensor is not the one QAT trained with.)"""
+    from tfmot_ext.configs import LayerQuantizeConfig
+    from tfmot_ext.tflite import op_outputs
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = L.Conv2D(8, 3, padding="same", use_bias=False, name="t_conv")(inp)
+    p = L.AveragePooling2D(2, name="t_pool")(h)
+    b = L.Conv2D(4, 3, padding="same", use_bias=False, name="b_conv")(
+        L.ReLU(name="b_relu")(L.BatchNormalization(momentum=0.9, name="b_bn")(p)))
+    h = L.GlobalAveragePooling2D(name="gap")(L.Concatenate(name="cat")([p, b]))
+    model = keras.Model(inp, L.Dense(3, name="d")(h))
+    cfg = te.plan(model)["t_pool"]
+    assert isinstance(cfg, LayerQuantizeConfig)
+    assert cfg.get_config() == LayerQuantizeConfig().get_config()  # no quantizer at all
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 3), np.float32), epochs=2, verbose=0)
+    content = te.to_tflite(qat, x)
+    report = te.verify(qat, content, x)
+    # b_bn follows the pooling: folded into the 1x1 depthwise put in front of it, whose
+    # input scale is the Concatenate's (the converter propagates it to the shared
+    # pooled tensor; extraction follows)
+    assert {w.layer for w in report.weights} == {
+        "quant_t_conv", "quant_b_bn_affine", "quant_b_conv", "quant_d"}
+    assert report.weights_exact
+    ops = op_outputs(content, x[:1], kernels="builtin")
+    outs = {o.op: o for o in ops}
+    conv = next(o for o in ops if o.op == "CONV_2D" and "t_conv" in o.name)
+    assert (outs["AVERAGE_POOL_2D"].scale, outs["AVERAGE_POOL_2D"].zero_point) == (
+        conv.scale, conv.zero_point)

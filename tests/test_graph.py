@@ -167,3 +167,91 @@ def test_dense_on_rank4_deploys_the_trained_integers():
     report = te.verify(qat, te.to_tflite(qat, x), x)
     assert {w.layer for w in report.weights} == {"quant_c", "quant_d"}
     assert report.weights_exact
+
+
+def _squeeze_excite(keepdims: bool, act: str = "swish"):
+    """EfficientNet's (Conv2D(swish) after GAP + Reshape) or MobileNetV3's
+    (GAP(keepdims=True)) squeeze-excite, with a Dense(gelu) head."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same", name="c")(inp)
+    if keepdims:
+        s = L.GlobalAveragePooling2D(keepdims=True, name="gap")(x)
+    else:
+        s = L.Reshape((1, 1, 16), name="r")(L.GlobalAveragePooling2D(name="gap")(x))
+    s = L.Conv2D(4, 1, activation=act, name="se_reduce",
+                 bias_initializer=keras.initializers.Constant(0.3))(s)
+    s = L.Conv2D(16, 1, activation="sigmoid", name="se_expand")(s)
+    x = L.GlobalAveragePooling2D(name="gap2")(L.Multiply(name="mul")([x, s]))
+    return keras.Model(inp, L.Dense(4, activation="gelu", name="d")(x))
+
+
+def test_split_activations_and_mean_without_keepdims_compute_the_same_function():
+    from tfmot_ext.graph import mean_without_keepdims, split_activations
+
+    model = _squeeze_excite(keepdims=True)
+    new = mean_without_keepdims(split_activations(model))
+    names = [la.name for la in new.layers]
+    assert "se_reduce_swish" in names and "d_gelu" in names and "gap_keepdims" in names
+    assert "se_expand_sigmoid" not in names  # TFLite's LOGISTIC after a quantized conv
+    assert new.get_layer("se_reduce").get_config()["activation"] == "linear"
+    assert not new.get_layer("gap").keepdims
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(new.predict(x, verbose=0), model.predict(x, verbose=0))
+    seq = keras.Sequential([keras.Input((4,)), L.Dense(3, activation="swish", name="s")])
+    split = split_activations(seq)
+    assert isinstance(split, keras.Sequential)
+    assert [la.name for la in split.layers] == ["s", "s_swish"]
+    v = x.reshape(-1, 4)
+    np.testing.assert_array_equal(split.predict(v, verbose=0), seq.predict(v, verbose=0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_squeeze_excite_deploys_as_trained(keepdims):
+    """Before the rewrites: Conv2D(swish) deployed with its bias at a calibrated scale the
+    kernel does not use (measured 92 output LSB, 0 % argmax agreement), and
+    GAP(keepdims=True) deployed through TFLite's float MEAN, which adds half an LSB
+    (1 LSB on half the pooled elements; measured 68 output LSB after one conv)."""
+    model = _squeeze_excite(keepdims)
+    if keepdims:  # the pooled tensor through one conv to the output: the half LSB shows
+        gap = model.get_layer("gap").output
+        model = keras.Model(model.input, L.Flatten()(L.Conv2D(
+            4, 1, bias_initializer=keras.initializers.Constant(0.3))(gap)))
+    x = np.random.default_rng(0).uniform(-1, 1, size=(8, 8, 8, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 4), np.float32), epochs=1, verbose=0)
+    report = te.verify(qat, te.to_tflite(qat, x), x)
+    assert report.weights_exact
+    # one LSB: the float QAT forward pass and the integer kernels may round a tie apart
+    # (the LSB count is a float32 difference over the scale: 1e-4 of slack)
+    assert all(o.max_lsb <= 1 + 1e-4 for o in report.outputs), report
+
+
+def test_batchnorm_as_depthwise_computes_the_same_function():
+    """A BatchNormalization after no Conv/Dense gets a 1x1 depthwise of ones in front
+    (bit-identical output); one after a linear Conv2D (folded anyway) does not."""
+    from tfmot_ext.graph import batchnorm_as_depthwise
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 4))
+    h = L.BatchNormalization(name="pre_bn")(inp)
+    h = L.ReLU()(h)
+    h = L.BatchNormalization(name="conv_bn")(L.Conv2D(4, 3, name="c")(h))
+    model = keras.Model(inp, L.GlobalAveragePooling2D()(h))
+    for bn in ("pre_bn", "conv_bn"):
+        layer = model.get_layer(bn)
+        layer.set_weights([np.random.default_rng(1).uniform(0.5, 2, 4).astype(np.float32)
+                           for _ in layer.get_weights()])
+    new = batchnorm_as_depthwise(model)
+    names = [la.name for la in new.layers]
+    assert names.index("pre_bn_affine") == names.index("pre_bn") - 1
+    assert "conv_bn_affine" not in names
+    np.testing.assert_array_equal(new.get_layer("pre_bn_affine").depthwise_kernel.numpy(), 1.0)
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 4)).astype(np.float32)
+    np.testing.assert_array_equal(new.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert batchnorm_as_depthwise(new) is new
+    qat = te.quantize(model)
+    assert type(qat.get_layer("quant_pre_bn_affine").layer).__name__ == (
+        "FoldedDepthwiseConv2DBatchNorm")

@@ -295,3 +295,29 @@ def test_avg_pool_closed_form(n, size, k, padding):
             tot = win.astype(np.int64).sum(axis=(1, 2))
             want = [[_round_half_away(int(t), cnt) for t in row] for row in tot]
             np.testing.assert_array_equal(got[:, i, j, :], want)
+
+
+@pytest.mark.slow
+def test_keepdims_mean_is_tflites_float_kernel(monkeypatch):
+    """A GAP(keepdims=True) left in the graph (here: the rewrite switched off) converts to
+    TFLite's 4-D keep-dims MEAN, whose reference and optimized kernels differ from the
+    integer MEAN and from each other; the reference replays both bit for bit."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["tfmot_ext.annotate"], "prepare", lambda m, *a, **k: m)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    h = keras.layers.ReLU()(keras.layers.Conv2D(16, 3, padding="same")(inp))
+    h = keras.layers.Flatten()(keras.layers.GlobalAveragePooling2D(keepdims=True)(h))
+    model = keras.Model(inp, keras.layers.Dense(10)(h))
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 6, 6, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    assert qat.get_layer("quant_global_average_pooling2d").layer.keepdims
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((16, 10), np.float32), epochs=2, verbose=0)
+    content = te.to_tflite(qat, x)
+    for kernels in ("reference", "builtin"):  # two different MEAN kernels
+        report = te.verify(qat, content, x, kernels=kernels)
+        assert report.reference is not None and report.weights_exact
+        assert {m.op for m in report.reference} >= {"MEAN"}
+        assert all(m.mismatched == 0 for m in report.reference), report

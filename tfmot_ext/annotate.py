@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfmot_ext._compat import QuantizeWrapper, check_keras2, keras, tfmot
+from tfmot_ext._compat import QuantizeWrapper, check_keras2, keras, tf, tfmot
 from tfmot_ext.configs import (
     LayerQuantizeConfig,
     default_config_for,
@@ -36,7 +36,14 @@ from tfmot_ext.configs import (
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
 from tfmot_ext.extract import inbound_layer_names
-from tfmot_ext.graph import PASS_THROUGH_OPS, TensorOp, layer_classes, prepare
+from tfmot_ext.graph import (
+    FLOAT_FOR_CONVERTER,
+    PASS_THROUGH_OPS,
+    TensorOp,
+    batchnorm_as_depthwise,
+    layer_classes,
+    prepare,
+)
 from tfmot_ext.quantizers import weight_quantizer
 from tfmot_ext.scheme import FoldingScheme, relu_kind
 from tfmot_ext.scope import quantize_scope
@@ -223,6 +230,8 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
             if choice is None and _is_fusable(layer):
                 decisions[layer.name] = _PENDING  # decided by the chain pass below
                 continue
+            if choice is None and isinstance(layer, _AT_INPUT_SCALE):
+                choice = LayerQuantizeConfig()  # nothing, and no registry output quantizer
             if choice is None:
                 if not isinstance(layer, keras.Model) and registry.supports(layer):
                     decisions[layer.name] = None
@@ -337,12 +346,12 @@ _OUTPUT_QUANTIZED: tuple[type, ...] = (
     L.Multiply, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Rescaling, L.Normalization,
     L.LayerNormalization, L.BatchNormalization, L.UnitNormalization, L.Activation, L.ReLU,
     L.LeakyReLU, L.PReLU, L.ELU, L.Softmax, L.CenterCrop, L.Resizing, L.UpSampling2D)
-#: Left float, the converter quantizes them from the representative data: layers
-#: called with several tensor arguments (query, value, ...), which tfmot's wrapper
-#: cannot pass, and recurrent layers, whose wrapped form the converter cannot fuse
-#: into its sequence op ("Failed to duplicate values for the stateful op").
-_FLOAT_FOR_CONVERTER: tuple[type, ...] = (L.MultiHeadAttention, L.Attention,
-                                          L.AdditiveAttention, L.RNN, L.Bidirectional)
+#: Pooling TFLite computes at its input's scale (int8 AVERAGE_POOL_2D needs the same
+#: input and output scale): no quantizer of its own. tfmot's registry would add an output
+#: quantizer, which the converter serves with a requantize, or, where the pooled tensor
+#: also feeds a Concatenate (DenseNet's transitions), refuses ("same scale constraint").
+_AT_INPUT_SCALE: tuple[type, ...] = (L.AveragePooling1D, L.AveragePooling2D,
+                                     L.AveragePooling3D)
 #: keras.applications' own helper layers (InceptionResNetV2, ConvNeXt): output quantized.
 _APPLICATION_LAYERS = frozenset({"CustomScaleLayer", "LayerScale"})
 
@@ -360,14 +369,22 @@ def builtin_choice(layer: Any) -> Any:
     LayerNormalization, a BatchNormalization no Conv/Dense precedes, activations,
     keras.applications' ``CustomScaleLayer``/``LayerScale``); 8-bit per-tensor
     weights for an Embedding table (its output is the table's rows, at its scale);
-    None for anything else (a user's custom layer: ``unsupported`` decides).
+    the output range of an ``Identity`` that :func:`tfmot_ext.graph.range_after_float_layers`
+    put after such a float layer; None for anything else (a user's custom layer:
+    ``unsupported`` decides).
     """
     if isinstance(layer, TensorOp):
         return "skip" if layer.function in PASS_THROUGH_OPS else output_only_config()
+    if isinstance(layer, L.Identity):  # graph.range_after_float_layers: the float
+        # layer's output range; any other Identity passes its input's scale through
+        ups = [la for node in layer.inbound_nodes
+               for la in tf.nest.flatten(node.inbound_layers)]
+        return (output_only_config() if ups and isinstance(ups[0], FLOAT_FOR_CONVERTER)
+                else "skip")
     if isinstance(layer, L.Embedding):
         # TFLite's GATHER returns rows of the int8 table at the table's scale
         return LayerQuantizeConfig(weights={"embeddings": weight_quantizer(8, per_channel=False)})
-    if isinstance(layer, _PASS_THROUGH_LAYERS + _FLOAT_FOR_CONVERTER):
+    if isinstance(layer, _PASS_THROUGH_LAYERS + FLOAT_FOR_CONVERTER):
         return "skip"
     if isinstance(layer, _OUTPUT_QUANTIZED) or type(layer).__name__ in _APPLICATION_LAYERS:
         return output_only_config()
@@ -428,7 +445,9 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
             nested models are flattened first).
         policy: ordered :class:`Rule` list; unmatched layers get the defaults.
         scheme: a tfmot ``QuantizeScheme``; default :class:`tfmot_ext.scheme.FoldingScheme`
-            (BatchNorm folded into the preceding Conv2D/DepthwiseConv2D/Dense, otherwise
+            (BatchNorm folded into the preceding Conv2D/DepthwiseConv2D/Dense, a
+            BatchNormalization after none of them folded into a 1x1 depthwise put in
+            front of it, :func:`tfmot_ext.graph.batchnorm_as_depthwise`; otherwise
             tfmot's 8-bit scheme minus its transform that drops custom configs). Pass
             :class:`tfmot_ext.scheme.DefaultScheme` to keep BatchNorm unfolded.
         unsupported: what to do with layers nothing can quantize (see :func:`annotate`).
@@ -441,6 +460,8 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
         (:func:`tfmot_ext.summary.summarize` returns it as data).
     """
     model = _prepared(model)
+    if scheme is None or isinstance(scheme, FoldingScheme):
+        model = batchnorm_as_depthwise(model)  # folded: a trained per-channel affine
     annotated = annotate(model, policy, unsupported=unsupported, strict=strict)
     if scheme is None:
         # tf_keras does not serialize BatchNormalization(synchronized=True): pass the names

@@ -66,7 +66,8 @@ PASS_THROUGH = frozenset({
     "Flatten", "Reshape", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "Dropout",
     "SpatialDropout1D", "SpatialDropout2D", "Permute", "ZeroPadding2D", "Cropping2D",
     "InputLayer", "Activation", "ReLU", "BatchNormalization", "GlobalMaxPooling2D",
-    "GlobalMaxPooling1D", "UpSampling2D",
+    "GlobalMaxPooling1D", "UpSampling2D", "AveragePooling1D", "AveragePooling2D",
+    "AveragePooling3D", "Identity",
 })
 _WRAPPERS = frozenset({"QuantizeWrapper", "QuantizeWrapperV2"})
 _WEIGHT_ATTRS = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
@@ -820,6 +821,13 @@ class _Parser:
         if q is not None:
             return q
         if self._passes_through(up):
+            # a pass-through tensor a quantized Concatenate also reads has the
+            # Concatenate's scale: the converter propagates it back (same-scale rule)
+            # and requantizes before the pass-through chain (DenseNet's pooled stem)
+            for name in self.consumers.get(up.name, []):
+                cat = self.by_name[name]
+                if self._inner_kind(cat) == "Concatenate" and self.own_output(cat) is not None:
+                    return self.own_output(cat)
             return self.input_quant(up, depth + 1)
         return None
 

@@ -27,6 +27,30 @@ into SUB then MUL, and in front of an output quantizer it requantizes the model
 input through float (DEQUANTIZE/QUANTIZE). :func:`replace_normalization` writes it
 as the same per-channel affine ``x * scale + offset`` with a ``Rescaling`` (MUL then
 ADD, all integer), equal to it up to float32 rounding.
+
+**Unfusable activations.** TFLite fuses only ReLU/ReLU6 into a conv or matmul; for
+``Conv2D(activation="swish")`` (EfficientNet's squeeze-excite) it emits CONV_2D then
+LOGISTIC and MUL, and the CONV_2D's int8 output needs a range the QAT model never
+learned (tfmot quantizes after the swish). The converter then calibrates that tensor
+and quantizes the bias at a scale the kernel does not use: measured, a 92-LSB error at
+the layer's output. :func:`split_activations` writes such a layer as the layer with a
+linear activation followed by an ``Activation`` layer, so both tensors TFLite has get
+trained ranges.
+
+**Standalone BatchNormalization.** A BatchNormalization after no Conv/Dense
+(pre-activation ResNetV2, DenseNet, NASNet) is a per-channel affine the converter turns
+into MUL and ADD with constants it quantizes itself, untrained.
+:func:`batchnorm_as_depthwise` puts a 1x1 ``DepthwiseConv2D`` with a kernel of ones and
+no bias in front of it (the same function: ``x * 1.0`` is exact); BatchNorm folding then
+turns the pair into one folded layer whose per-channel kernel ``gamma / sigma`` and bias
+are fake-quantized in training exactly as TFLite's DEPTHWISE_CONV_2D deploys them.
+
+**Keep-dims mean.** ``GlobalAveragePooling2D(keepdims=True)`` (MobileNetV3's
+squeeze-excite) converts to a 4-D MEAN over H, W that TFLite's CPU kernel computes in
+float and rounds ``x + 0.5`` (half an LSB of bias, measured 1 LSB off the QAT model on
+half the elements); :func:`mean_without_keepdims` writes it as the pooling without
+keep-dims then a ``Reshape`` to ``(1, 1, C)``, which TFLite's integer MEAN rounds as
+the QAT model does.
 """
 
 from __future__ import annotations
@@ -38,12 +62,14 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_ext._compat import keras
+from tfmot_ext._compat import keras, tf
 from tfmot_ext.errors import UnsupportedModelError
 
 __all__ = [
+    "FLOAT_FOR_CONVERTER",
     "PASS_THROUGH_OPS",
     "TensorOp",
+    "batchnorm_as_depthwise",
     "dense_to_rank2",
     "flatten",
     "has_nested_models",
@@ -51,10 +77,13 @@ __all__ = [
     "is_tensor_ref",
     "layer_classes",
     "map_tensor_refs",
+    "mean_without_keepdims",
     "normalization_affine",
     "prepare",
+    "range_after_float_layers",
     "replace_normalization",
     "replace_tf_ops",
+    "split_activations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +97,14 @@ PASS_THROUGH_OPS = frozenset({
     "compat.v1.squeeze", "compat.v1.transpose", "image.flip_left_right", "reverse"})
 
 _MODEL_CLASSES = ("Functional", "Model", "Sequential")
+
+#: Left float in QAT, quantized by the converter from the representative data: layers
+#: called with several tensor arguments (query, value, ...), which tfmot's wrapper
+#: cannot pass, and recurrent layers, whose wrapped form the converter cannot fuse
+#: into its sequence op ("Failed to duplicate values for the stateful op").
+FLOAT_FOR_CONVERTER: tuple[type, ...] = (
+    keras.layers.MultiHeadAttention, keras.layers.Attention, keras.layers.AdditiveAttention,
+    keras.layers.RNN, keras.layers.Bidirectional)
 
 
 def is_tensor_ref(obj: Any) -> bool:
@@ -241,8 +278,9 @@ def _rebuild(model: Any, cfg: dict[str, Any], source_of: Callable[[str], Any],
     """A new model from the rewritten config ``cfg`` of ``model``; each new layer that
     has weights takes those of ``source_of(name)`` (the original layer, or None)."""
     objects = {**layer_classes(model), "TensorOp": TensorOp, **(custom_objects or {})}
+    cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
     with keras.utils.custom_object_scope(objects):
-        new = keras.Model.from_config(cfg)
+        new = cls.from_config(cfg)
     for layer in new.layers:
         if layer.weights:
             src = source_of(layer.name)
@@ -480,11 +518,199 @@ def dense_to_rank2(model: Any) -> Any:
     return new
 
 
+def _insert_after(model: Any, new_entries: dict[str, dict[str, Any]],
+                  edit: Callable[[dict[str, Any]], None]) -> Any:
+    """``model`` rebuilt with ``new_entries[name]`` (a layer config entry without inbound
+    nodes) inserted after each layer ``name``, whose entry ``edit`` rewrites; every
+    consumer of ``name`` (and the model outputs) now reads the inserted layer."""
+    cfg = copy.deepcopy(model.get_config())
+    layers: list[dict[str, Any]] = []
+    after = {n: e["config"]["name"] for n, e in new_entries.items()}
+
+    def redirect(r: list[Any]) -> list[Any]:
+        return [after[r[0]], 0, 0, *r[3:]] if r[0] in after else r
+
+    sequential = isinstance(model, keras.Sequential)
+    for e in cfg["layers"]:
+        name = e["config"]["name"]
+        if not sequential:
+            e["inbound_nodes"] = map_tensor_refs(e.get("inbound_nodes", []), redirect)
+        layers.append(e)
+        if name in new_entries:
+            edit(e)
+            new = copy.deepcopy(new_entries[name])
+            if not sequential:
+                new["name"] = new["config"]["name"]
+                new["inbound_nodes"] = [[[name, 0, 0, {}]]]
+            layers.append(new)
+    cfg["layers"] = layers
+    if not sequential:
+        cfg["output_layers"] = map_tensor_refs(cfg["output_layers"], redirect)
+    return _rebuild(model, cfg, model.get_layer)
+
+
+def _unique(model: Any, base: str, taken: set[str]) -> str:
+    names = {la.name for la in model.layers} | taken
+    name, i = base, 1
+    while name in names:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+#: activations TFLite fuses into CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED, and
+#: those tfmot quantizes before (the op's own output, which TFLite feeds to LOGISTIC,
+#: TANH or SOFTMAX with their fixed output scales): both deploy as trained in place.
+_KEPT_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "sigmoid", "tanh", "softmax"})
+_WEIGHTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
+             keras.layers.Conv3D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv1D,
+             keras.layers.SeparableConv2D, keras.layers.Conv1DTranspose,
+             keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+
+
+def split_activations(model: Any) -> Any:
+    """``model`` with every Conv/Dense whose activation TFLite cannot fuse (swish, gelu,
+    elu, ...; not linear, ReLU, ReLU6, sigmoid, tanh, softmax) written as the layer with
+    a linear activation followed by an ``Activation`` layer named
+    ``<layer>_<activation>``. Same function, same weights (module docstring)."""
+    targets: dict[str, dict[str, Any]] = {}
+    taken: set[str] = set()
+    for la in model.layers:
+        act = getattr(getattr(la, "activation", None), "__name__", "linear")
+        if (isinstance(la, _WEIGHTED) and act not in _KEPT_ACTIVATIONS
+                and len(la.inbound_nodes) == 1):
+            serialized = la.get_config()["activation"]
+            targets[la.name] = {"class_name": "Activation", "config": {
+                "name": _unique(model, f"{la.name}_{act}", taken), "trainable": la.trainable,
+                "dtype": la.get_config().get("dtype", "float32"), "activation": serialized}}
+    if not targets:
+        return model
+
+    def edit(e: dict[str, Any]) -> None:
+        e["config"]["activation"] = "linear"
+
+    new = _insert_after(model, targets, edit)
+    logger.info("model '%s': %d unfusable activations split into Activation layers (%s)",
+                model.name, len(targets), ", ".join(sorted(targets)))
+    return new
+
+
+def mean_without_keepdims(model: Any) -> Any:
+    """``model`` with every ``GlobalAveragePooling2D(keepdims=True)`` written as the
+    pooling without keep-dims followed by ``Reshape((1, 1, C))`` named
+    ``<layer>_keepdims``. Same function (module docstring)."""
+    targets: dict[str, dict[str, Any]] = {}
+    taken: set[str] = set()
+    for la in model.layers:
+        if (isinstance(la, keras.layers.GlobalAveragePooling2D) and la.keepdims
+                and la.data_format == "channels_last" and len(la.inbound_nodes) == 1):
+            channels = int(la.input_shape[-1])
+            targets[la.name] = {"class_name": "Reshape", "config": {
+                "name": _unique(model, f"{la.name}_keepdims", taken), "trainable": False,
+                "dtype": la.get_config().get("dtype", "float32"),
+                "target_shape": [1, 1, channels]}}
+    if not targets:
+        return model
+
+    def edit(e: dict[str, Any]) -> None:
+        e["config"]["keepdims"] = False
+
+    new = _insert_after(model, targets, edit)
+    logger.info("model '%s': %d keep-dims average poolings written as pooling + Reshape",
+                model.name, len(targets))
+    return new
+
+
+def _is_float_layer(layer: Any) -> bool:
+    return isinstance(layer, FLOAT_FOR_CONVERTER)
+
+
+def range_after_float_layers(model: Any) -> Any:
+    """``model`` with an ``Identity`` layer named ``<layer>_range`` after every layer left
+    float for the converter (:data:`FLOAT_FOR_CONVERTER`) that has one output tensor.
+
+    :func:`tfmot_ext.annotate.builtin_choice` quantizes that identity's output: the
+    float layer's output tensor then has a trained range, which the converter keeps
+    as its int8 scale, so the quantized layer after it (a Dense after an LSTM) is
+    deployed with the trained input scale instead of one calibrated by the converter.
+    """
+    targets: dict[str, dict[str, Any]] = {}
+    taken: set[str] = set()
+    for la in model.layers:
+        if (_is_float_layer(la) and len(la.inbound_nodes) == 1
+                and not isinstance(la.output, (list, tuple))
+                and not any(isinstance(n.outbound_layer, keras.layers.Identity)
+                            for n in la.outbound_nodes)):  # done already
+            targets[la.name] = {"class_name": "Identity", "config": {
+                "name": _unique(model, f"{la.name}_range", taken), "trainable": False,
+                "dtype": la.get_config().get("dtype", "float32")}}
+    if not targets:
+        return model
+    new = _insert_after(model, targets, lambda e: None)
+    logger.info("model '%s': output ranges added after %d float layers (%s)",
+                model.name, len(targets), ", ".join(sorted(targets)))
+    return new
+
+
+_FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+def _is_standalone_batchnorm(la: Any) -> bool:
+    if not isinstance(la, keras.layers.BatchNormalization) or len(la.inbound_nodes) != 1:
+        return False
+    shape = la.input_shape
+    axis = la.axis if isinstance(la.axis, (list, tuple)) else [la.axis]
+    if not (isinstance(shape, tuple) and len(shape) == 4 and list(axis) in ([-1], [3])
+            and la.center and la.scale and shape[-1] is not None):
+        return False
+    ups = tf.nest.flatten(la.inbound_nodes[0].inbound_layers)
+    return not (len(ups) == 1 and isinstance(ups[0], _FOLDABLE)
+                and getattr(ups[0].activation, "__name__", "") == "linear")
+
+
+def batchnorm_as_depthwise(model: Any) -> Any:
+    """``model`` with a 1x1 ``DepthwiseConv2D`` named ``<bn>_affine`` (kernel of ones, no
+    bias) in front of every channels-last BatchNormalization on a 4-D tensor that no
+    Conv2D/DepthwiseConv2D/Dense precedes, so BatchNorm folding turns each into a
+    trained, quantized per-channel affine (module docstring). Same function."""
+    targets = {la.name: la for la in model.layers if _is_standalone_batchnorm(la)}
+    if not targets:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    sequential = isinstance(model, keras.Sequential)
+    taken: set[str] = set()
+    layers: list[dict[str, Any]] = []
+    for e in cfg["layers"]:
+        name = e["config"]["name"]
+        if name in targets:
+            new_name = _unique(model, f"{name}_affine", taken)
+            new: dict[str, Any] = {"class_name": "DepthwiseConv2D", "config": {
+                "name": new_name, "trainable": targets[name].trainable,
+                "dtype": e["config"].get("dtype", "float32"), "kernel_size": [1, 1],
+                "strides": [1, 1], "padding": "valid", "depth_multiplier": 1,
+                "activation": "linear", "use_bias": False,
+                "depthwise_initializer": {"class_name": "Ones", "config": {}}}}
+            if not sequential:
+                new["name"] = new_name
+                new["inbound_nodes"] = e["inbound_nodes"]
+                e["inbound_nodes"] = [[[new_name, 0, 0, {}]]]
+            layers.append(new)
+        layers.append(e)
+    cfg["layers"] = layers
+    new_model = _rebuild(model, cfg, lambda n: None if n not in {
+        la.name for la in model.layers} else model.get_layer(n))
+    logger.info("model '%s': %d standalone BatchNormalization layers get a 1x1 depthwise "
+                "in front (folded into a quantized per-channel affine)", model.name,
+                len(targets))
+    return new_model
+
+
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None) -> Any:
     """:func:`flatten`, :func:`replace_tf_ops`, :func:`replace_normalization`,
-    :func:`dense_to_rank2`: a graph tfmot can wrap layer by layer and the converter
-    deploys as trained."""
+    :func:`dense_to_rank2`, :func:`split_activations`, :func:`mean_without_keepdims`,
+    :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
+    converter deploys as trained."""
     flat = flatten(model, custom_objects)
-    if isinstance(flat, keras.Sequential):
-        return flat
-    return dense_to_rank2(replace_normalization(replace_tf_ops(flat, custom_objects)))
+    if not isinstance(flat, keras.Sequential):
+        flat = dense_to_rank2(replace_normalization(replace_tf_ops(flat, custom_objects)))
+    return range_after_float_layers(mean_without_keepdims(split_activations(flat)))

@@ -240,8 +240,9 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
             scales_ok = kernel_ok
         if w.bias is None:  # the converter drops an all-zero bias
             bias_ok = bscale_ok = p.bias_int is None or not np.any(p.bias_int)
-        else:
-            bias_ok = p.bias_int is not None and np.array_equal(w.bias, p.bias_int)
+        else:  # ... and adds an all-zero one to a bias-less layer
+            bias_ok = (not np.any(w.bias) if p.bias_int is None
+                       else np.array_equal(w.bias, p.bias_int))
             bscale_ok = (w.bias_scales is not None and p.bias_scale is not None
                          and np.array_equal(w.bias_scales, np.atleast_1d(p.bias_scale)))
         out.append(WeightParity(w.op, p.name, p.bits, kernel_ok, scales_ok, bool(bias_ok),

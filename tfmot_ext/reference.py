@@ -48,7 +48,12 @@ import numpy as np
 import numpy.typing as npt
 
 from tfmot_ext.errors import IntegerReferenceError
-from tfmot_ext.extract import LayerQuantParams, QuantizedModelParams, quantize_multiplier
+from tfmot_ext.extract import (
+    LayerQuantParams,
+    QuantizedModelParams,
+    TensorQuant,
+    quantize_multiplier,
+)
 from tfmot_ext.qmath import round_half_away
 from tfmot_ext.scheme import relu_kind
 
@@ -433,6 +438,8 @@ def _global_avg_pool(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor
     if p.output is None:
         raise IntegerReferenceError(f"{where}: output is not quantized")
     f32 = np.float32
+    if p.config.get("keepdims", False) and _ROUNDING.get() == "optimized":
+        return _mean_keepdims(x, p.output, where)
     v = x.values.astype(np.int64) - x.zero_point
     n = v.shape[1] * v.shape[2]
     acc = v.sum(axis=(1, 2), keepdims=bool(p.config.get("keepdims", False)))
@@ -441,6 +448,30 @@ def _global_avg_pool(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor
     out = multiply_by_quantized_multiplier(acc, m0, shift) + p.output.zero_point
     return IntTensor(np.clip(out, -128, 127).astype(np.int8), p.output.scale,
                      p.output.zero_point)
+
+
+def _mean_keepdims(x: IntTensor, out: TensorQuant, where: str) -> IntTensor:
+    """TFLite's optimized int8 ``MEAN`` over H, W of a 4-D tensor with keep-dims
+    (``optimized_integer_ops::Mean``; the reference kernels take the integer path of
+    :func:`_global_avg_pool`, measured).
+
+    ``acc = sum(q_in)`` (raw values), rounded once to ``M = f32(s_in / (n * s_out))``
+    (:func:`multiply_by_quantized_multiplier_up`), plus
+    ``z_out - round(f32(z_in * s_in) / s_out)``: the input zero point's share rounded on
+    its own, so the result can sit one LSB off the rounded mean (measured: 1 LSB on half
+    the elements against the QAT model's fake-quantized mean), which is why
+    :func:`tfmot_ext.graph.mean_without_keepdims` avoids this op.
+    """
+    f32 = np.float32
+    if x.values.ndim != 4:
+        raise IntegerReferenceError(f"{where}: keep-dims mean of a rank-{x.values.ndim} tensor")
+    n = x.values.shape[1] * x.values.shape[2]
+    acc = x.values.astype(np.int64).sum(axis=(1, 2), keepdims=True)
+    m0, shift = quantize_multiplier(np.float64(f32(f32(x.scale) / (f32(n) * f32(out.scale)))))
+    share = f32(f32(x.zero_point * f32(x.scale)) / f32(out.scale))
+    share = np.trunc(share + (f32(0.5) if share > 0 else f32(-0.5)))
+    q = multiply_by_quantized_multiplier_up(acc, m0, shift) + out.zero_point - int(share)
+    return IntTensor(np.clip(q, -128, 127).astype(np.int8), out.scale, out.zero_point)
 
 
 def _add(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
