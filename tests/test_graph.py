@@ -255,3 +255,35 @@ def test_batchnorm_as_depthwise_computes_the_same_function():
     qat = te.quantize(model)
     assert type(qat.get_layer("quant_pre_bn_affine").layer).__name__ == (
         "FoldedDepthwiseConv2DBatchNorm")
+
+
+@pytest.mark.slow
+def test_rescaling_and_normalization_deploy_as_depthwise_with_reference_parity():
+    """Rescaling (and Normalization, via Rescaling) become non-trainable 1x1 depthwise
+    convolutions: the same function (one float32 multiply-add either way: within a few
+    ulp), quantized in QAT as deployed, and the integer reference covers the model."""
+    from tfmot_ext.graph import prepare
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = L.Rescaling(1 / 255.0, name="rescale")(inp)
+    h = L.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.052, 0.05, 0.051],
+                        name="norm")(h)
+    h = L.ReLU()(L.BatchNormalization(momentum=0.9)(L.Conv2D(8, 3, padding="same")(h)))
+    model = keras.Model(inp, L.Dense(4, name="d")(L.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(0).uniform(0, 255, (8, 8, 8, 3)).astype(np.float32)
+    new = prepare(model)
+    for name in ("rescale", "norm"):
+        dw = new.get_layer(name)
+        assert isinstance(dw, L.DepthwiseConv2D) and not dw.trainable
+    np.testing.assert_allclose(new.get_layer("rescale").depthwise_kernel.numpy().ravel(),
+                               np.float32(1 / 255.0))
+    np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    report = te.verify(qat, te.to_tflite(qat, x), x)
+    assert report.weights_exact and {"quant_rescale", "quant_norm"} <= {
+        w.layer for w in report.weights}
+    assert report.reference is not None and report.reference_exact_fraction == 1.0

@@ -28,6 +28,12 @@ input through float (DEQUANTIZE/QUANTIZE). :func:`replace_normalization` writes 
 as the same per-channel affine ``x * scale + offset`` with a ``Rescaling`` (MUL then
 ADD, all integer), equal to it up to float32 rounding.
 
+A ``Rescaling`` on a 4-D tensor (``x * scale + offset``: the input scaling of
+EfficientNet, RegNet, MobileNetV3, and the rewritten Normalization) would be MUL and ADD
+with constants the converter quantizes itself; :func:`rescaling_as_depthwise` writes it as
+the equal non-trainable 1x1 ``DepthwiseConv2D`` (kernel ``scale``, bias ``offset``),
+deployed as DEPTHWISE_CONV_2D with the integers QAT fake-quantized.
+
 **Unfusable activations.** TFLite fuses only ReLU/ReLU6 into a conv or matmul; for
 ``Conv2D(activation="swish")`` (EfficientNet's squeeze-excite) it emits CONV_2D then
 LOGISTIC and MUL, and the CONV_2D's int8 output needs a range the QAT model never
@@ -83,6 +89,7 @@ __all__ = [
     "range_after_float_layers",
     "replace_normalization",
     "replace_tf_ops",
+    "rescaling_as_depthwise",
     "split_activations",
 ]
 
@@ -465,6 +472,46 @@ def replace_normalization(model: Any) -> Any:
     return new
 
 
+def _is_image_rescaling(layer: Any) -> bool:
+    shape = getattr(layer, "input_shape", None)
+    return (isinstance(layer, keras.layers.Rescaling) and len(layer.inbound_nodes) == 1
+            and isinstance(shape, tuple) and len(shape) == 4 and shape[-1] is not None)
+
+
+def rescaling_as_depthwise(model: Any) -> Any:
+    """``model`` with every ``Rescaling`` on a 4-D channels-last tensor written as the
+    equal non-trainable 1x1 ``DepthwiseConv2D`` of the same name: kernel ``scale`` and
+    bias ``offset``, broadcast per channel (module docstring). Same function up to
+    float32 rounding of ``x * scale + offset`` (one multiply-add either way)."""
+    targets = {la.name: la for la in model.layers if _is_image_rescaling(la)}
+    if not targets:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    weights: dict[str, list[np.ndarray]] = {}
+    for e in cfg["layers"]:
+        name = e["config"]["name"]
+        if name not in targets:
+            continue
+        layer = targets[name]
+        c = int(layer.input_shape[-1])
+        scale = np.broadcast_to(np.asarray(layer.scale, np.float32), (c,))
+        offset = np.broadcast_to(np.asarray(layer.offset, np.float32), (c,))
+        weights[name] = [scale.reshape(1, 1, c, 1).copy(), offset.copy()]
+        e["class_name"] = "DepthwiseConv2D"
+        e["config"] = {"name": name, "trainable": False,
+                       "dtype": e["config"].get("dtype", "float32"), "kernel_size": [1, 1],
+                       "strides": [1, 1], "padding": "valid", "depth_multiplier": 1,
+                       "activation": "linear", "use_bias": True}
+        e.pop("module", None)
+        e.pop("registered_name", None)
+    new = _rebuild(model, cfg, lambda n: None if n in targets else model.get_layer(n))
+    for name, w in weights.items():
+        new.get_layer(name).set_weights(w)
+    logger.info("model '%s': %d Rescaling layers written as 1x1 depthwise convolutions",
+                model.name, len(targets))
+    return new
+
+
 def _reshape_entry(name: str, src: list[Any], shape: list[int]) -> dict[str, Any]:
     op = {"class_name": "TFOpLambda", "config": {"name": name, "trainable": True,
                                                  "dtype": "float32", "function": "reshape"}}
@@ -707,10 +754,11 @@ def batchnorm_as_depthwise(model: Any) -> Any:
 
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None) -> Any:
     """:func:`flatten`, :func:`replace_tf_ops`, :func:`replace_normalization`,
-    :func:`dense_to_rank2`, :func:`split_activations`, :func:`mean_without_keepdims`,
-    :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
-    converter deploys as trained."""
+    :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`, :func:`split_activations`,
+    :func:`mean_without_keepdims`, :func:`range_after_float_layers`: a graph tfmot can
+    wrap layer by layer and the converter deploys as trained."""
     flat = flatten(model, custom_objects)
     if not isinstance(flat, keras.Sequential):
-        flat = dense_to_rank2(replace_normalization(replace_tf_ops(flat, custom_objects)))
+        flat = dense_to_rank2(rescaling_as_depthwise(replace_normalization(
+            replace_tf_ops(flat, custom_objects))))
     return range_after_float_layers(mean_without_keepdims(split_activations(flat)))
