@@ -321,3 +321,32 @@ def test_keepdims_mean_is_tflites_float_kernel(monkeypatch):
         assert report.reference is not None and report.weights_exact
         assert {m.op for m in report.reference} >= {"MEAN"}
         assert all(m.mismatched == 0 for m in report.reference), report
+
+
+@pytest.mark.slow
+def test_multiply_and_tensor_op_kernels_are_bit_exact():
+    """Squeeze-excite Multiply (broadcast), a TF-op residual ``x + y`` and ``tf.multiply``
+    of two tensors: TFLite's MUL and ADD, replayed bit for bit by both kernel sets."""
+    from tfmot_ext._compat import tf
+
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = layers.Conv2D(8, 3, padding="same")(inp)
+    h = layers.ReLU()(layers.BatchNormalization(momentum=0.9)(h))
+    s = layers.GlobalAveragePooling2D(keepdims=True)(h)
+    s = layers.Conv2D(8, 1, activation="relu")(s)
+    h = layers.Multiply(name="mul")([h, s])
+    h = h + layers.Conv2D(8, 1)(h)
+    h = tf.multiply(h, layers.Conv2D(8, 1)(h))
+    model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    content = te.to_tflite(qat, x)
+    for kernels in ("reference", "builtin"):
+        report = te.verify(qat, content, x, kernels=kernels)
+        assert report.reference is not None and report.weights_exact
+        assert {"MUL", "ADD"} <= {m.op for m in report.reference}
+        assert all(m.mismatched == 0 for m in report.reference), report

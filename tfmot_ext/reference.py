@@ -499,6 +499,44 @@ def _add(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
     return IntTensor(np.clip(y, lo, hi).astype(np.int8), p.output.scale, p.output.zero_point)
 
 
+def _mul(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
+    """TFLite int8 ``MUL`` (broadcasting): ``(q1 - z1) * (q2 - z2)`` requantized with
+    :func:`multiply_by_quantized_multiplier` to ``M = s1 * s2 / s_out`` (double; the same
+    rounding in the reference and the optimized kernels, measured), plus ``z_out``,
+    clamped to the activation range."""
+    if len(xs) != 2:
+        raise IntegerReferenceError(f"{where}: Multiply of {len(xs)} inputs; TFLite MUL is "
+                                    "binary")
+    if p.output is None:
+        raise IntegerReferenceError(f"{where}: output is not quantized")
+    a, b = xs
+    m0, shift = quantize_multiplier(np.float64(np.float32(a.scale)) * np.float64(
+        np.float32(b.scale)) / np.float64(np.float32(p.output.scale)))
+    prod = (a.values.astype(np.int64) - a.zero_point) * (b.values.astype(np.int64)
+                                                          - b.zero_point)
+    y = multiply_by_quantized_multiplier(prod, m0, shift) + p.output.zero_point
+    lo, hi = activation_range(p.activation, p.output.scale, p.output.zero_point, where)
+    return IntTensor(np.clip(y, lo, hi).astype(np.int8), p.output.scale, p.output.zero_point)
+
+
+#: TF functions of :class:`tfmot_ext.graph.TensorOp` layers with an integer kernel here,
+#: when both operands are tensors (a constant operand is quantized by the converter).
+_TENSOR_OP_KERNELS = {"__operators__.add": "Add", "math.add": "Add",
+                      "math.multiply": "Multiply"}
+
+
+def _tensor_op(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
+    op = p.config.get("op", {})
+    fn = op.get("config", {}).get("function") if isinstance(op, dict) else None
+    kind = _TENSOR_OP_KERNELS.get(str(fn))
+    if kind is None or len(xs) != 2:
+        raise IntegerReferenceError(
+            f"{where}: the integer reference has no kernel for TensorOp '{fn}' with "
+            f"{len(xs)} tensor input(s); supported: {sorted(_TENSOR_OP_KERNELS)} of two "
+            "tensors")
+    return _NARY[kind](p, xs, where)
+
+
 def _concat(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
     if p.output is None:
         raise IntegerReferenceError(f"{where}: output is not quantized")
@@ -554,8 +592,9 @@ _UNARY: dict[str, _Unary] = {
     "Reshape": _reshape,
     "Dropout": _identity,
     "SpatialDropout2D": _identity,
+    "Identity": lambda p, x, w: _requantize_to_layer(p, x),
 }
-_NARY = {"Add": _add, "Concatenate": _concat}
+_NARY = {"Add": _add, "Concatenate": _concat, "Multiply": _mul, "TensorOp": _tensor_op}
 
 #: Layer kinds the reference executes.
 SUPPORTED_KINDS = frozenset({*_UNARY, *_NARY, "InputLayer", "QuantizeLayer"})
