@@ -74,6 +74,7 @@ from tfmot_ext.errors import UnsupportedModelError
 __all__ = [
     "FLOAT_FOR_CONVERTER",
     "PASS_THROUGH_OPS",
+    "Fixed",
     "TensorOp",
     "batchnorm_as_depthwise",
     "dense_to_rank2",
@@ -472,18 +473,50 @@ def replace_normalization(model: Any) -> Any:
     return new
 
 
-def _is_image_rescaling(layer: Any) -> bool:
+@register
+class Fixed(keras.constraints.Constraint):
+    """Holds a weight at fixed values after every optimizer step.
+
+    For the constants of a rewritten preprocessing layer: tfmot's ``QuantizeWrapper``
+    lists every weight it quantizes as trainable, even in a non-trainable layer, so
+    ``trainable=False`` alone would let training move them.
+
+    Args:
+        value: the values (nested lists or a scalar), reshaped to the weight's shape.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = np.asarray(value, np.float32).tolist()
+
+    def __call__(self, w: Any) -> Any:
+        return tf.reshape(tf.constant(self.value, w.dtype), tf.shape(w))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+
+def _rescaling_affine(layer: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(scale, offset)`` per channel of an image ``Rescaling``, or None where the
+    rewrite does not apply: not 4-D, or one offset for all channels with per-channel
+    scales (the converter quantizes such a splat bias with the first channel's scale)."""
     shape = getattr(layer, "input_shape", None)
-    return (isinstance(layer, keras.layers.Rescaling) and len(layer.inbound_nodes) == 1
-            and isinstance(shape, tuple) and len(shape) == 4 and shape[-1] is not None)
+    if not (isinstance(layer, keras.layers.Rescaling) and len(layer.inbound_nodes) == 1
+            and isinstance(shape, tuple) and len(shape) == 4 and shape[-1] is not None):
+        return None
+    c = int(shape[-1])
+    scale = np.broadcast_to(np.asarray(layer.scale, np.float32), (c,)).copy()
+    offset = np.broadcast_to(np.asarray(layer.offset, np.float32), (c,)).copy()
+    if np.ptp(offset) == 0 and offset[0] != 0 and np.ptp(scale) != 0:
+        return None
+    return scale, offset
 
 
 def rescaling_as_depthwise(model: Any) -> Any:
     """``model`` with every ``Rescaling`` on a 4-D channels-last tensor written as the
-    equal non-trainable 1x1 ``DepthwiseConv2D`` of the same name: kernel ``scale`` and
-    bias ``offset``, broadcast per channel (module docstring). Same function up to
-    float32 rounding of ``x * scale + offset`` (one multiply-add either way)."""
-    targets = {la.name: la for la in model.layers if _is_image_rescaling(la)}
+    equal 1x1 ``DepthwiseConv2D`` of the same name: kernel ``scale`` and bias ``offset``,
+    broadcast per channel, held there by :class:`Fixed` constraints (module docstring).
+    Same function up to float32 rounding of ``x * scale + offset``."""
+    targets = {la.name: a for la in model.layers if (a := _rescaling_affine(la)) is not None}
     if not targets:
         return model
     cfg = copy.deepcopy(model.get_config())
@@ -492,16 +525,16 @@ def rescaling_as_depthwise(model: Any) -> Any:
         name = e["config"]["name"]
         if name not in targets:
             continue
-        layer = targets[name]
-        c = int(layer.input_shape[-1])
-        scale = np.broadcast_to(np.asarray(layer.scale, np.float32), (c,))
-        offset = np.broadcast_to(np.asarray(layer.offset, np.float32), (c,))
-        weights[name] = [scale.reshape(1, 1, c, 1).copy(), offset.copy()]
+        scale, offset = targets[name]
+        kernel = scale.reshape(1, 1, -1, 1)
+        weights[name] = [kernel, offset]
         e["class_name"] = "DepthwiseConv2D"
         e["config"] = {"name": name, "trainable": False,
                        "dtype": e["config"].get("dtype", "float32"), "kernel_size": [1, 1],
                        "strides": [1, 1], "padding": "valid", "depth_multiplier": 1,
-                       "activation": "linear", "use_bias": True}
+                       "activation": "linear", "use_bias": True,
+                       "depthwise_constraint": keras.constraints.serialize(Fixed(kernel)),
+                       "bias_constraint": keras.constraints.serialize(Fixed(offset))}
         e.pop("module", None)
         e.pop("registered_name", None)
     new = _rebuild(model, cfg, lambda n: None if n in targets else model.get_layer(n))

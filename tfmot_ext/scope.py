@@ -30,6 +30,7 @@ _CLASSES: tuple[type, ...] = (
     folding.FoldedDepthwiseConv2DBatchNorm,
     folding.FoldedDenseBatchNorm,
     graph.TensorOp,
+    graph.Fixed,
 )
 
 
