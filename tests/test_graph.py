@@ -299,3 +299,32 @@ def test_rescaling_and_normalization_deploy_as_depthwise_with_reference_parity()
     builtin = te.verify(qat, content, x, kernels="builtin")
     assert builtin.reference is not None
     assert all(m.max_abs_diff <= 1 for m in builtin.reference), builtin
+
+
+@pytest.mark.slow
+def test_separable_conv_is_split_and_its_batchnorm_folds():
+    """SeparableConv2D -> depthwise + 1x1 conv (same weights, same function): the tensor
+    between them gets a trained range, the BN after it folds into the pointwise conv,
+    and extraction and the integer reference are exact (Xception's DIFF rows)."""
+    from tfmot_ext.graph import split_separable
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    r = L.ReLU()(L.BatchNormalization(momentum=0.9)(L.Conv2D(8, 3, padding="same")(inp)))
+    h = L.SeparableConv2D(16, 3, padding="same", use_bias=False, name="sep1")(r)
+    h = L.ReLU()(L.BatchNormalization(momentum=0.9, name="sep1_bn")(h))
+    h = L.SeparableConv2D(8, 3, padding="same", depth_multiplier=2, name="sep2")(h)
+    model = keras.Model(inp, L.Dense(4)(L.GlobalAveragePooling2D()(L.Add()([h, r]))))
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    new = split_separable(model)
+    assert [type(new.get_layer(n)).__name__ for n in ("sep2_depthwise", "sep2")] == [
+        "DepthwiseConv2D", "Conv2D"]
+    np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    qat = te.quantize(model)
+    assert type(qat.get_layer("quant_sep1").layer).__name__ == "FoldedConv2DBatchNorm"
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    report = te.verify(qat, te.to_tflite(qat, x), x, kernels="reference")
+    assert report.weights_exact and len(report.weights) == 6
+    assert report.reference is not None and report.reference_exact_fraction == 1.0

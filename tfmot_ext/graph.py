@@ -34,6 +34,12 @@ with constants the converter quantizes itself; :func:`rescaling_as_depthwise` wr
 the equal non-trainable 1x1 ``DepthwiseConv2D`` (kernel ``scale``, bias ``offset``),
 deployed as DEPTHWISE_CONV_2D with the integers QAT fake-quantized.
 
+**Separable convolutions.** TFLite runs ``SeparableConv2D`` as DEPTHWISE_CONV_2D then
+CONV_2D; the tensor between them has no range in a QAT model that wraps the layer
+whole, so the converter calibrates it, and a BatchNormalization after it cannot fold.
+:func:`split_separable` writes it as the two layers (``<name>_depthwise``, then the
+1x1 ``Conv2D`` keeping the name), the same function with the same weights.
+
 **Unfusable activations.** TFLite fuses only ReLU/ReLU6 into a conv or matmul; for
 ``Conv2D(activation="swish")`` (EfficientNet's squeeze-excite) it emits CONV_2D then
 LOGISTIC and MUL, and the CONV_2D's int8 output needs a range the QAT model never
@@ -92,6 +98,7 @@ __all__ = [
     "replace_tf_ops",
     "rescaling_as_depthwise",
     "split_activations",
+    "split_separable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -545,6 +552,64 @@ def rescaling_as_depthwise(model: Any) -> Any:
     return new
 
 
+def _is_splittable_separable(layer: Any) -> bool:
+    return (isinstance(layer, keras.layers.SeparableConv2D) and len(layer.inbound_nodes) == 1
+            and layer.data_format == "channels_last")
+
+
+def split_separable(model: Any) -> Any:
+    """``model`` with every channels-last ``SeparableConv2D`` written as a
+    ``DepthwiseConv2D`` named ``<layer>_depthwise`` (no bias, no activation) followed by a
+    1x1 ``Conv2D`` with the layer's name, bias and activation (module docstring): the
+    same function, with the same weights."""
+    targets = {la.name: la for la in model.layers if _is_splittable_separable(la)}
+    if not targets:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    sequential = isinstance(model, keras.Sequential)
+    taken: set[str] = set()
+    layers: list[dict[str, Any]] = []
+    weights: dict[str, list[np.ndarray]] = {}
+    for e in cfg["layers"]:
+        name = e["config"]["name"]
+        if name not in targets:
+            layers.append(e)
+            continue
+        sep = targets[name]
+        c = sep.get_config()
+        dw_name = _unique(model, f"{name}_depthwise", taken)
+        dw: dict[str, Any] = {"class_name": "DepthwiseConv2D", "config": {
+            "name": dw_name, "trainable": c["trainable"], "dtype": c.get("dtype", "float32"),
+            "kernel_size": c["kernel_size"], "strides": c["strides"], "padding": c["padding"],
+            "depth_multiplier": c["depth_multiplier"], "dilation_rate": c["dilation_rate"],
+            "activation": "linear", "use_bias": False}}
+        pw_cfg = {"name": name, "trainable": c["trainable"], "dtype": c.get("dtype", "float32"),
+                  "filters": c["filters"], "kernel_size": [1, 1], "strides": [1, 1],
+                  "padding": "valid", "activation": c["activation"], "use_bias": c["use_bias"]}
+        if not sequential:
+            dw["name"] = dw_name
+            dw["inbound_nodes"] = e["inbound_nodes"]
+            e["inbound_nodes"] = [[[dw_name, 0, 0, {}]]]
+        e["class_name"] = "Conv2D"
+        e["config"] = pw_cfg
+        for stale in ("module", "registered_name", "build_config"):  # input is C * M now
+            e.pop(stale, None)
+        layers.extend([dw, e])
+        w = sep.get_weights()
+        weights[dw_name] = [w[0]]
+        weights[name] = [w[1], *w[2:]]
+    cfg["layers"] = layers
+    new = _rebuild(model, cfg, lambda n: None)
+    for layer in new.layers:
+        if layer.name in weights:
+            layer.set_weights(weights[layer.name])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    logger.info("model '%s': %d SeparableConv2D layers split into depthwise + pointwise",
+                model.name, len(targets))
+    return new
+
+
 def _reshape_entry(name: str, src: list[Any], shape: list[int]) -> dict[str, Any]:
     op = {"class_name": "TFOpLambda", "config": {"name": name, "trainable": True,
                                                  "dtype": "float32", "function": "reshape"}}
@@ -787,11 +852,13 @@ def batchnorm_as_depthwise(model: Any) -> Any:
 
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None) -> Any:
     """:func:`flatten`, :func:`replace_tf_ops`, :func:`replace_normalization`,
-    :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`, :func:`split_activations`,
+    :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`, :func:`split_separable`,
+    :func:`split_activations`,
     :func:`mean_without_keepdims`, :func:`range_after_float_layers`: a graph tfmot can
     wrap layer by layer and the converter deploys as trained."""
     flat = flatten(model, custom_objects)
     if not isinstance(flat, keras.Sequential):
         flat = dense_to_rank2(rescaling_as_depthwise(replace_normalization(
             replace_tf_ops(flat, custom_objects))))
-    return range_after_float_layers(mean_without_keepdims(split_activations(flat)))
+    return range_after_float_layers(mean_without_keepdims(split_activations(
+        split_separable(flat))))
