@@ -565,46 +565,31 @@ def split_separable(model: Any) -> Any:
     targets = {la.name: la for la in model.layers if _is_splittable_separable(la)}
     if not targets:
         return model
-    cfg = copy.deepcopy(model.get_config())
-    sequential = isinstance(model, keras.Sequential)
     taken: set[str] = set()
-    layers: list[dict[str, Any]] = []
+    entries: dict[str, dict[str, Any]] = {}
     weights: dict[str, list[np.ndarray]] = {}
-    for e in cfg["layers"]:
-        name = e["config"]["name"]
-        if name not in targets:
-            layers.append(e)
-            continue
-        sep = targets[name]
+    for name, sep in targets.items():
         c = sep.get_config()
         dw_name = _unique(model, f"{name}_depthwise", taken)
-        dw: dict[str, Any] = {"class_name": "DepthwiseConv2D", "config": {
+        entries[name] = {"class_name": "DepthwiseConv2D", "config": {
             "name": dw_name, "trainable": c["trainable"], "dtype": c.get("dtype", "float32"),
             "kernel_size": c["kernel_size"], "strides": c["strides"], "padding": c["padding"],
             "depth_multiplier": c["depth_multiplier"], "dilation_rate": c["dilation_rate"],
             "activation": "linear", "use_bias": False}}
-        pw_cfg = {"name": name, "trainable": c["trainable"], "dtype": c.get("dtype", "float32"),
-                  "filters": c["filters"], "kernel_size": [1, 1], "strides": [1, 1],
-                  "padding": "valid", "activation": c["activation"], "use_bias": c["use_bias"]}
-        if not sequential:
-            dw["name"] = dw_name
-            dw["inbound_nodes"] = e["inbound_nodes"]
-            e["inbound_nodes"] = [[[dw_name, 0, 0, {}]]]
-        e["class_name"] = "Conv2D"
-        e["config"] = pw_cfg
-        for stale in ("module", "registered_name", "build_config"):  # input is C * M now
-            e.pop(stale, None)
-        layers.extend([dw, e])
         w = sep.get_weights()
-        weights[dw_name] = [w[0]]
-        weights[name] = [w[1], *w[2:]]
-    cfg["layers"] = layers
-    new = _rebuild(model, cfg, lambda n: None)
-    for layer in new.layers:
-        if layer.name in weights:
-            layer.set_weights(weights[layer.name])
-        elif layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
+        weights[dw_name], weights[name] = [w[0]], [w[1], *w[2:]]
+
+    def pointwise(e: dict[str, Any]) -> None:
+        c = targets[e["config"]["name"]].get_config()
+        e["class_name"] = "Conv2D"
+        e["config"] = {"name": c["name"], "trainable": c["trainable"],
+                       "dtype": c.get("dtype", "float32"), "filters": c["filters"],
+                       "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
+                       "activation": c["activation"], "use_bias": c["use_bias"]}
+        e.pop("module", None)
+        e.pop("registered_name", None)
+
+    new = _insert_before(model, entries, pointwise, weights)
     logger.info("model '%s': %d SeparableConv2D layers split into depthwise + pointwise",
                 model.name, len(targets))
     return new
@@ -692,6 +677,40 @@ def _insert_after(model: Any, new_entries: dict[str, dict[str, Any]],
     if not sequential:
         cfg["output_layers"] = map_tensor_refs(cfg["output_layers"], redirect)
     return _rebuild(model, cfg, model.get_layer)
+
+
+def _insert_before(model: Any, new_entries: dict[str, dict[str, Any]],
+                   edit: Callable[[dict[str, Any]], None],
+                   weights: dict[str, list[np.ndarray]] | None = None) -> Any:
+    """``model`` rebuilt with ``new_entries[name]`` (a layer config entry without inbound
+    nodes) inserted in front of each layer ``name``, whose entry ``edit`` rewrites (and
+    whose stale build config is dropped); ``weights`` by layer name, the original
+    layers' otherwise (the inserted layers keep their initializers)."""
+    cfg = copy.deepcopy(model.get_config())
+    sequential = isinstance(model, keras.Sequential)
+    layers: list[dict[str, Any]] = []
+    for e in cfg["layers"]:
+        name = e["config"]["name"]
+        if name in new_entries:
+            new = copy.deepcopy(new_entries[name])
+            if not sequential:
+                new["name"] = new["config"]["name"]
+                new["inbound_nodes"] = e["inbound_nodes"]
+                e["inbound_nodes"] = [[[new["name"], 0, 0, {}]]]
+            layers.append(new)
+            edit(e)
+            e.pop("build_config", None)
+        layers.append(e)
+    cfg["layers"] = layers
+    given = weights or {}
+    originals = {la.name for la in model.layers}
+    new_model = _rebuild(model, cfg, lambda n: None)
+    for layer in new_model.layers:
+        if layer.name in given:
+            layer.set_weights(given[layer.name])
+        elif layer.weights and layer.name in originals:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return new_model
 
 
 def _unique(model: Any, base: str, taken: set[str]) -> str:
@@ -821,29 +840,14 @@ def batchnorm_as_depthwise(model: Any) -> Any:
     targets = {la.name: la for la in model.layers if _is_standalone_batchnorm(la)}
     if not targets:
         return model
-    cfg = copy.deepcopy(model.get_config())
-    sequential = isinstance(model, keras.Sequential)
     taken: set[str] = set()
-    layers: list[dict[str, Any]] = []
-    for e in cfg["layers"]:
-        name = e["config"]["name"]
-        if name in targets:
-            new_name = _unique(model, f"{name}_affine", taken)
-            new: dict[str, Any] = {"class_name": "DepthwiseConv2D", "config": {
-                "name": new_name, "trainable": targets[name].trainable,
-                "dtype": e["config"].get("dtype", "float32"), "kernel_size": [1, 1],
-                "strides": [1, 1], "padding": "valid", "depth_multiplier": 1,
-                "activation": "linear", "use_bias": False,
-                "depthwise_initializer": {"class_name": "Ones", "config": {}}}}
-            if not sequential:
-                new["name"] = new_name
-                new["inbound_nodes"] = e["inbound_nodes"]
-                e["inbound_nodes"] = [[[new_name, 0, 0, {}]]]
-            layers.append(new)
-        layers.append(e)
-    cfg["layers"] = layers
-    new_model = _rebuild(model, cfg, lambda n: None if n not in {
-        la.name for la in model.layers} else model.get_layer(n))
+    entries = {name: {"class_name": "DepthwiseConv2D", "config": {
+        "name": _unique(model, f"{name}_affine", taken), "trainable": bn.trainable,
+        "dtype": bn.get_config().get("dtype", "float32"), "kernel_size": [1, 1],
+        "strides": [1, 1], "padding": "valid", "depth_multiplier": 1, "activation": "linear",
+        "use_bias": False, "depthwise_initializer": {"class_name": "Ones", "config": {}}}}
+        for name, bn in targets.items()}
+    new_model = _insert_before(model, entries, lambda e: None)
     logger.info("model '%s': %d standalone BatchNormalization layers get a 1x1 depthwise "
                 "in front (folded into a quantized per-channel affine)", model.name,
                 len(targets))
