@@ -350,3 +350,32 @@ def test_multiply_and_tensor_op_kernels_are_bit_exact():
         assert report.reference is not None and report.weights_exact
         assert {"MUL", "ADD"} <= {m.op for m in report.reference}
         assert all(m.mismatched == 0 for m in report.reference), report
+
+
+@pytest.mark.slow
+def test_nested_concatenate_takes_the_outer_scale():
+    """InceptionV3's mixed9_0: a Concatenate whose only consumer is another Concatenate
+    has no quantizer of its own (tfmot's concat transform); the converter gives it, and
+    the convolutions feeding it, the outer one's scale, and so does extraction, so the
+    reference runs (it stopped at "not fully quantized")."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+
+    def conv_bn(h, kernel):
+        h = layers.Conv2D(4, kernel, padding="same", use_bias=False)(h)
+        return layers.ReLU()(layers.BatchNormalization(momentum=0.9)(h))
+
+    inp = keras.Input((8, 8, 3))
+    x = conv_bn(inp, 3)
+    inner = layers.Concatenate(name="inner")([conv_bn(x, (1, 3)), conv_bn(x, (3, 1))])
+    outer = layers.Concatenate(name="outer")([inner, conv_bn(x, 1)])
+    model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(outer)))
+    x8 = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x8, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    params = te.extract(qat)
+    assert params["quant_inner"].output == params["quant_outer"].output is not None
+    report = te.verify(qat, te.to_tflite(qat, x8), x8, kernels="reference")
+    assert report.weights_exact and report.reference is not None
+    assert all(m.mismatched == 0 for m in report.reference), report

@@ -841,9 +841,9 @@ class _Parser:
         """
         cons = self.consumers.get(rec.name, [])
         nxt = self.by_name[cons[0]] if len(cons) == 1 else None
-        if nxt is not None and self._inner_kind(nxt) == "Concatenate":
-            cat = self.own_output(nxt)
-            if cat is not None:
+        if nxt is not None and self._inner_kind(nxt) == "Concatenate" and depth <= 8:
+            cat = self.output_quant(nxt, depth + 1)  # its own, or that of a Concatenate
+            if cat is not None:                      # it alone feeds (InceptionV3's mixed9_0)
                 return cat
         q = self.own_output(rec)
         if q is not None or depth > 8 or nxt is None:
