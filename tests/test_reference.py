@@ -379,3 +379,34 @@ def test_nested_concatenate_takes_the_outer_scale():
     report = te.verify(qat, te.to_tflite(qat, x8), x8, kernels="reference")
     assert report.weights_exact and report.reference is not None
     assert all(m.mismatched == 0 for m in report.reference), report
+
+
+@pytest.mark.slow
+def test_unfused_relu_with_its_own_scale_requantizes():
+    """Xception's block: an Add read by a 1x1 conv and by a ReLU with its own output
+    range. TFLite cannot fuse that ReLU into the ADD and runs a requantizing RELU; the
+    reference replays it (it stopped with "input quantization differs")."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+
+    def conv_bn(h, kernel):
+        h = layers.Conv2D(8, kernel, padding="same")(h)
+        return layers.BatchNormalization(momentum=0.9)(h)
+
+    inp = keras.Input((8, 8, 3))
+    x = layers.ReLU()(conv_bn(inp, 3))
+    a = layers.Add()([x, conv_bn(x, 3)])
+    h = conv_bn(layers.Activation("relu", name="unfused_relu")(a), 3)
+    out = layers.Add()([h, conv_bn(a, 1)])
+    model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(out)))
+    x8 = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x8, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    assert te.extract(qat)["quant_unfused_relu"].output is not None
+    content = te.to_tflite(qat, x8)
+    for kernels in ("reference", "builtin"):
+        report = te.verify(qat, content, x8, kernels=kernels)
+        assert report.reference is not None and report.weights_exact, report.reference_error
+        assert "RELU" in {m.op for m in report.reference}
+        assert all(m.mismatched == 0 for m in report.reference), report

@@ -382,7 +382,8 @@ def _dense(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
 
 
 def _relu(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
-    """A ReLU/ReLU6 (or Activation) layer: the clamp TFLite would fuse (scheme.relu_kind)."""
+    """A ReLU/ReLU6 (or Activation) layer: the clamp TFLite would fuse (scheme.relu_kind),
+    or, where the layer has its own output scale, TFLite's requantizing int8 RELU."""
     act = relu_kind(p.kind, p.config)
     if act is None:
         if p.kind == "Activation" and p.config.get("activation", "linear") == "linear":
@@ -390,8 +391,19 @@ def _relu(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
         raise IntegerReferenceError(
             f"{where}: only ReLU, ReLU6 and Activation('relu'|'relu6'|'linear') have an "
             f"integer form in the reference (config {dict(p.config)})"[:600])
-    lo, hi = activation_range(act, x.scale, x.zero_point, where)
-    return IntTensor(np.clip(x.values, lo, hi).astype(np.int8), x.scale, x.zero_point)
+    out = p.output
+    if out is None or (np.float32(out.scale) == np.float32(x.scale)
+                       and out.zero_point == x.zero_point):
+        lo, hi = activation_range(act, x.scale, x.zero_point, where)
+        return IntTensor(np.clip(x.values, lo, hi).astype(np.int8), x.scale, x.zero_point)
+    # not fused (its input has other consumers, e.g. Xception's Add -> ReLU -> separable):
+    # TFLite's RELU requantizes, z_y + MBQM(q - z_x, M(s_x / s_y)), clamped to the range
+    m0, shift = quantize_multiplier(np.float64(np.float32(x.scale)) / np.float64(
+        np.float32(out.scale)))
+    y = multiply_by_quantized_multiplier(x.values.astype(np.int64) - x.zero_point, m0,
+                                         shift) + out.zero_point
+    lo, hi = activation_range(act, out.scale, out.zero_point, where)
+    return IntTensor(np.clip(y, lo, hi).astype(np.int8), out.scale, out.zero_point)
 
 
 def _max_pool(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
