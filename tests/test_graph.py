@@ -321,6 +321,8 @@ def test_separable_conv_is_split_and_its_batchnorm_folds():
         "DepthwiseConv2D", "Conv2D"]
     np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
+    kept = te.plan(model, [te.Rule(name="sep2", config=te.separable_conv_config())])
+    assert "sep2_depthwise" not in kept and "sep1_depthwise" in kept  # a rule keeps it whole
     qat = te.quantize(model)
     assert type(qat.get_layer("quant_sep1").layer).__name__ == "FoldedConv2DBatchNorm"
     qat.compile("sgd", "mse")

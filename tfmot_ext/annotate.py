@@ -175,10 +175,19 @@ def _check_model(model: Any) -> None:
         )
 
 
-def _prepared(model: Any) -> Any:
-    """``model`` checked, with nested models flattened (:func:`tfmot_ext.graph.flatten`)."""
+def _prepared(model: Any, policy: Sequence[Rule] | None = None) -> Any:
+    """``model`` checked and prepared (:func:`tfmot_ext.graph.prepare`); a SeparableConv2D
+    whose first matching rule of ``policy`` gives a config is kept whole, for that config
+    (deployed with the tensor between its two TFLite ops calibrated by the converter)."""
     _check_model(model)
-    return prepare(model)
+    rules = _validate_policy(policy)
+
+    def configured(layer: Any) -> bool:  # the first matching rule sets a config
+        rule = next((r for r in rules if r.matches(layer)), None)
+        return rule is not None and not (isinstance(rule.config, str)
+                                         and rule.config == "default")
+
+    return prepare(model, keep_separable=configured)
 
 
 def _validate_policy(policy: Sequence[Rule] | None) -> list[Rule]:
@@ -209,7 +218,7 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
         UnsupportedLayerError: a layer nothing can quantize, with ``unsupported="error"``.
         ConfigError: a config naming an attribute its layer lacks.
     """
-    model = _prepared(model)
+    model = _prepared(model, policy)
     if unsupported not in UNSUPPORTED_MODES:
         raise PolicyError(f"unsupported={unsupported!r} must be one of {UNSUPPORTED_MODES}")
     rules = _validate_policy(policy)
@@ -421,7 +430,7 @@ def annotate(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: s
         unsupported: ``"error"``, ``"skip"`` or ``"output_only"`` for layers nothing covers.
         strict: raise if a rule matches no layer.
     """
-    model = _prepared(model)
+    model = _prepared(model, policy)
     decisions = plan(model, policy, unsupported=unsupported, strict=strict)
     annotate_layer = tfmot.quantization.keras.quantize_annotate_layer
 
@@ -459,7 +468,7 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
         The QAT model. What was quantized how is logged at INFO level
         (:func:`tfmot_ext.summary.summarize` returns it as data).
     """
-    model = _prepared(model)
+    model = _prepared(model, policy)
     if scheme is None or isinstance(scheme, FoldingScheme):
         model = batchnorm_as_depthwise(model)  # folded: a trained per-channel affine
     annotated = annotate(model, policy, unsupported=unsupported, strict=strict)

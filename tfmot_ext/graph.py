@@ -557,12 +557,13 @@ def _is_splittable_separable(layer: Any) -> bool:
             and layer.data_format == "channels_last")
 
 
-def split_separable(model: Any) -> Any:
-    """``model`` with every channels-last ``SeparableConv2D`` written as a
-    ``DepthwiseConv2D`` named ``<layer>_depthwise`` (no bias, no activation) followed by a
-    1x1 ``Conv2D`` with the layer's name, bias and activation (module docstring): the
-    same function, with the same weights."""
-    targets = {la.name: la for la in model.layers if _is_splittable_separable(la)}
+def split_separable(model: Any, keep: Callable[[Any], bool] | None = None) -> Any:
+    """``model`` with every channels-last ``SeparableConv2D`` (but those ``keep`` says to
+    keep whole) written as a ``DepthwiseConv2D`` named ``<layer>_depthwise`` (no bias, no
+    activation) followed by a 1x1 ``Conv2D`` with the layer's name, bias and activation
+    (module docstring): the same function, with the same weights."""
+    targets = {la.name: la for la in model.layers
+               if _is_splittable_separable(la) and not (keep and keep(la))}
     if not targets:
         return model
     taken: set[str] = set()
@@ -854,15 +855,17 @@ def batchnorm_as_depthwise(model: Any) -> Any:
     return new_model
 
 
-def prepare(model: Any, custom_objects: dict[str, Any] | None = None) -> Any:
+def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
+            keep_separable: Callable[[Any], bool] | None = None) -> Any:
     """:func:`flatten`, :func:`replace_tf_ops`, :func:`replace_normalization`,
     :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`, :func:`split_separable`,
-    :func:`split_activations`,
-    :func:`mean_without_keepdims`, :func:`range_after_float_layers`: a graph tfmot can
-    wrap layer by layer and the converter deploys as trained."""
+    :func:`split_activations`, :func:`mean_without_keepdims`,
+    :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
+    converter deploys as trained. ``keep_separable(layer)`` true keeps that
+    SeparableConv2D whole (a user's rule configures it as one layer)."""
     flat = flatten(model, custom_objects)
     if not isinstance(flat, keras.Sequential):
         flat = dense_to_rank2(rescaling_as_depthwise(replace_normalization(
             replace_tf_ops(flat, custom_objects))))
     return range_after_float_layers(mean_without_keepdims(split_activations(
-        split_separable(flat))))
+        split_separable(flat, keep_separable))))
