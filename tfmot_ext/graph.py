@@ -31,8 +31,9 @@ ADD, all integer), equal to it up to float32 rounding.
 A ``Rescaling`` on a 4-D tensor (``x * scale + offset``: the input scaling of
 EfficientNet, RegNet, MobileNetV3, and the rewritten Normalization) would be MUL and ADD
 with constants the converter quantizes itself; :func:`rescaling_as_depthwise` writes it as
-the equal non-trainable 1x1 ``DepthwiseConv2D`` (kernel ``scale``, bias ``offset``),
-deployed as DEPTHWISE_CONV_2D with the integers QAT fake-quantized.
+the equal 1x1 ``DepthwiseConv2D`` (kernel ``scale``, bias ``offset``, held there by
+:class:`Fixed` constraints), deployed as DEPTHWISE_CONV_2D with the integers QAT
+fake-quantized.
 
 **Separable convolutions.** TFLite runs ``SeparableConv2D`` as DEPTHWISE_CONV_2D then
 CONV_2D; the tensor between them has no range in a QAT model that wraps the layer
@@ -58,11 +59,11 @@ turns the pair into one folded layer whose per-channel kernel ``gamma / sigma`` 
 are fake-quantized in training exactly as TFLite's DEPTHWISE_CONV_2D deploys them.
 
 **Keep-dims mean.** ``GlobalAveragePooling2D(keepdims=True)`` (MobileNetV3's
-squeeze-excite) converts to a 4-D MEAN over H, W that TFLite's CPU kernel computes in
-float and rounds ``x + 0.5`` (half an LSB of bias, measured 1 LSB off the QAT model on
-half the elements); :func:`mean_without_keepdims` writes it as the pooling without
-keep-dims then a ``Reshape`` to ``(1, 1, C)``, which TFLite's integer MEAN rounds as
-the QAT model does.
+squeeze-excite) converts to a 4-D MEAN over H, W whose optimized TFLite kernel
+requantizes the raw sum and adds the input zero point's share rounded on its own
+(measured: 1 LSB off the QAT model on half the elements); :func:`mean_without_keepdims`
+writes it as the pooling without keep-dims then a ``Reshape`` to ``(1, 1, C)``, which
+TFLite's integer MEAN rounds as the QAT model does.
 """
 
 from __future__ import annotations
@@ -448,6 +449,15 @@ def normalization_affine(mean: Any, variance: Any, epsilon: float
     return scale, (-m * scale).astype(np.float32)
 
 
+def _retype(entry: dict[str, Any], class_name: str, config: dict[str, Any]) -> None:
+    """Make a functional-config layer entry a built-in ``class_name`` layer with
+    ``config``, dropping the old class's module and registered name."""
+    entry["class_name"] = class_name
+    entry["config"] = config
+    entry.pop("module", None)
+    entry.pop("registered_name", None)
+
+
 def _is_fixed_channel_normalization(layer: Any) -> bool:
     if not isinstance(layer, keras.layers.Normalization) or getattr(layer, "invert", False):
         return False
@@ -468,12 +478,9 @@ def replace_normalization(model: Any) -> Any:
             layer = targets[e["name"]]
             scale, offset = normalization_affine(layer.mean.numpy(), layer.variance.numpy(),
                                                  keras.backend.epsilon())
-            e["class_name"] = "Rescaling"
-            e["config"] = {"name": e["name"], "trainable": False,
-                           "dtype": e["config"].get("dtype", "float32"),
-                           "scale": scale.tolist(), "offset": offset.tolist()}
-            e.pop("module", None)
-            e.pop("registered_name", None)
+            _retype(e, "Rescaling", {"name": e["name"], "trainable": False,
+                                     "dtype": e["config"].get("dtype", "float32"),
+                                     "scale": scale.tolist(), "offset": offset.tolist()})
     new = _rebuild(model, cfg, lambda name: None if name in targets else model.get_layer(name))
     logger.info("model '%s': %d Normalization layers written as per-channel Rescaling",
                 model.name, len(targets))
@@ -535,15 +542,12 @@ def rescaling_as_depthwise(model: Any) -> Any:
         scale, offset = targets[name]
         kernel = scale.reshape(1, 1, -1, 1)
         weights[name] = [kernel, offset]
-        e["class_name"] = "DepthwiseConv2D"
-        e["config"] = {"name": name, "trainable": False,
-                       "dtype": e["config"].get("dtype", "float32"), "kernel_size": [1, 1],
-                       "strides": [1, 1], "padding": "valid", "depth_multiplier": 1,
-                       "activation": "linear", "use_bias": True,
-                       "depthwise_constraint": keras.constraints.serialize(Fixed(kernel)),
-                       "bias_constraint": keras.constraints.serialize(Fixed(offset))}
-        e.pop("module", None)
-        e.pop("registered_name", None)
+        _retype(e, "DepthwiseConv2D", {
+            "name": name, "trainable": False, "dtype": e["config"].get("dtype", "float32"),
+            "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
+            "depth_multiplier": 1, "activation": "linear", "use_bias": True,
+            "depthwise_constraint": keras.constraints.serialize(Fixed(kernel)),
+            "bias_constraint": keras.constraints.serialize(Fixed(offset))})
     new = _rebuild(model, cfg, lambda n: None if n in targets else model.get_layer(n))
     for name, w in weights.items():
         new.get_layer(name).set_weights(w)
@@ -582,13 +586,10 @@ def split_separable(model: Any, keep: Callable[[Any], bool] | None = None) -> An
 
     def pointwise(e: dict[str, Any]) -> None:
         c = targets[e["config"]["name"]].get_config()
-        e["class_name"] = "Conv2D"
-        e["config"] = {"name": c["name"], "trainable": c["trainable"],
-                       "dtype": c.get("dtype", "float32"), "filters": c["filters"],
-                       "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
-                       "activation": c["activation"], "use_bias": c["use_bias"]}
-        e.pop("module", None)
-        e.pop("registered_name", None)
+        _retype(e, "Conv2D", {"name": c["name"], "trainable": c["trainable"],
+                              "dtype": c.get("dtype", "float32"), "filters": c["filters"],
+                              "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
+                              "activation": c["activation"], "use_bias": c["use_bias"]})
 
     new = _insert_before(model, entries, pointwise, weights)
     logger.info("model '%s': %d SeparableConv2D layers split into depthwise + pointwise",
