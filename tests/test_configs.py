@@ -91,3 +91,22 @@ def test_rejects_non_quantizers_and_per_channel_activations():
         LayerQuantizeConfig(weights={"kernel": 8})
     with pytest.raises(ConfigError, match="per channel"):
         LayerQuantizeConfig(activations={"activation": te.weight_quantizer()})
+
+
+@pytest.mark.parametrize("act, scale, zero_point", [("sigmoid", 1 / 256, -128),
+                                                    ("tanh", 1 / 128, 0)])
+def test_sigmoid_and_tanh_outputs_train_on_tflites_fixed_grid(act, scale, zero_point):
+    """TFLite's int8 LOGISTIC/TANH output is fixed at (1/256, -128) / (1/128, 0); the
+    preset's FakeQuant range has exactly that grid: scale (max - min) / 255 and
+    zero point qmin - min / scale."""
+    import numpy as np
+
+    cfg = te.default_config_for(keras.layers.Activation(act))
+    assert cfg is not None and isinstance(cfg.output, FixedRangeQuantizer) and not cfg.weights
+    q = cfg.output
+    assert (q.max - q.min) / 255 == scale and -128 - q.min / scale == zero_point
+    x = np.linspace(-1.5, 1.5, 2001, dtype=np.float32)
+    y = np.asarray(q(x, training=False, weights={}))
+    np.testing.assert_array_equal(y / scale, np.round(y / scale))  # on the grid
+    assert y.min() == q.min and y.max() == q.max
+    assert te.default_config_for(keras.layers.Activation("relu")) is None

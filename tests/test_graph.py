@@ -95,6 +95,29 @@ def test_replace_tf_ops_computes_the_same_function():
     assert replace_tf_ops(new) is new
 
 
+def test_tensor_adds_of_equal_shapes_become_add_layers():
+    """RegNet's ``relu(x + skip)``: an Add layer (tfmot then quantizes the sum once, at
+    the ReLU, as TFLite's fused ADD does); a broadcasting or constant add stays a
+    TensorOp. Same function."""
+    from tfmot_ext.graph import tensor_adds_as_add
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 4))
+    a = L.Conv2D(4, 1, name="a")(inp)
+    h = L.ReLU(name="exit")(a + L.Conv2D(4, 3, padding="same", name="b")(inp))
+    h = h + tf.reduce_mean(h, axis=[1, 2], keepdims=True)     # broadcast: stays
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(h + 1.0)))
+    new = tensor_adds_as_add(replace_tf_ops(model))
+    adds = [la for la in new.layers if isinstance(la, L.Add)]
+    assert len(adds) == 1 and adds[0].name.startswith("tf.__operators__.add")
+    assert [la.function for la in new.layers if isinstance(la, TensorOp)].count(
+        "__operators__.add") == 2
+    x = np.random.default_rng(0).normal(size=(3, 6, 6, 4)).astype(np.float32)
+    np.testing.assert_array_equal(new.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert te.plan(model)[adds[0].name] is None  # tfmot's registry: the Add transforms
+    assert tensor_adds_as_add(new) is new
+
+
 def test_builtin_choices_for_tf_ops_and_layers():
     new = replace_tf_ops(_tf_op_model())
     by_fn = {la.function: te.builtin_choice(la) for la in new.layers if isinstance(la, TensorOp)}
@@ -193,7 +216,8 @@ def test_split_activations_and_mean_without_keepdims_compute_the_same_function()
     new = mean_without_keepdims(split_activations(model))
     names = [la.name for la in new.layers]
     assert "se_reduce_swish" in names and "d_gelu" in names and "gap_keepdims" in names
-    assert "se_expand_sigmoid" not in names  # TFLite's LOGISTIC after a quantized conv
+    # sigmoid too: as an Activation layer its output gets LOGISTIC's fixed int8 grid
+    assert "se_expand_sigmoid" in names
     assert new.get_layer("se_reduce").get_config()["activation"] == "linear"
     assert not new.get_layer("gap").keepdims
     x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)

@@ -410,3 +410,108 @@ def test_unfused_relu_with_its_own_scale_requantizes():
         assert report.reference is not None and report.weights_exact, report.reference_error
         assert "RELU" in {m.op for m in report.reference}
         assert all(m.mismatched == 0 for m in report.reference), report
+
+
+@pytest.mark.slow
+def test_grouped_convolution_is_bit_exact():
+    """RegNet's grouped Conv2D (``groups`` > 1, folded with its BN or not, strided):
+    TFLite's CONV_2D with a kernel of C/groups input channels, replayed by both kernel
+    sets bit for bit (the reference stopped at "grouped convolution")."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = layers.Conv2D(8, 3, padding="same")(inp)
+    h = layers.ReLU()(layers.BatchNormalization(momentum=0.9)(h))
+    h = layers.Conv2D(16, 3, padding="same", groups=4, use_bias=False, name="g4")(h)
+    h = layers.ReLU()(layers.BatchNormalization(momentum=0.9)(h))
+    h = layers.Conv2D(8, 3, strides=2, groups=2, name="g2")(h)
+    model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    content = te.to_tflite(qat, x)
+    for kernels in ("reference", "builtin"):
+        report = te.verify(qat, content, x, kernels=kernels)
+        assert report.reference is not None and report.weights_exact, report.reference_error
+        assert [m.op for m in report.reference].count("CONV_2D") == 3
+        assert all(m.mismatched == 0 for m in report.reference), report
+
+
+def test_grouped_conv_is_the_groups_convolved_apart(rng):
+    """Closed form: a grouped convolution is ``groups`` ordinary convolutions, each on
+    its slice of input channels, concatenated along the output channels."""
+    from tfmot_ext.extract import LayerQuantParams, TensorQuant
+
+    def layer(kernel: np.ndarray, groups: int) -> LayerQuantParams:
+        out = kernel.shape[-1]
+        return LayerQuantParams(
+            name="g", kind="Conv2D", inputs=("x",), quantized=True,
+            config={"strides": (1, 1), "padding": "same", "groups": groups},
+            input=TensorQuant(0.05, 3, 8, -6.55, 6.2, -6.55, 6.2),
+            output=TensorQuant(0.1, -2, 8, -12.6, 12.9, -12.6, 12.9),
+            kernel_int=kernel, kernel_scale=np.full(out, 0.01),
+            kernel_zero_point=np.zeros(out, np.int64), bias_int=None,
+            multiplier_q31=np.full(out, 1 << 30, np.int64), shift=np.full(out, -3, np.int64),
+            activation="linear", bits=8)
+
+    x = reference.IntTensor(rng.integers(-128, 128, (2, 5, 5, 6)).astype(np.int8), 0.05, 3)
+    k = rng.integers(-127, 128, (3, 3, 2, 9)).astype(np.int8)
+    grouped = reference._conv(layer(k, 3), x, "g", depthwise=False).values
+    parts = [reference._conv(layer(k[..., 3 * g:3 * g + 3], 1),
+                             reference.IntTensor(x.values[..., 2 * g:2 * g + 2], 0.05, 3),
+                             "g", depthwise=False).values for g in range(3)]
+    np.testing.assert_array_equal(grouped, np.concatenate(parts, axis=-1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["sigmoid", "tanh"]), st.floats(1e-3, 0.2), st.integers(-128, 127))
+def test_activation_lut_closed_form(fn, scale, zero_point):
+    """The table is ``round(f(s (q - z)) / s_out) + z_out``, clamped: equal to the float64
+    closed form wherever that is not within 1e-3 of a rounding tie (float32 evaluation
+    moves the value by < 1e-4 there: |f| <= 1 over a step of 1/256 or 1/128), and
+    within one everywhere; sigmoid and tanh tables are monotonic."""
+    out_scale, out_zp = {"sigmoid": (1 / 256, -128), "tanh": (1 / 128, 0)}[fn]
+    table = reference.activation_lut(fn, scale, zero_point, out_scale, out_zp).astype(int)
+    q = np.arange(-128, 128)
+    d = np.float64(np.float32(scale)) * (q - zero_point)
+    f = 1 / (1 + np.exp(-d)) if fn == "sigmoid" else np.tanh(d)
+    v = f / out_scale
+    expect = np.clip(np.floor(np.abs(v) + 0.5) * np.sign(v) + out_zp, -128, 127)
+    clear = np.abs(np.abs(v) % 1 - 0.5) > 1e-3
+    np.testing.assert_array_equal(table[clear], expect[clear])
+    assert np.all(np.abs(table - expect) <= 1) and np.all(np.diff(table) >= 0)
+
+
+@pytest.mark.slow
+def test_lookup_table_activations_are_bit_exact():
+    """Swish (LOGISTIC then MUL), a conv's sigmoid gate split off as an Activation
+    (squeeze-excite), Activation('sigmoid') and ('tanh') feeding convolutions: every
+    TFLite tensor replayed bit for bit by both kernel sets, the weights exact (the
+    conv after a sigmoid reads LOGISTIC's fixed 1/256 scale, which QAT now trains)."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = layers.Conv2D(8, 3, padding="same")(inp)
+    h = layers.Activation("swish", name="sw")(layers.BatchNormalization(momentum=0.9)(h))
+    s = layers.GlobalAveragePooling2D(keepdims=True)(h)
+    s = layers.Conv2D(4, 1, activation="relu")(s)
+    s = layers.Conv2D(8, 1, activation="sigmoid", name="gate")(s)
+    h = layers.Multiply(name="mul")([h, s])
+    h = layers.Activation("sigmoid", name="sig")(layers.Conv2D(8, 1)(h))
+    h = layers.Activation("tanh", name="th")(layers.Conv2D(8, 1)(h))
+    h = layers.Conv2D(8, 1, name="after_tanh")(h)
+    model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    params = te.extract(qat)
+    assert params["quant_after_tanh"].input.scale == 1 / 128
+    content = te.to_tflite(qat, x)
+    for kernels in ("reference", "builtin"):
+        report = te.verify(qat, content, x, kernels=kernels, params=params)
+        assert report.reference is not None and report.weights_exact, report.reference_error
+        ops = [m.op for m in report.reference]
+        assert ops.count("LOGISTIC") == 3 and "TANH" in ops
+        assert all(m.mismatched == 0 for m in report.reference), report

@@ -27,9 +27,10 @@ sys.modules.setdefault("zoo", zoo)
 _spec.loader.exec_module(zoo)
 
 
-# one family per kind of wall tfmot hits (see the zoo issue), end to end:
+# one family per kind of wall tfmot hits (see the zoo issue), end to end, with every
+# TFLite tensor replayed bit for bit by the integer reference (the optimized kernels):
 # RegNetX002: TFOpLambda (x + y), Rescaling, grouped convolutions;
-# RegNetY002: squeeze-excite Multiply, the BN tfmot fails on;
+# RegNetY002: squeeze-excite (sigmoid gate, TF-op multiply), the BN tfmot fails on;
 # ResNet50V2: BatchNormalization after no conv (pre-activation)
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["RegNetX002", "RegNetY002", "ResNet50V2"])
@@ -37,6 +38,7 @@ def test_family_quantizes_trains_converts_with_exact_extraction(family):
     r = zoo.run_family(family, with_tfmot=False)
     assert (r.quantize, r.train, r.convert) == ("ok", "ok", "ok"), r
     assert r.weights_exact and r.weighted_ops > 10, r
+    assert r.reference == "100.00% exact", r
 
 
 def test_mobilenet_v3_plan_covers_every_layer():

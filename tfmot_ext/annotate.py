@@ -176,9 +176,11 @@ def _check_model(model: Any) -> None:
 
 
 def _prepared(model: Any, policy: Sequence[Rule] | None = None) -> Any:
-    """``model`` checked and prepared (:func:`tfmot_ext.graph.prepare`); a SeparableConv2D
-    whose first matching rule of ``policy`` gives a config is kept whole, for that config
-    (deployed with the tensor between its two TFLite ops calibrated by the converter)."""
+    """``model`` checked and prepared (:func:`tfmot_ext.graph.prepare`); a layer whose
+    first matching rule of ``policy`` gives a config is kept whole, for that config: a
+    SeparableConv2D is not split (deployed with the tensor between its two TFLite ops
+    calibrated by the converter), an unfusable activation not split off (the rule's
+    output quantizer then sees the activation's output)."""
     _check_model(model)
     rules = _validate_policy(policy)
 
@@ -187,7 +189,7 @@ def _prepared(model: Any, policy: Sequence[Rule] | None = None) -> Any:
         return rule is not None and not (isinstance(rule.config, str)
                                          and rule.config == "default")
 
-    return prepare(model, keep_separable=configured)
+    return prepare(model, keep=configured)
 
 
 def _validate_policy(policy: Sequence[Rule] | None) -> list[Rule]:

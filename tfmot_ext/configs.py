@@ -22,12 +22,14 @@ from typing import Any
 from tfmot_ext._compat import check_keras2, keras, tfmot
 from tfmot_ext.errors import ConfigError
 from tfmot_ext.quantizers import (
+    FixedRangeQuantizer,
     QuantizerBase,
     activation_quantizer,
     weight_quantizer,
 )
 
 __all__ = [
+    "FIXED_ACTIVATION_RANGES",
     "WEIGHT_ATTRIBUTES",
     "LayerQuantizeConfig",
     "channel_axis_of_kind",
@@ -36,6 +38,7 @@ __all__ = [
     "default_config_for",
     "dense_config",
     "depthwise_conv_config",
+    "fixed_activation_range",
     "no_op_config",
     "output_channel_axis",
     "output_only_config",
@@ -309,9 +312,14 @@ def default_config_for(layer: Any, weight_bits: int = 8, activation_bits: int | 
     Covers Dense, Conv1D/2D/3D, DepthwiseConv2D, SeparableConv1D/2D,
     Conv1D/2D/3DTranspose. ``per_channel=None`` means per channel for convolutions
     and per tensor for Dense and transposed convolutions (what TFLite converts).
-    Layers whose activation tfmot cannot wrap get their output quantized instead.
+    Layers whose activation tfmot cannot wrap get their output quantized instead. An
+    ``Activation("sigmoid"|"tanh")`` layer gets its output fake-quantized on the fixed
+    grid TFLite's LOGISTIC/TANH output has (:func:`fixed_activation_range`).
     """
     check_keras2(layer, "layer")
+    fixed = fixed_activation_range(layer)
+    if fixed is not None and activation_bits is not None:
+        return LayerQuantizeConfig(output=FixedRangeQuantizer(*fixed, bits=8))
     if per_channel is None:
         per_channel = not isinstance(layer, (L.Dense, L.Conv1DTranspose, L.Conv2DTranspose,
                                              L.Conv3DTranspose))
@@ -329,6 +337,29 @@ def default_config_for(layer: Any, weight_bits: int = 8, activation_bits: int | 
         return LayerQuantizeConfig(weights=cfg.weights,
                                    output=activation_quantizer(activation_bits))
     return None
+
+
+#: The int8 output range TFLite fixes for LOGISTIC (scale 1/256, zero point -128) and
+#: TANH (scale 1/128, zero point 0), as a FakeQuant ``[min, max]`` on 256 levels.
+FIXED_ACTIVATION_RANGES: dict[str, tuple[float, float]] = {
+    "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+
+
+def fixed_activation_range(layer: Any) -> tuple[float, float] | None:
+    """The fixed output range of an ``Activation("sigmoid"|"tanh")`` layer, else None.
+
+    TFLite's int8 LOGISTIC and TANH require the output scale ``1/256`` (zero point
+    -128) and ``1/128`` (zero point 0). A FakeQuant on ``[0, 255/256]`` or
+    ``[-1, 127/128]`` with 256 levels has exactly that grid (``scale = (max - min) / 255``),
+    so the QAT model trains on the deployed values.
+
+    >>> fixed_activation_range(keras.layers.Activation("sigmoid"))
+    (0.0, 0.99609375)
+    """
+    if not isinstance(layer, L.Activation):
+        return None
+    act = layer.get_config().get("activation")
+    return FIXED_ACTIVATION_RANGES.get(act) if isinstance(act, str) else None
 
 
 #: Activations tfmot's QuantizeAwareActivation can wrap.

@@ -19,7 +19,10 @@ become ``TFOpLambda`` / ``SlicingOpLambda`` layers, whose serialized call (first
 argument and keyword arguments, tensors among them) tfmot's wrappers cannot replay
 ("'list' object has no attribute 'dtype'"). :func:`replace_tf_ops` turns each into a
 :class:`TensorOp`: the same op, called the same way, with every tensor argument
-passed as an ordinary input, so it can be wrapped and its output quantized.
+passed as an ordinary input, so it can be wrapped and its output quantized. A
+two-tensor ``x + y`` of equal shapes becomes a Keras ``Add`` (:func:`tensor_adds_as_add`),
+so that tfmot treats a residual written with ``+`` like one written with ``Add`` (no
+range of its own in front of a ReLU, which TFLite fuses into the ADD).
 
 **Normalization.** A fixed ``Normalization`` (EfficientNet's, ConvNeXt's input
 statistics) computes ``(x - mean) / max(sqrt(var), eps)``; the converter turns that
@@ -100,6 +103,7 @@ __all__ = [
     "rescaling_as_depthwise",
     "split_activations",
     "split_separable",
+    "tensor_adds_as_add",
 ]
 
 logger = logging.getLogger(__name__)
@@ -433,6 +437,43 @@ def replace_tf_ops(model: Any, custom_objects: dict[str, Any] | None = None) -> 
     return new
 
 
+#: TF functions of a two-tensor ``x + y`` (TFOpLambda's serialized names).
+_TENSOR_ADDS = frozenset({"__operators__.add", "math.add", "math.add_v2"})
+
+
+def _is_same_shape_tensor_add(layer: Any) -> bool:
+    if not (isinstance(layer, TensorOp) and layer.function in _TENSOR_ADDS
+            and len(layer.inbound_nodes) == 1):
+        return False
+    xs = tf.nest.flatten(layer.input)
+    extra = {k: v for k, v in layer.op_kwargs.items() if k != "y" and v is not None}
+    return (len(xs) == 2 and not extra and layer.first_arg == {"__input__": 0}
+            and layer.op_kwargs.get("y") == {"__input__": 1}
+            and xs[0].shape.as_list() == xs[1].shape.as_list()
+            == layer.output.shape.as_list())
+
+
+def tensor_adds_as_add(model: Any) -> Any:
+    """``model`` with every :class:`TensorOp` ``x + y`` of two tensors of the same shape
+    (RegNet's and MobileNetV3's residuals written with ``+``) replaced by a Keras ``Add``
+    layer of the same name: the same sum, and tfmot's transforms then treat it as an
+    ``Add`` (one output quantizer, none before a following ReLU: TFLite fuses the ReLU
+    into the ADD, and a TensorOp's own output range in front of it was a second rounding
+    the deployed model does not do; measured on RegNetX002: 1-15 LSB at every residual)."""
+    names = {la.name for la in model.layers if _is_same_shape_tensor_add(la)}
+    if not names:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    for e in cfg["layers"]:
+        if e["config"]["name"] in names:
+            c = e["config"]
+            _retype(e, "Add", {"name": c["name"], "trainable": c.get("trainable", True),
+                               "dtype": c.get("dtype", "float32")})
+    new = _rebuild(model, cfg, model.get_layer)
+    logger.info("model '%s': %d tensor additions made Add layers", model.name, len(names))
+    return new
+
+
 def normalization_affine(mean: Any, variance: Any, epsilon: float
                          ) -> tuple[np.ndarray, np.ndarray]:
     """``(scale, offset)`` with ``x * scale + offset == (x - mean) / max(sqrt(var), eps)``.
@@ -725,26 +766,29 @@ def _unique(model: Any, base: str, taken: set[str]) -> str:
 
 
 #: activations TFLite fuses into CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED, and
-#: those tfmot quantizes before (the op's own output, which TFLite feeds to LOGISTIC,
-#: TANH or SOFTMAX with their fixed output scales): both deploy as trained in place.
-_KEPT_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "sigmoid", "tanh", "softmax"})
+#: softmax, which tfmot quantizes before (the op's own output, fed to TFLite's SOFTMAX).
+#: Sigmoid and tanh are split off: as Activation layers their outputs get the fixed
+#: int8 ranges of TFLite's LOGISTIC / TANH (:func:`tfmot_ext.configs.default_config_for`),
+#: which tfmot's fused activation leaves unquantized in training.
+_KEPT_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax"})
 _WEIGHTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
              keras.layers.Conv3D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv1D,
              keras.layers.SeparableConv2D, keras.layers.Conv1DTranspose,
              keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
 
 
-def split_activations(model: Any) -> Any:
+def split_activations(model: Any, keep: Callable[[Any], bool] | None = None) -> Any:
     """``model`` with every Conv/Dense whose activation TFLite cannot fuse (swish, gelu,
-    elu, ...; not linear, ReLU, ReLU6, sigmoid, tanh, softmax) written as the layer with
+    elu, sigmoid, tanh, ...; not linear, ReLU, ReLU6, softmax) written as the layer with
     a linear activation followed by an ``Activation`` layer named
-    ``<layer>_<activation>``. Same function, same weights (module docstring)."""
+    ``<layer>_<activation>``. Same function, same weights (module docstring). Layers
+    for which ``keep(layer)`` is true stay whole."""
     targets: dict[str, dict[str, Any]] = {}
     taken: set[str] = set()
     for la in model.layers:
         act = getattr(getattr(la, "activation", None), "__name__", "linear")
         if (isinstance(la, _WEIGHTED) and act not in _KEPT_ACTIVATIONS
-                and len(la.inbound_nodes) == 1):
+                and len(la.inbound_nodes) == 1 and not (keep is not None and keep(la))):
             serialized = la.get_config()["activation"]
             targets[la.name] = {"class_name": "Activation", "config": {
                 "name": _unique(model, f"{la.name}_{act}", taken), "trainable": la.trainable,
@@ -857,16 +901,17 @@ def batchnorm_as_depthwise(model: Any) -> Any:
 
 
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
-            keep_separable: Callable[[Any], bool] | None = None) -> Any:
-    """:func:`flatten`, :func:`replace_tf_ops`, :func:`replace_normalization`,
-    :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`, :func:`split_separable`,
-    :func:`split_activations`, :func:`mean_without_keepdims`,
+            keep: Callable[[Any], bool] | None = None) -> Any:
+    """:func:`flatten`, :func:`replace_tf_ops`, :func:`tensor_adds_as_add`,
+    :func:`replace_normalization`, :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`,
+    :func:`split_separable`, :func:`split_activations`, :func:`mean_without_keepdims`,
     :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
-    converter deploys as trained. ``keep_separable(layer)`` true keeps that
-    SeparableConv2D whole (a user's rule configures it as one layer)."""
+    converter deploys as trained. ``keep(layer)`` true keeps that layer whole (a
+    user's rule configures it as one layer): a SeparableConv2D is not split, an
+    activation not split off."""
     flat = flatten(model, custom_objects)
     if not isinstance(flat, keras.Sequential):
         flat = dense_to_rank2(rescaling_as_depthwise(replace_normalization(
-            replace_tf_ops(flat, custom_objects))))
+            tensor_adds_as_add(replace_tf_ops(flat, custom_objects)))))
     return range_after_float_layers(mean_without_keepdims(split_activations(
-        split_separable(flat, keep_separable))))
+        split_separable(flat, keep), keep)))

@@ -25,7 +25,9 @@ The arithmetic (Jacob et al. 2017, arXiv 1712.05877, section 2.2; TFLite's
 Add follows TFLite's ``ADD`` (both inputs shifted left by 20 bits and rescaled to
 twice the larger input scale, then to the output), Concatenate requantizes inputs
 whose scale differs from the output's (TFLite ``QUANTIZE``), pooling and ``MEAN``
-follow their TFLite kernels.
+follow their TFLite kernels. Sigmoid and tanh are TFLite's int8 LOGISTIC / TANH: a
+256-entry table built once from the scales in float32 (:func:`activation_lut`), so the
+data path is a lookup; swish is LOGISTIC then MUL.
 
 The requantization of Conv/Depthwise/FullyConnected rounds differently in TFLite's
 kernel sets (measured, see docs/integer_inference.md): the reference kernels use
@@ -64,6 +66,7 @@ __all__ = [
     "IntTensor",
     "ReferenceRun",
     "TensorMatch",
+    "activation_lut",
     "activation_range",
     "compare_with_tflite",
     "match_tensors",
@@ -355,8 +358,6 @@ def _conv(p: LayerQuantParams, x: IntTensor, where: str, depthwise: bool) -> Int
     _check_weighted(p, x, where)
     assert p.kernel_int is not None
     c = p.config
-    if int(c.get("groups", 1) or 1) != 1:
-        raise IntegerReferenceError(f"{where}: grouped convolution is not supported")
     if c.get("data_format", "channels_last") not in ("channels_last", None):
         raise IntegerReferenceError(f"{where}: only channels_last is supported")
     k = p.kernel_int.astype(np.int64)
@@ -370,7 +371,17 @@ def _conv(p: LayerQuantParams, x: IntTensor, where: str, depthwise: bool) -> Int
         acc = np.einsum("nhwcij,ijcm->nhwcm", win, k, optimize=True)
         acc = acc.reshape(*acc.shape[:3], -1)
     else:
-        acc = np.einsum("nhwcij,ijco->nhwo", win, k, optimize=True)
+        # groups g: kernel (kh, kw, C/g, O); output channel o reads the input channels
+        # of its group o // (O/g): out[..., g*O/g + o] = sum win[..., g*C/g + c] k[.., c, o]
+        groups = int(c.get("groups", 1) or 1)
+        n, oh, ow, cin = win.shape[:4]
+        if cin != k.shape[2] * groups:
+            raise IntegerReferenceError(f"{where}: {cin} input channels do not match a "
+                                        f"kernel of {k.shape[2]} per group x {groups} groups")
+        wg = win.reshape(n, oh, ow, groups, cin // groups, kh, kw)
+        kg = k.reshape(kh, kw, k.shape[2], groups, k.shape[3] // groups)
+        acc = np.einsum("nhwgcij,ijcgo->nhwgo", wg, kg, optimize=True)
+        acc = acc.reshape(n, oh, ow, -1)
     return _finish(p, acc, where)
 
 
@@ -404,6 +415,63 @@ def _relu(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
                                          shift) + out.zero_point
     lo, hi = activation_range(act, out.scale, out.zero_point, where)
     return IntTensor(np.clip(y, lo, hi).astype(np.int8), out.scale, out.zero_point)
+
+
+#: float32 functions of TFLite's int8 lookup-table activations.
+_LUT_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sigmoid": lambda v: np.float32(1) / (np.float32(1) + np.exp(-v)),
+    "tanh": np.tanh,
+}
+#: the int8 output quantization TFLite requires of LOGISTIC and TANH.
+_LUT_OUTPUT = {"sigmoid": (1.0 / 256.0, -128), "tanh": (1.0 / 128.0, 0)}
+
+
+def activation_lut(fn: str, in_scale: float, in_zero_point: int, out_scale: float,
+                   out_zero_point: int) -> npt.NDArray[np.int8]:
+    """TFLite's int8 LOGISTIC/TANH table (``LUTPopulate``), indexed by ``q + 128``.
+
+    In float32: ``d = s_in * (q - z_in)``, ``y = f(d)``,
+    ``t[q + 128] = clamp(round_half_away(y * (1 / s_out)) + z_out, -128, 127)``.
+
+    >>> t = activation_lut("sigmoid", 0.1, 0, 1 / 256, -128)
+    >>> int(t[0 + 128]), int(t[127 + 128])    # sigmoid(0) = 0.5 -> 0; sigmoid(12.7) -> 127
+    (0, 127)
+    """
+    if fn not in _LUT_FUNCTIONS:
+        raise IntegerReferenceError(f"no lookup table for activation '{fn}'; "
+                                    f"supported: {sorted(_LUT_FUNCTIONS)}")
+    f32 = np.float32
+    q = np.arange(-128, 128, dtype=np.int32)
+    d = (f32(in_scale) * (q - in_zero_point).astype(f32)).astype(f32)
+    y = _LUT_FUNCTIONS[fn](d).astype(f32)
+    r = round_half_away((y * (f32(1) / f32(out_scale))).astype(f32))
+    return np.clip(r.astype(np.int64) + out_zero_point, -128, 127).astype(np.int8)
+
+
+def _lut(x: IntTensor, fn: str) -> IntTensor:
+    s, z = _LUT_OUTPUT[fn]
+    table = activation_lut(fn, x.scale, x.zero_point, s, z)
+    return IntTensor(table[x.values.astype(np.int64) + 128], s, z)
+
+
+def _activation(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    """An Activation layer: sigmoid / tanh (TFLite's table LOGISTIC / TANH, output at
+    the fixed scale its QAT quantizer trains), swish (LOGISTIC, then MUL to the layer's
+    output scale), else a ReLU (:func:`_relu`)."""
+    act = p.config.get("activation")
+    if act in _LUT_FUNCTIONS:
+        y = _lut(x, str(act))
+        if p.output is not None and (np.float32(p.output.scale), p.output.zero_point) != (
+                np.float32(y.scale), y.zero_point):
+            raise IntegerReferenceError(
+                f"{where}: TFLite's int8 {act} outputs scale {y.scale}, zero point "
+                f"{y.zero_point}; the layer was trained with ({p.output.scale}, "
+                f"{p.output.zero_point})")
+        return y
+    if act in ("swish", "silu"):
+        return _mul(dataclasses.replace(p, activation="linear"), [x, _lut(x, "sigmoid")],
+                    where)
+    return _relu(p, x, where)
 
 
 def _max_pool(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
@@ -595,7 +663,7 @@ _UNARY: dict[str, _Unary] = {
     "Dense": _dense,
     "FoldedDenseBatchNorm": _dense,
     "ReLU": _relu,
-    "Activation": _relu,
+    "Activation": _activation,
     "MaxPooling2D": _max_pool,
     "AveragePooling2D": _avg_pool,
     "GlobalAveragePooling2D": _global_avg_pool,
