@@ -515,3 +515,38 @@ def test_lookup_table_activations_are_bit_exact():
         ops = [m.op for m in report.reference]
         assert ops.count("LOGISTIC") == 3 and "TANH" in ops
         assert all(m.mismatched == 0 for m in report.reference), report
+
+
+@pytest.mark.slow
+def test_hard_swish_with_constant_operands_is_bit_exact():
+    """MobileNetV3's hard-swish ``x * relu6(x + 3.0) * (1/6)``: TF-op ADD and MUL with
+    a constant the converter quantizes itself (on ``[0, c]``: the constant is level 127
+    of scale c/255), the ReLU6 fused into the ADD (QAT quantizes the sum once, at the
+    ReLU6, as deployed): every tensor bit for bit in both kernel sets."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = layers.BatchNormalization(momentum=0.9)(layers.Conv2D(8, 3, padding="same")(inp))
+    h = layers.Multiply(name="hswish")([h, layers.ReLU(6.0, name="r6")(h + 3.0) * (1 / 6)])
+    h = layers.Conv2D(8, 1)(h + -0.5)                  # a negative constant: level -128
+    model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(h)))
+    decisions = te.plan(model)
+    plus3 = next(n for n in decisions if n.startswith("tf.__operators__.add"))
+    assert decisions[plus3].output is None and not decisions[plus3].activations
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    content = te.to_tflite(qat, x)
+    for kernels in ("reference", "builtin"):
+        report = te.verify(qat, content, x, kernels=kernels)
+        assert report.reference is not None and report.weights_exact, report.reference_error
+        ops = [m.op for m in report.reference]
+        assert ops.count("MUL") == 2 and ops.count("ADD") == 2, ops
+        assert all(m.mismatched == 0 for m in report.reference), report
+
+
+def test_constant_operand_of_either_sign():
+    neg = reference.constant_operand(-0.5)
+    assert (int(neg.values), neg.zero_point) == (-128, 127)
+    assert (int(neg.values) - neg.zero_point) * np.float32(neg.scale) == pytest.approx(-0.5)

@@ -39,6 +39,7 @@ from tfmot_ext.extract import inbound_layer_names
 from tfmot_ext.graph import (
     FLOAT_FOR_CONVERTER,
     PASS_THROUGH_OPS,
+    TENSOR_ADDS,
     TensorOp,
     batchnorm_as_depthwise,
     layer_classes,
@@ -327,6 +328,17 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
         for member in chain[:-1]:
             decisions[member.name] = no_op_config()
         decisions[chain[-1].name] = output_only_config(quantizer=act_q)
+    # a TF-op addition (MobileNetV3's hard-swish ``relu6(x + 3.0)``) read only by a ReLU:
+    # TFLite fuses the ReLU into the ADD, whose output is the ReLU's tensor; a range of
+    # the addition's own would round twice where the deployed model rounds once (what
+    # tfmot's AddReLUQuantize transform does for an Add layer)
+    for name, cfg in list(decisions.items()):
+        layer, nxt = by_name[name], single(name)
+        if (isinstance(layer, TensorOp) and layer.function in TENSOR_ADDS
+                and isinstance(cfg, LayerQuantizeConfig) and not cfg.weights
+                and nxt is not None and _is_relu_like(nxt)
+                and decisions.get(nxt.name) in (_PENDING, None)):
+            decisions[name] = no_op_config()
     # TFLite's CONCATENATION has one scale, which the converter gives to the inputs
     # it alone consumes: their own output quantizers would clip and round at a scale
     # that is never deployed, so the Concatenate's quantizer is the only one kept

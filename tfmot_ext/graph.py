@@ -84,6 +84,7 @@ from tfmot_ext.errors import UnsupportedModelError
 __all__ = [
     "FLOAT_FOR_CONVERTER",
     "PASS_THROUGH_OPS",
+    "TENSOR_ADDS",
     "Fixed",
     "TensorOp",
     "batchnorm_as_depthwise",
@@ -438,11 +439,11 @@ def replace_tf_ops(model: Any, custom_objects: dict[str, Any] | None = None) -> 
 
 
 #: TF functions of a two-tensor ``x + y`` (TFOpLambda's serialized names).
-_TENSOR_ADDS = frozenset({"__operators__.add", "math.add", "math.add_v2"})
+TENSOR_ADDS = frozenset({"__operators__.add", "math.add", "math.add_v2"})
 
 
 def _is_same_shape_tensor_add(layer: Any) -> bool:
-    if not (isinstance(layer, TensorOp) and layer.function in _TENSOR_ADDS
+    if not (isinstance(layer, TensorOp) and layer.function in TENSOR_ADDS
             and len(layer.inbound_nodes) == 1):
         return False
     xs = tf.nest.flatten(layer.input)

@@ -69,6 +69,7 @@ __all__ = [
     "activation_lut",
     "activation_range",
     "compare_with_tflite",
+    "constant_operand",
     "match_tensors",
     "multiply_by_quantized_multiplier",
     "multiply_by_quantized_multiplier_single",
@@ -599,16 +600,38 @@ def _mul(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
     return IntTensor(np.clip(y, lo, hi).astype(np.int8), p.output.scale, p.output.zero_point)
 
 
-#: TF functions of :class:`tfmot_ext.graph.TensorOp` layers with an integer kernel here,
-#: when both operands are tensors (a constant operand is quantized by the converter).
+#: TF functions of :class:`tfmot_ext.graph.TensorOp` layers with an integer kernel here:
+#: two tensors, or a tensor and a scalar constant (:func:`constant_operand`).
 _TENSOR_OP_KERNELS = {"__operators__.add": "Add", "math.add": "Add",
-                      "math.multiply": "Multiply"}
+                      "math.add_v2": "Add", "math.multiply": "Multiply"}
+
+
+def constant_operand(value: float) -> IntTensor:
+    """A scalar constant operand of ADD/MUL as the converter quantizes it: int8 on the
+    range ``[min(c, 0), max(c, 0)]``, so ``s = |c| / 255`` (float64, stored as float32)
+    and ``c`` is the extreme level: ``q = 127, z = -128`` for ``c > 0``, ``q = -128,
+    z = 127`` for ``c < 0`` (measured on MobileNetV3's ``x + 3.0`` and ``* (1/6)``).
+
+    >>> t = constant_operand(3.0)
+    >>> int(t.values), t.zero_point, float(np.float32(t.scale)) == float(np.float32(3 / 255))
+    (127, -128, True)
+    """
+    c = float(value)
+    if c == 0.0:
+        return IntTensor(np.array(0, np.int8), 1.0, 0)
+    scale = float(np.float32(abs(c) / 255.0))
+    return (IntTensor(np.array(127, np.int8), scale, -128) if c > 0
+            else IntTensor(np.array(-128, np.int8), scale, 127))
 
 
 def _tensor_op(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
     op = p.config.get("op", {})
     fn = op.get("config", {}).get("function") if isinstance(op, dict) else None
     kind = _TENSOR_OP_KERNELS.get(str(fn))
+    y = p.config.get("op_kwargs", {}).get("y")
+    if (kind is not None and len(xs) == 1 and p.config.get("first_arg") == {"__input__": 0}
+            and isinstance(y, (int, float)) and not isinstance(y, bool)):
+        xs = [xs[0], constant_operand(y)]   # x + c, x * c: c quantized by the converter
     if kind is None or len(xs) != 2:
         raise IntegerReferenceError(
             f"{where}: the integer reference has no kernel for TensorOp '{fn}' with "
