@@ -550,3 +550,39 @@ def test_constant_operand_of_either_sign():
     neg = reference.constant_operand(-0.5)
     assert (int(neg.values), neg.zero_point) == (-128, 127)
     assert (int(neg.values) - neg.zero_point) * np.float32(neg.scale) == pytest.approx(-0.5)
+
+
+@pytest.mark.slow
+def test_tensor_requantized_for_a_concatenate_is_replayed():
+    """DenseNet's stem and transitions: a pooled tensor read by a Concatenate and by a
+    block's BatchNorm is deployed at the Concatenate's scale; the converter inserts a
+    QUANTIZE (before the max pooling, after the average pooling). The reference
+    requantizes where the pass-through chain meets the quantized layer (max pooling
+    and padding commute with the monotonic requantization): bit-exact, chained and
+    operator by operator (the reference stopped with "input quantization differs")."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+
+    def bn_relu(h, name=None):
+        return layers.ReLU()(layers.BatchNormalization(momentum=0.9, name=name)(h))
+
+    inp = keras.Input((16, 16, 3))
+    h = bn_relu(layers.Conv2D(8, 3, padding="same", use_bias=False)(inp))
+    p = layers.MaxPooling2D(3, strides=2, name="pool1")(layers.ZeroPadding2D(1)(h))
+    c = layers.Concatenate()([p, layers.Conv2D(4, 3, padding="same")(bn_relu(p))])
+    t = layers.AveragePooling2D(2, name="tpool")(layers.Conv2D(8, 1)(bn_relu(c)))
+    c2 = layers.Concatenate()([t, layers.Conv2D(4, 3, padding="same")(bn_relu(t))])
+    model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(c2)))
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    content = te.to_tflite(qat, x)
+    params = te.extract(qat)
+    for kernels in ("reference", "builtin"):
+        report = te.verify(qat, content, x, kernels=kernels, params=params)
+        assert report.reference is not None and report.weights_exact, report.reference_error
+        assert [m.op for m in report.reference].count("QUANTIZE") == 2
+        assert all(m.mismatched == 0 for m in report.reference), report
+    iso = reference.compare_with_tflite(params, content, x[:2], "builtin", isolate=True)
+    assert len(iso) >= 15 and all(m.mismatched == 0 for m in iso)

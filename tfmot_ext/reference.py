@@ -42,7 +42,7 @@ import contextvars
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ import numpy.typing as npt
 
 from tfmot_ext.errors import IntegerReferenceError
 from tfmot_ext.extract import (
+    PASS_THROUGH,
     LayerQuantParams,
     QuantizedModelParams,
     TensorQuant,
@@ -740,6 +741,24 @@ def run(params: QuantizedModelParams, x: npt.ArrayLike, rounding: str = "referen
         _ROUNDING.reset(token)
 
 
+def _converter_requantized(params: QuantizedModelParams, p: LayerQuantParams,
+                           tensors: Mapping[str, IntTensor]) -> list[IntTensor]:
+    """``p``'s input tensors; one that reaches a quantized layer through pass-through
+    layers at another scale than the layer's input (DenseNet: a tensor a Concatenate
+    also reads, which the converter gives the Concatenate's scale) is requantized
+    there, as the converter's QUANTIZE does (before max pooling or padding, which
+    commute with a monotonic requantization, or after an average pooling)."""
+    args = [tensors[i] for i in p.inputs]
+    if p.input is None or len(args) != 1:
+        return args
+    up, x = params[p.inputs[0]], args[0]
+    if (up.kind in PASS_THROUGH and up.output is None
+            and (np.float32(x.scale), x.zero_point)
+            != (np.float32(p.input.scale), p.input.zero_point)):
+        return [requantize(x, p.input.scale, p.input.zero_point)]
+    return args
+
+
 def _run(params: QuantizedModelParams, xs: np.ndarray) -> ReferenceRun:
     inputs = [n for n, p in params.items() if p.kind == "InputLayer"]
     if len(inputs) != 1:
@@ -770,7 +789,7 @@ def _run(params: QuantizedModelParams, xs: np.ndarray) -> ReferenceRun:
         if missing:
             raise IntegerReferenceError(f"{where}: its inputs {missing} were not computed "
                                   "(float layers before the model's QuantizeLayer?)")
-        tensors[name] = _execute(p, [tensors[i] for i in p.inputs], where)
+        tensors[name] = _execute(p, _converter_requantized(params, p, tensors), where)
         last = name
     return ReferenceRun(tensors, last)
 
@@ -865,7 +884,8 @@ def _isolated(params: QuantizedModelParams, ref: ReferenceRun, theirs: dict[str,
         if p.kind in ("InputLayer", "QuantizeLayer") or not p.inputs:
             memo[n] = ref.tensors[n]
         else:
-            memo[n] = _execute(p, [value(i, False) for i in p.inputs], f"layer '{n}'")
+            ins = {i: value(i, False) for i in p.inputs}
+            memo[n] = _execute(p, _converter_requantized(params, p, ins), f"layer '{n}'")
         return memo[n]
 
     return value(name, True)
