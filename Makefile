@@ -23,7 +23,7 @@ docs: $(STAMP)
 	$(PY) -m mkdocs build --strict
 
 pytest: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 test: lint docs pytest
 
