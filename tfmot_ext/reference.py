@@ -61,6 +61,7 @@ from tfmot_ext.qmath import round_half_away
 from tfmot_ext.scheme import relu_kind
 
 __all__ = [
+    "DEPTHWISE_SIMD_CHANNELS",
     "KERNEL_ROUNDING",
     "ROUNDINGS",
     "SUPPORTED_KINDS",
@@ -324,7 +325,14 @@ def _pair(v: Any, default: int = 1) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def _finish(p: LayerQuantParams, acc: np.ndarray, where: str, fc: bool = False) -> IntTensor:
+#: TFLite's optimized per-channel depthwise output stage requantizes channels in SIMD
+#: groups of this many (ties up); the channels after the last full group go through
+#: the scalar ``MultiplyByQuantizedMultiplier`` (ties away from zero).
+DEPTHWISE_SIMD_CHANNELS = 8
+
+
+def _finish(p: LayerQuantParams, acc: np.ndarray, where: str, fc: bool = False,
+            depthwise: bool = False) -> IntTensor:
     """Add the int32 bias, requantize per output channel, add z_y, clamp."""
     assert p.output is not None and p.multiplier_q31 is not None and p.shift is not None
     if p.bias_int is not None:
@@ -335,7 +343,15 @@ def _finish(p: LayerQuantParams, acc: np.ndarray, where: str, fc: bool = False) 
         mbqm = multiply_by_quantized_multiplier_single
     else:
         mbqm = multiply_by_quantized_multiplier
-    y = mbqm(acc, p.multiplier_q31, p.shift) + p.output.zero_point
+    y = mbqm(acc, p.multiplier_q31, p.shift)
+    tail = acc.shape[-1] % DEPTHWISE_SIMD_CHANNELS
+    if depthwise and tail and _ROUNDING.get() == "optimized":
+        # measured: a 3-channel depthwise (MobileNetV3's input scaling x / 127.5 - 1,
+        # every output a tie) rounds all ties away from zero in the optimized kernels
+        m0, sh = (np.broadcast_to(v, acc.shape[-1:])[-tail:]
+                  for v in (p.multiplier_q31, p.shift))
+        y[..., -tail:] = multiply_by_quantized_multiplier(acc[..., -tail:], m0, sh)
+    y = y + p.output.zero_point
     lo, hi = activation_range(p.activation, p.output.scale, p.output.zero_point, where)
     return IntTensor(np.clip(y, lo, hi).astype(np.int8), p.output.scale, p.output.zero_point)
 
@@ -371,20 +387,18 @@ def _conv(p: LayerQuantParams, x: IntTensor, where: str, depthwise: bool) -> Int
     if depthwise:
         # (kh, kw, C, M) -> out[..., c*M + m] = sum win[..., c, i, j] * k[i, j, c, m]
         acc = np.einsum("nhwcij,ijcm->nhwcm", win, k, optimize=True)
-        acc = acc.reshape(*acc.shape[:3], -1)
-    else:
-        # groups g: kernel (kh, kw, C/g, O); output channel o reads the input channels
-        # of its group o // (O/g): out[..., g*O/g + o] = sum win[..., g*C/g + c] k[.., c, o]
-        groups = int(c.get("groups", 1) or 1)
-        n, oh, ow, cin = win.shape[:4]
-        if cin != k.shape[2] * groups:
-            raise IntegerReferenceError(f"{where}: {cin} input channels do not match a "
-                                        f"kernel of {k.shape[2]} per group x {groups} groups")
-        wg = win.reshape(n, oh, ow, groups, cin // groups, kh, kw)
-        kg = k.reshape(kh, kw, k.shape[2], groups, k.shape[3] // groups)
-        acc = np.einsum("nhwgcij,ijcgo->nhwgo", wg, kg, optimize=True)
-        acc = acc.reshape(n, oh, ow, -1)
-    return _finish(p, acc, where)
+        return _finish(p, acc.reshape(*acc.shape[:3], -1), where, depthwise=True)
+    # groups g: kernel (kh, kw, C/g, O); output channel o reads the input channels
+    # of its group o // (O/g): out[..., g*O/g + o] = sum win[..., g*C/g + c] k[.., c, o]
+    groups = int(c.get("groups", 1) or 1)
+    n, oh, ow, cin = win.shape[:4]
+    if cin != k.shape[2] * groups:
+        raise IntegerReferenceError(f"{where}: {cin} input channels do not match a "
+                                    f"kernel of {k.shape[2]} per group x {groups} groups")
+    wg = win.reshape(n, oh, ow, groups, cin // groups, kh, kw)
+    kg = k.reshape(kh, kw, k.shape[2], groups, k.shape[3] // groups)
+    acc = np.einsum("nhwgcij,ijcgo->nhwgo", wg, kg, optimize=True)
+    return _finish(p, acc.reshape(n, oh, ow, -1), where)
 
 
 def _dense(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
