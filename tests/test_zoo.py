@@ -31,9 +31,12 @@ _spec.loader.exec_module(zoo)
 # TFLite tensor replayed bit for bit by the integer reference (the optimized kernels):
 # RegNetX002: TFOpLambda (x + y), Rescaling, grouped convolutions;
 # RegNetY002: squeeze-excite (sigmoid gate, TF-op multiply), the BN tfmot fails on;
-# ResNet50V2: BatchNormalization after no conv (pre-activation)
+# ResNet50V2: BatchNormalization after no conv (pre-activation);
+# MobileNetV3Small: hard-swish as TF ops with constants, Rescaling (x / 127.5 - 1, every
+# pixel a rounding tie), squeeze-excite Multiply layers with keep-dims pooling
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["RegNetX002", "RegNetY002", "ResNet50V2"])
+@pytest.mark.parametrize("family", ["RegNetX002", "RegNetY002", "ResNet50V2",
+                                    "MobileNetV3Small"])
 def test_family_quantizes_trains_converts_with_exact_extraction(family):
     r = zoo.run_family(family, with_tfmot=False)
     assert (r.quantize, r.train, r.convert) == ("ok", "ok", "ok"), r
