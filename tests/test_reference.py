@@ -323,6 +323,14 @@ def test_keepdims_mean_is_tflites_float_kernel(monkeypatch):
         assert all(m.mismatched == 0 for m in report.reference), report
 
 
+def _trained(model: keras.Model, x: np.ndarray) -> tuple[keras.Model, bytes]:
+    """``model`` quantized, trained two epochs on ``x`` (zero targets), and its int8 TFLite."""
+    qat = te.quantize(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((len(x), model.output_shape[-1]), np.float32), epochs=2, verbose=0)
+    return qat, te.to_tflite(qat, x)
+
+
 @pytest.mark.slow
 def test_multiply_and_tensor_op_kernels_are_bit_exact():
     """Squeeze-excite Multiply (broadcast), a TF-op residual ``x + y`` and ``tf.multiply``
@@ -341,10 +349,7 @@ def test_multiply_and_tensor_op_kernels_are_bit_exact():
     h = tf.multiply(h, layers.Conv2D(8, 1)(h))
     model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(h)))
     x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
-    qat = te.quantize(model)
-    qat.compile("sgd", "mse")
-    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
-    content = te.to_tflite(qat, x)
+    qat, content = _trained(model, x)
     for kernels in ("reference", "builtin"):
         report = te.verify(qat, content, x, kernels=kernels)
         assert report.reference is not None and report.weights_exact
@@ -371,12 +376,10 @@ def test_nested_concatenate_takes_the_outer_scale():
     outer = layers.Concatenate(name="outer")([inner, conv_bn(x, 1)])
     model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(outer)))
     x8 = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
-    qat = te.quantize(model)
-    qat.compile("sgd", "mse")
-    qat.fit(x8, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    qat, content = _trained(model, x8)
     params = te.extract(qat)
     assert params["quant_inner"].output == params["quant_outer"].output is not None
-    report = te.verify(qat, te.to_tflite(qat, x8), x8, kernels="reference")
+    report = te.verify(qat, content, x8, kernels="reference")
     assert report.weights_exact and report.reference is not None
     assert all(m.mismatched == 0 for m in report.reference), report
 
@@ -427,10 +430,7 @@ def test_grouped_convolution_is_bit_exact():
     h = layers.Conv2D(8, 3, strides=2, groups=2, name="g2")(h)
     model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(h)))
     x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
-    qat = te.quantize(model)
-    qat.compile("sgd", "mse")
-    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
-    content = te.to_tflite(qat, x)
+    qat, content = _trained(model, x)
     for kernels in ("reference", "builtin"):
         report = te.verify(qat, content, x, kernels=kernels)
         assert report.reference is not None and report.weights_exact, report.reference_error
@@ -503,12 +503,9 @@ def test_lookup_table_activations_are_bit_exact():
     h = layers.Conv2D(8, 1, name="after_tanh")(h)
     model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(h)))
     x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
-    qat = te.quantize(model)
-    qat.compile("sgd", "mse")
-    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
+    qat, content = _trained(model, x)
     params = te.extract(qat)
     assert params["quant_after_tanh"].input.scale == 1 / 128
-    content = te.to_tflite(qat, x)
     for kernels in ("reference", "builtin"):
         report = te.verify(qat, content, x, kernels=kernels, params=params)
         assert report.reference is not None and report.weights_exact, report.reference_error
@@ -534,10 +531,7 @@ def test_hard_swish_with_constant_operands_is_bit_exact():
     plus3 = next(n for n in decisions if n.startswith("tf.__operators__.add"))
     assert decisions[plus3].output is None and not decisions[plus3].activations
     x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
-    qat = te.quantize(model)
-    qat.compile("sgd", "mse")
-    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
-    content = te.to_tflite(qat, x)
+    qat, content = _trained(model, x)
     for kernels in ("reference", "builtin"):
         report = te.verify(qat, content, x, kernels=kernels)
         assert report.reference is not None and report.weights_exact, report.reference_error
@@ -574,10 +568,7 @@ def test_tensor_requantized_for_a_concatenate_is_replayed():
     c2 = layers.Concatenate()([t, layers.Conv2D(4, 3, padding="same")(bn_relu(t))])
     model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(c2)))
     x = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
-    qat = te.quantize(model)
-    qat.compile("sgd", "mse")
-    qat.fit(x, np.zeros((8, 4), np.float32), epochs=2, verbose=0)
-    content = te.to_tflite(qat, x)
+    qat, content = _trained(model, x)
     params = te.extract(qat)
     for kernels in ("reference", "builtin"):
         report = te.verify(qat, content, x, kernels=kernels, params=params)
