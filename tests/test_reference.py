@@ -577,3 +577,17 @@ def test_tensor_requantized_for_a_concatenate_is_replayed():
         assert all(m.mismatched == 0 for m in report.reference), report
     iso = reference.compare_with_tflite(params, content, x[:2], "builtin", isolate=True)
     assert len(iso) >= 15 and all(m.mismatched == 0 for m in iso)
+
+
+@pytest.mark.parametrize("cropping", [1, ((0, 1), (0, 1)), ((2, 0), (1, 3))])
+def test_cropping_keeps_the_integers(rng, cropping):
+    """NASNet's Cropping2D: the reference crops like Keras and keeps the quantization."""
+    from tfmot_ext.extract import LayerQuantParams
+
+    x = rng.integers(-128, 128, (2, 6, 7, 3)).astype(np.int8)
+    p = LayerQuantParams(name="c", kind="Cropping2D", inputs=("x",), quantized=False,
+                         config={"cropping": cropping})
+    y = reference._crop(p, reference.IntTensor(x, 0.1, -3), "c")
+    expect = keras.layers.Cropping2D(cropping)(x.astype(np.float32)).numpy()
+    np.testing.assert_array_equal(y.values, expect)
+    assert y.values.dtype == np.int8 and (y.scale, y.zero_point) == (0.1, -3)

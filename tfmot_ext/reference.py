@@ -673,6 +673,15 @@ def _zero_pad(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
     return IntTensor(out, x.scale, x.zero_point)
 
 
+def _crop(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
+    """Cropping2D (channels last): the integers pass unchanged, rows/columns dropped."""
+    crop = p.config.get("cropping", ((0, 0), (0, 0)))
+    (top, bottom), (left, right) = (((crop, crop), (crop, crop)) if isinstance(crop, int)
+                                    else tuple(_pair(v) for v in crop))
+    h, w = x.values.shape[1:3]
+    return IntTensor(x.values[:, top:h - bottom, left:w - right], x.scale, x.zero_point)
+
+
 def _reshape(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
     if p.kind == "Flatten":
         return IntTensor(x.values.reshape(len(x.values), -1), x.scale, x.zero_point)
@@ -706,6 +715,7 @@ _UNARY: dict[str, _Unary] = {
     "AveragePooling2D": _avg_pool,
     "GlobalAveragePooling2D": _global_avg_pool,
     "ZeroPadding2D": _zero_pad,
+    "Cropping2D": _crop,
     "Flatten": _reshape,
     "Reshape": _reshape,
     "Dropout": _identity,
