@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tfmot_ext.configs import FIXED_ACTIVATION_RANGES
 from tfmot_ext.errors import IntegerReferenceError
 from tfmot_ext.extract import (
     PASS_THROUGH,
@@ -438,8 +439,11 @@ _LUT_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": lambda v: np.float32(1) / (np.float32(1) + np.exp(-v)),
     "tanh": np.tanh,
 }
-#: the int8 output quantization TFLite requires of LOGISTIC and TANH.
-_LUT_OUTPUT = {"sigmoid": (1.0 / 256.0, -128), "tanh": (1.0 / 128.0, 0)}
+#: the int8 output quantization TFLite requires of LOGISTIC and TANH (1/256, -128 and
+#: 1/128, 0): the grid of the fixed ranges QAT trains them on, ``s = (max - min) / 255``,
+#: ``z = -128 - min / s``.
+_LUT_OUTPUT = {fn: ((hi - lo) / 255.0, -128 - round(lo * 255.0 / (hi - lo)))
+               for fn, (lo, hi) in FIXED_ACTIVATION_RANGES.items()}
 
 
 def activation_lut(fn: str, in_scale: float, in_zero_point: int, out_scale: float,
@@ -663,21 +667,24 @@ def _concat(p: LayerQuantParams, xs: list[IntTensor], where: str) -> IntTensor:
     return IntTensor(np.concatenate(parts, axis=axis), p.output.scale, p.output.zero_point)
 
 
+def _hw_pairs(v: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """ZeroPadding2D's / Cropping2D's ``int`` or ``(h, w)`` or ``((top, bottom), (left,
+    right))`` as the last form."""
+    if isinstance(v, int):
+        return (v, v), (v, v)
+    h, w = v
+    return _pair(h), _pair(w)
+
+
 def _zero_pad(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
-    pad = p.config.get("padding", 1)
-    if isinstance(pad, int):
-        ph = pw = (pad, pad)
-    else:
-        ph, pw = (_pair(v) for v in pad)
+    ph, pw = _hw_pairs(p.config.get("padding", 1))
     out = np.pad(x.values, ((0, 0), ph, pw, (0, 0)), constant_values=x.zero_point)
     return IntTensor(out, x.scale, x.zero_point)
 
 
 def _crop(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
     """Cropping2D (channels last): the integers pass unchanged, rows/columns dropped."""
-    crop = p.config.get("cropping", ((0, 0), (0, 0)))
-    (top, bottom), (left, right) = (((crop, crop), (crop, crop)) if isinstance(crop, int)
-                                    else tuple(_pair(v) for v in crop))
+    (top, bottom), (left, right) = _hw_pairs(p.config.get("cropping", 0))
     h, w = x.values.shape[1:3]
     return IntTensor(x.values[:, top:h - bottom, left:w - right], x.scale, x.zero_point)
 
