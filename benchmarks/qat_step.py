@@ -1,11 +1,14 @@
 """Train-step time: float vs tfmot's default QAT vs tfmot_ext's folded QAT.
 
-    python benchmarks/qat_step.py [--steps 20] [--rounds 3]
+    python benchmarks/qat_step.py [--steps 2] [--rounds 40]
 
 Models: the demo's MNIST CNN (28x28x1, batch 32) and MobileNetV2 alpha=0.35 at 96x96
-(weights=None, batch 32). After warm-up (tracing), each variant runs ``--steps``
-train_on_batch calls per round, round-robin over ``--rounds`` rounds; the median step
-time of each variant is divided by the float model's. Target: folded <= 1.3x float.
+(weights=None, batch 32). After warm-up (tracing), each round times ``--steps``
+train_on_batch calls of every variant, one variant after the other, and divides each
+variant's time by the float model's time *in the same round*: a machine that slows
+down or speeds up between rounds moves all variants of a round alike, so the ratio
+cancels it. Printed: the median of the per-round ratios with its interquartile range
+(the spread left), and the median step time for scale. Target: folded <= 1.3x float.
 """
 
 from __future__ import annotations
@@ -52,22 +55,24 @@ def bench(name: str, build: Callable[[], Any], shape: tuple[int, ...], steps: in
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
+            t0 = time.perf_counter()
             for _ in range(steps):
-                t0 = time.perf_counter()
                 m.train_on_batch(x, y)
-                times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{name}: median train step, {steps * rounds} steps each, batch 32")
+            times[k].append((time.perf_counter() - t0) / steps)
+    print(f"{name}: train step, {rounds} rounds of {steps} steps each, batch 32")
     for k in models:
-        print(f"  {k:<22} {med[k] * 1e3:8.1f} ms   {med[k] / med['float']:.2f}x float")
+        ratios = sorted(t / f for t, f in zip(times[k], times["float"]))
+        q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+        print(f"  {k:<22} {statistics.median(times[k]) * 1e3:8.1f} ms   "
+              f"{statistics.median(ratios):.2f}x float (IQR {q1:.2f}-{q3:.2f})")
     keras.backend.clear_session()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=40)
     args = p.parse_args()
     bench("MNIST CNN 28x28", demo.build_cnn, (28, 28, 1), args.steps, args.rounds)
     bench("MobileNetV2 0.35 96x96", _mobilenet, (96, 96, 3), args.steps, args.rounds)
