@@ -167,17 +167,41 @@ def test_verify_report(all_ops):
 
 @pytest.mark.slow
 def test_layer_drift_within_one_lsb(all_ops):
-    """Every layer of the QAT model within 1 LSB of the integer reference (FakeQuant
-    does not model the integer rounding inside ADD/pooling/MEAN: up to 1 LSB). The
-    final Dense sums 12 such inputs: its drift is bounded by the weights, not 1 LSB."""
+    """The QAT model against the integer reference, layer by layer (chained: each fed
+    its own previous outputs). FakeQuant simulates the requantization of Conv/Dense
+    outputs exactly but not the integer rounding inside ADD/pooling/MEAN (up to 1 LSB).
+    - Layers whose inputs carry no such rounding: within 1 LSB.
+    - An ADD also carries its inputs' drift, each input LSB being ``s_in / s_out`` of
+      its output's: bound ``1 + sum(drift_in * s_in / s_out)``.
+    - Downstream of the ADD its 1-LSB differences feed convolutions, which can
+      amplify them by their weights: no closed bound per element, so the share of
+      elements off by more than 1 LSB is bounded, < 0.1 % (measured at most 0.087 %,
+      max 2 LSB), and the mean < 0.5 LSB: a pooling's QAT output is off the integer
+      grid by up to 0.5 LSB (0.25 on average, measured 0.26 with the carried part).
+    The final Dense sums 12 such inputs: its mean drift is bounded by 1 LSB."""
     from tfmot_ext.parity import layer_drift
 
     qat, x, _ = all_ops
-    drift = layer_drift(qat, x[:48])
+    params = te.extract(qat)
+    drift = layer_drift(qat, x[:48], params)
+    by_layer = {d.layer: d for d in drift}
     assert [d.layer for d in drift][-1] == "quant_fc"
+    carries: set[str] = set()  # layers fed (transitively) by an integer ADD
     for d in drift[:-1]:
-        assert d.max_lsb <= 1.0 + 1e-4, d
-        assert 0 <= d.mean_lsb <= d.max_lsb and d.over_1lsb == 0
+        p = params[d.layer]
+        assert 0 <= d.mean_lsb <= d.max_lsb
+        if any(i in carries for i in p.inputs):
+            carries.add(d.layer)
+            assert d.over_1lsb < 1e-3 and d.mean_lsb < 0.5, d
+        elif d.kind == "Add":
+            carries.add(d.layer)
+            assert p.output_scale is not None and len(p.inputs) == 2
+            bound = 1.0 + sum(by_layer[i].max_lsb * params[i].output_scale / p.output_scale
+                              for i in p.inputs)
+            assert d.max_lsb <= bound + 1e-4, (d, bound)
+        else:
+            assert d.max_lsb <= 1.0 + 1e-4 and d.over_1lsb == 0, d
+    assert {"quant_add", "quant_valid"} <= carries and len(carries) < len(drift) - 3
     assert drift[-1].mean_lsb <= 1.0, drift[-1]
 
 
