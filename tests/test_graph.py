@@ -352,3 +352,34 @@ def test_separable_conv_is_split_and_its_batchnorm_folds():
     report = te.verify(qat, te.to_tflite(qat, x), x, kernels="reference")
     assert report.weights_exact and len(report.weights) == 6
     assert report.reference is not None and report.reference_exact_fraction == 1.0
+
+
+def test_scale_layers_become_add_with_the_scale_folded_into_the_conv():
+    """InceptionResNetV2's ``CustomScaleLayer`` ``x + up * scale``: an ``Add`` of the same
+    name, ``scale`` folded into the Conv2D producing ``up`` (``W * s``, ``b * s``). Same
+    function up to float32 rounding (one product reassociated: rtol 1e-5). A scaled
+    input from a layer with a nonlinear activation cannot take the scale: kept."""
+    import sys
+
+    from tfmot_ext.graph import scale_layers_as_add
+
+    scale_layer = sys.modules[keras.applications.InceptionResNetV2.__module__].CustomScaleLayer
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+    up = L.Conv2D(8, 1, name="up")(L.Conv2D(4, 1, activation="relu", name="branch")(x))
+    h = L.Activation("relu")(scale_layer(0.17, name="block")([x, up]))
+    relu_up = L.Conv2D(8, 1, activation="relu", name="relu_up")(h)
+    h = scale_layer(0.5, name="kept")([h, relu_up])
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(h)))
+    new = scale_layers_as_add(model)
+    assert isinstance(new.get_layer("block"), L.Add)
+    assert type(new.get_layer("kept")).__name__ == "CustomScaleLayer"
+    for old_w, new_w in zip(model.get_layer("up").get_weights(),
+                            new.get_layer("up").get_weights(), strict=True):
+        np.testing.assert_array_equal(new_w, old_w * np.float32(0.17))
+    x6 = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(new.predict(x6, verbose=0), model.predict(x6, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    plain = keras.Model(inp, x)
+    assert scale_layers_as_add(plain) is plain  # nothing to rewrite: the same model

@@ -23,6 +23,8 @@ passed as an ordinary input, so it can be wrapped and its output quantized. A
 two-tensor ``x + y`` of equal shapes becomes a Keras ``Add`` (:func:`tensor_adds_as_add`),
 so that tfmot treats a residual written with ``+`` like one written with ``Add`` (no
 range of its own in front of a ReLU, which TFLite fuses into the ADD).
+InceptionResNetV2's ``CustomScaleLayer`` (``x + up * scale``) becomes an ``Add`` with
+the scale folded into the conv producing ``up`` (:func:`scale_layers_as_add`).
 
 **Normalization.** A fixed ``Normalization`` (EfficientNet's, ConvNeXt's input
 statistics) computes ``(x - mean) / max(sqrt(var), eps)``; the converter turns that
@@ -102,6 +104,7 @@ __all__ = [
     "replace_normalization",
     "replace_tf_ops",
     "rescaling_as_depthwise",
+    "scale_layers_as_add",
     "split_activations",
     "split_separable",
     "tensor_adds_as_add",
@@ -472,6 +475,59 @@ def tensor_adds_as_add(model: Any) -> Any:
                                "dtype": c.get("dtype", "float32")})
     new = _rebuild(model, cfg, model.get_layer)
     logger.info("model '%s': %d tensor additions made Add layers", model.name, len(names))
+    return new
+
+
+#: keras.applications' InceptionResNetV2 residual ``inputs[0] + inputs[1] * scale``
+_SCALE_LAYER = ("CustomScaleLayer", "inception_resnet_v2")
+
+
+def _scaled_producer(layer: Any) -> Any:
+    """The Conv2D/Dense producing a CustomScaleLayer's scaled input, where its scale can
+    be folded into it: linear activation, one call, output read by this layer only.
+    None otherwise."""
+    cls = type(layer)
+    if not (cls.__name__ == _SCALE_LAYER[0] and cls.__module__.endswith(_SCALE_LAYER[1])
+            and len(layer.inbound_nodes) == 1 and isinstance(getattr(layer, "scale", None),
+                                                               (int, float))):
+        return None
+    ups = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
+    if len(ups) != 2 or ups[0] is ups[1]:
+        return None
+    up = ups[1]
+    ok = (type(up) in (keras.layers.Conv2D, keras.layers.Dense)
+          and getattr(up.activation, "__name__", "") == "linear"
+          and len(up.inbound_nodes) == 1 and len(up.outbound_nodes) == 1)
+    return up if ok else None
+
+
+def scale_layers_as_add(model: Any) -> Any:
+    """``model`` with InceptionResNetV2's ``CustomScaleLayer`` (``x + up * scale``) made
+    an ``Add`` of the same name, its ``scale`` folded into the Conv2D/Dense producing
+    ``up``: ``W * scale``, ``b * scale``.
+
+    ``op(x, W * s) + b * s = (op(x, W) + b) * s`` up to float32 rounding, so the model
+    computes the same, and tfmot then quantizes a plain residual ``Add`` (+ ReLU) whose
+    every tensor has a trained range. Left as a CustomScaleLayer (output-quantized, the
+    converter calibrating the MUL by ``scale``) the deployed block had a tensor QAT never
+    saw. Layers whose scaled input is not such a producer are kept."""
+    targets = {la.name: (up, float(la.scale)) for la in model.layers
+               if (up := _scaled_producer(la)) is not None}
+    if not targets:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    for e in cfg["layers"]:
+        if e["config"]["name"] in targets:
+            c = e["config"]
+            _retype(e, "Add", {"name": c["name"], "trainable": c.get("trainable", True),
+                               "dtype": c.get("dtype", "float32")})
+    new = _rebuild(model, cfg, model.get_layer)
+    for up, scale in targets.values():
+        w = up.get_weights()
+        new.get_layer(up.name).set_weights([(v * np.float32(scale)).astype(v.dtype)
+                                            for v in w])
+    logger.info("model '%s': %d scale layers made Add layers, the scale folded into the "
+                "layer before", model.name, len(targets))
     return new
 
 
@@ -904,7 +960,8 @@ def batchnorm_as_depthwise(model: Any) -> Any:
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
             keep: Callable[[Any], bool] | None = None) -> Any:
     """:func:`flatten`, :func:`replace_tf_ops`, :func:`tensor_adds_as_add`,
-    :func:`replace_normalization`, :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`,
+    :func:`scale_layers_as_add`, :func:`replace_normalization`,
+    :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`,
     :func:`split_separable`, :func:`split_activations`, :func:`mean_without_keepdims`,
     :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
     converter deploys as trained. ``keep(layer)`` true keeps that layer whole (a
@@ -913,6 +970,6 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
     flat = flatten(model, custom_objects)
     if not isinstance(flat, keras.Sequential):
         flat = dense_to_rank2(rescaling_as_depthwise(replace_normalization(
-            tensor_adds_as_add(replace_tf_ops(flat, custom_objects)))))
+            scale_layers_as_add(tensor_adds_as_add(replace_tf_ops(flat, custom_objects))))))
     return range_after_float_layers(mean_without_keepdims(split_activations(
         split_separable(flat, keep), keep)))
