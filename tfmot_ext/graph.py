@@ -457,6 +457,18 @@ def _is_same_shape_tensor_add(layer: Any) -> bool:
             == layer.output.shape.as_list())
 
 
+def _as_add_layers(model: Any, names: set[str]) -> Any:
+    """``model`` rebuilt with the layers ``names`` made Keras ``Add`` layers of the same
+    names and inputs (every other layer keeps its weights)."""
+    cfg = copy.deepcopy(model.get_config())
+    for e in cfg["layers"]:
+        if e["config"]["name"] in names:
+            c = e["config"]
+            _retype(e, "Add", {"name": c["name"], "trainable": c.get("trainable", True),
+                               "dtype": c.get("dtype", "float32")})
+    return _rebuild(model, cfg, model.get_layer)
+
+
 def tensor_adds_as_add(model: Any) -> Any:
     """``model`` with every :class:`TensorOp` ``x + y`` of two tensors of the same shape
     (RegNet's and MobileNetV3's residuals written with ``+``) replaced by a Keras ``Add``
@@ -467,13 +479,7 @@ def tensor_adds_as_add(model: Any) -> Any:
     names = {la.name for la in model.layers if _is_same_shape_tensor_add(la)}
     if not names:
         return model
-    cfg = copy.deepcopy(model.get_config())
-    for e in cfg["layers"]:
-        if e["config"]["name"] in names:
-            c = e["config"]
-            _retype(e, "Add", {"name": c["name"], "trainable": c.get("trainable", True),
-                               "dtype": c.get("dtype", "float32")})
-    new = _rebuild(model, cfg, model.get_layer)
+    new = _as_add_layers(model, names)
     logger.info("model '%s': %d tensor additions made Add layers", model.name, len(names))
     return new
 
@@ -515,13 +521,7 @@ def scale_layers_as_add(model: Any) -> Any:
                if (up := _scaled_producer(la)) is not None}
     if not targets:
         return model
-    cfg = copy.deepcopy(model.get_config())
-    for e in cfg["layers"]:
-        if e["config"]["name"] in targets:
-            c = e["config"]
-            _retype(e, "Add", {"name": c["name"], "trainable": c.get("trainable", True),
-                               "dtype": c.get("dtype", "float32")})
-    new = _rebuild(model, cfg, model.get_layer)
+    new = _as_add_layers(model, set(targets))
     for up, scale in targets.values():
         w = up.get_weights()
         new.get_layer(up.name).set_weights([(v * np.float32(scale)).astype(v.dtype)
