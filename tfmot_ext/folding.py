@@ -215,10 +215,10 @@ class FoldedBatchNormBase(keras.layers.Layer):
             return w_fold
         return self.weight_quantizer(w_fold, training, self._qvars)
 
-    def _inference(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+    def _inference(self, x: tf.Tensor) -> tf.Tensor:
         w_fold, b_fold = self.folded_kernel_and_bias()
         # bias_add, not "+": the converter fuses Conv -> BiasAdd into the op's bias
-        return tf.nn.bias_add(self._op(x, self._quantized_kernel(w_fold, training)), b_fold)
+        return tf.nn.bias_add(self._op(x, self._quantized_kernel(w_fold, False)), b_fold)
 
     def _batch_statistics(self, z0: tf.Tensor, b: tf.Tensor) -> tuple[
             tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -321,9 +321,9 @@ class FoldedBatchNormBase(keras.layers.Layer):
             training = keras.backend.learning_phase()
         if isinstance(training, (bool, int)):
             return self._activate(self._train(inputs) if training
-                                  else self._inference(inputs, False))
+                                  else self._inference(inputs))
         return self._activate(tf.cond(tf.cast(training, tf.bool), lambda: self._train(inputs),
-                                      lambda: self._inference(inputs, False)))
+                                      lambda: self._inference(inputs)))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         raise NotImplementedError
