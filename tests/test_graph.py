@@ -383,3 +383,46 @@ def test_scale_layers_become_add_with_the_scale_folded_into_the_conv():
                                rtol=1e-5, atol=1e-6)
     plain = keras.Model(inp, x)
     assert scale_layers_as_add(plain) is plain  # nothing to rewrite: the same model
+
+
+@pytest.mark.slow
+def test_duplicate_activations_merge_and_the_relu_folds():
+    """NASNet's pattern: a BN output read by several identical ReLU layers. The converter
+    merges them and fuses the one ReLU into the conv (its own output range skipped);
+    merged before quantizing, the ReLU folds into the conv in QAT too, so the integer
+    reference (and the QAT model) round once, as deployed. A ReLU with another config
+    (max_value) is a different function: kept."""
+    from tfmot_ext.graph import merge_duplicate_activations
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    b = L.BatchNormalization(momentum=0.9, name="bn")(L.Conv2D(8, 3, padding="same",
+                                                               name="conv")(inp))
+    r1, r2 = L.Activation("relu", name="r1")(b), L.Activation("relu", name="r2")(b)
+    r6 = L.ReLU(max_value=6.0, name="r6")(b)
+    h = L.Concatenate()([L.Conv2D(4, 1, name="left")(r1),
+                         L.DepthwiseConv2D(3, padding="same", name="right")(r2), r6])
+    model = keras.Model(inp, L.Dense(3, name="fc")(L.GlobalAveragePooling2D()(h)))
+    new = merge_duplicate_activations(model)
+    names = {la.name for la in new.layers}
+    assert "r1" in names and "r2" not in names and "r6" in names
+    assert new.get_layer("right").input.ref() == new.get_layer("r1").output.ref()
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(new.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert merge_duplicate_activations(new) is new  # nothing left to merge
+    plain = keras.Model(inp, L.Activation("relu")(inp))
+    assert merge_duplicate_activations(plain) is plain
+    # end to end: two identical ReLUs alone after the BN fold into the conv
+    model = keras.Model(inp, L.Dense(3, name="fc")(L.GlobalAveragePooling2D()(
+        L.Concatenate()([L.Conv2D(4, 1, name="left")(r1),
+                         L.DepthwiseConv2D(3, padding="same", name="right")(r2)]))))
+    qat = te.quantize(model)
+    folded = qat.get_layer("quant_conv").layer
+    assert type(folded).__name__ == "FoldedConv2DBatchNorm"
+    assert folded.get_config()["activation"] == "relu"
+    assert not {"quant_r1", "quant_r2"} & {la.name for la in qat.layers}
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((8, 3), np.float32), epochs=2, verbose=0)
+    report = te.verify(qat, te.to_tflite(qat, x), x)
+    assert report.weights_exact and len(report.weights) == 4
+    assert report.reference is not None and report.reference_exact_fraction == 1.0
