@@ -84,6 +84,42 @@ def test_quantize_input_and_requantize():
     assert requantize(t, 0.5, -1) is t
 
 
+def test_requantize_is_tflites_quantize_op_in_both_kernel_sets():
+    """An int8 -> int8 QUANTIZE with ``M = s_in / s_out < 1/2`` (a final right shift, so
+    rounding ties on every other value): the reference kernel rounds them away from
+    zero, the optimized one up. The converter emits it in front of a CONCATENATION
+    with a wider range (NASNet's cells); all 256 inputs, exact; the roundings differ.
+    (The XNNPACK delegate, outputs only, converts with its own kernel: one rounding,
+    ties away from zero, measured; the reference does not model it for this op.)"""
+    from tfmot_ext._compat import tf
+    from tfmot_ext.tflite import interpreter, op_outputs
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 256], tf.float32)])
+    def concat_wider(x):
+        a = tf.quantization.fake_quant_with_min_max_args(x, -1.0, 1.0)
+        return tf.quantization.fake_quant_with_min_max_args(tf.concat([a, a], 1), -2.4, 2.4)
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(
+        [concat_wider.get_concrete_function()], concat_wider)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    content = conv.convert()
+    it = interpreter(content)
+    assert [op["op_name"] for op in it._get_ops_details()][:2] == ["QUANTIZE", "CONCATENATION"]
+    (s_in, z_in), (s_out, z_out) = (it.get_input_details()[0]["quantization"],
+                                    it.get_output_details()[0]["quantization"])
+    assert 0.25 <= s_in / s_out < 0.5
+    q = np.arange(-128, 128, dtype=np.int8)[None]
+    mine = {r: requantize(reference.IntTensor(q, s_in, z_in), s_out, z_out, r).values
+            for r in reference.ROUNDINGS}
+    assert (mine["reference"] != mine["optimized"]).sum() > 50
+    for kernels in ("reference", "builtin"):
+        (out,) = op_outputs(content, q, kernels, intermediates=False)
+        np.testing.assert_array_equal(
+            out.values, np.concatenate([mine[reference.KERNEL_ROUNDING[kernels]]] * 2, 1),
+            err_msg=kernels)
+
+
 def _all_ops_net() -> keras.Model:
     inp = keras.Input((16, 16, 3), name="img")
     x = L.Conv2D(8, 3, strides=2, padding="same", name="conv")(inp)
@@ -169,15 +205,19 @@ def test_verify_report(all_ops):
 def test_layer_drift_within_one_lsb(all_ops):
     """The QAT model against the integer reference, layer by layer (chained: each fed
     its own previous outputs). FakeQuant simulates the requantization of Conv/Dense
-    outputs exactly but not the integer rounding inside ADD/pooling/MEAN (up to 1 LSB).
-    - Layers whose inputs carry no such rounding: within 1 LSB.
+    outputs up to the float accumulation (a value within float error of a rounding
+    boundary rounds either way) and not the integer rounding inside ADD/pooling/MEAN.
+    - A layer whose inputs equal the reference's: within 1 LSB.
     - An ADD also carries its inputs' drift, each input LSB being ``s_in / s_out`` of
       its output's: bound ``1 + sum(drift_in * s_in / s_out)``.
-    - Downstream of the ADD its 1-LSB differences feed convolutions, which can
-      amplify them by their weights: no closed bound per element, so the share of
-      elements off by more than 1 LSB is bounded, < 0.1 % (measured at most 0.087 %,
-      max 2 LSB), and the mean < 0.5 LSB: a pooling's QAT output is off the integer
-      grid by up to 0.5 LSB (0.25 on average, measured 0.26 with the carried part).
+    - A layer fed by an input that is off somewhere (by 1 LSB after a conv that rounded
+      the other way, or after an ADD or pooling) can amplify it by its weights: no
+      closed bound per element, so the share of elements off by more than 1 LSB is
+      bounded, < 0.1 % (measured at most 0.087 %, max 2 LSB), and the mean < 0.5 LSB:
+      a pooling's QAT output is off the integer grid by up to 0.5 LSB (0.25 on
+      average, measured 0.26 with the carried part). Which layers get a 1-LSB input
+      depends on the trained weights (this fixture's differ with the state TF's
+      random generators are in), so the classes are computed, not listed.
     The final Dense sums 12 such inputs: its mean drift is bounded by 1 LSB."""
     from tfmot_ext.parity import layer_drift
 
@@ -186,22 +226,25 @@ def test_layer_drift_within_one_lsb(all_ops):
     drift = layer_drift(qat, x[:48], params)
     by_layer = {d.layer: d for d in drift}
     assert [d.layer for d in drift][-1] == "quant_fc"
-    carries: set[str] = set()  # layers fed (transitively) by an integer ADD
+    off: set[str] = set()  # layers whose output is off the reference's somewhere
+    strict = []
     for d in drift[:-1]:
         p = params[d.layer]
         assert 0 <= d.mean_lsb <= d.max_lsb
-        if any(i in carries for i in p.inputs):
-            carries.add(d.layer)
-            assert d.over_1lsb < 1e-3 and d.mean_lsb < 0.5, d
-        elif d.kind == "Add":
-            carries.add(d.layer)
+        fed_off = any(i in off for i in p.inputs)
+        if d.kind == "Add":
             assert p.output_scale is not None and len(p.inputs) == 2
             bound = 1.0 + sum(by_layer[i].max_lsb * params[i].output_scale / p.output_scale
                               for i in p.inputs)
             assert d.max_lsb <= bound + 1e-4, (d, bound)
+        elif fed_off:
+            assert d.over_1lsb < 1e-3 and d.mean_lsb < 0.5, d
         else:
+            strict.append(d.layer)
             assert d.max_lsb <= 1.0 + 1e-4 and d.over_1lsb == 0, d
-    assert {"quant_add", "quant_valid"} <= carries and len(carries) < len(drift) - 3
+        if d.max_lsb >= 0.5 or fed_off:
+            off.add(d.layer)
+    assert "quant_conv" in strict and "quant_add" in off
     assert drift[-1].mean_lsb <= 1.0, drift[-1]
 
 

@@ -277,17 +277,26 @@ def quantize_input(x: npt.ArrayLike, scale: float, zero_point: int) -> npt.NDArr
     return np.clip(q + zero_point, -128, 127).astype(np.int8)
 
 
-def requantize(t: IntTensor, scale: float, zero_point: int) -> IntTensor:
+def requantize(t: IntTensor, scale: float, zero_point: int, rounding: str | None = None
+               ) -> IntTensor:
     """TFLite's int8 -> int8 ``QUANTIZE`` (a change of scale).
 
     ``M = double(s_in) / double(s_out)`` as ``(M0, shift)``;
-    ``q = clamp(MBQM(q_in - z_in, M0, shift) + z_out, -128, 127)``.
+    ``q = clamp(MBQM(q_in - z_in, M0, shift) + z_out, -128, 127)``, MBQM rounded as the
+    kernel set of the run rounds, or as ``rounding`` says (:data:`ROUNDINGS`): the
+    optimized QUANTIZE rounds the final shift's ties up
+    (:func:`multiply_by_quantized_multiplier_up`), which matters for ``M < 1/2`` (a right
+    shift: measured on NASNetMobile, a quarter of the elements one LSB apart with the
+    reference kernels' rounding).
     """
     if scale == t.scale and zero_point == t.zero_point:
         return t
     m0, shift = quantize_multiplier(np.float64(np.float32(t.scale)) /
                                     np.float64(np.float32(scale)))
-    acc = multiply_by_quantized_multiplier(t.values.astype(np.int64) - t.zero_point, m0, shift)
+    rounding = _ROUNDING.get() if rounding is None else rounding
+    mbqm = (multiply_by_quantized_multiplier_up if rounding == "optimized"
+            else multiply_by_quantized_multiplier)
+    acc = mbqm(t.values.astype(np.int64) - t.zero_point, m0, shift)
     return IntTensor(np.clip(acc + zero_point, -128, 127).astype(np.int8), scale, zero_point)
 
 
