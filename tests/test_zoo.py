@@ -33,10 +33,12 @@ _spec.loader.exec_module(zoo)
 # RegNetY002: squeeze-excite (sigmoid gate, TF-op multiply), the BN tfmot fails on;
 # ResNet50V2: BatchNormalization after no conv (pre-activation);
 # MobileNetV3Small: hard-swish as TF ops with constants, Rescaling (x / 127.5 - 1, every
-# pixel a rounding tie), squeeze-excite Multiply layers with keep-dims pooling
+# pixel a rounding tie), squeeze-excite Multiply layers with keep-dims pooling;
+# EfficientNetB0: Rescaling + Normalization front end (the preprocessing tfmot refuses),
+# swish convolutions split from their activation, squeeze-excite Multiply layers
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["RegNetX002", "RegNetY002", "ResNet50V2",
-                                    "MobileNetV3Small"])
+                                    "MobileNetV3Small", "EfficientNetB0"])
 def test_family_quantizes_trains_converts_with_exact_extraction(family):
     r = zoo.run_family(family, with_tfmot=False)
     assert (r.quantize, r.train, r.convert) == ("ok", "ok", "ok"), r
