@@ -127,6 +127,21 @@ def test_tfmot_default_model_is_read_too(rng):
     assert params["quant_dw"].kernel_scale.shape == (2,)
 
 
+
+def test_tfmot_default_conv_before_batchnorm_says_why_and_what_to_use(rng):
+    """tfmot's default scheme leaves Conv -> BN unfolded and the conv's output
+    unquantized: the deployed (converter-folded) integers are not in that model, and
+    the error says so, naming the layer, with the fix."""
+    inp = keras.Input((10, 10, 3))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, name="conv")(inp)))
+    qat = tfmot.quantization.keras.quantize_model(
+        keras.Model(inp, L.Dense(2)(L.Flatten()(x))))
+    _trained(qat, rng)
+    with pytest.raises(ExtractionError, match=r"'quant_conv'.*BatchNormalization.*"
+                       r"tfmot_ext\.quantize"):
+        extract(qat)
+
+
 @pytest.mark.slow
 def test_live_and_h5_paths_agree(rng, tmp_path):
     qat = te.quantize(_net(), _policy(True, 4))

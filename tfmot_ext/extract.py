@@ -787,7 +787,12 @@ class _Parser:
                 elif "pre_activation_min" in rec.weights:
                     out = _tensor_quant(wq.activation, rec.weights, "pre_activation")
                 else:
-                    raise ExtractionError("missing quantizer variable 'post_activation_min'")
+                    raise ExtractionError(
+                        "its output has no quantizer (no 'post_activation_min'): tfmot's "
+                        "default scheme leaves a Conv/Dense followed by BatchNormalization "
+                        "unquantized and the BN unfolded, and the converter folds the BN and "
+                        "re-quantizes the kernel, so the deployed integers are not in this "
+                        "model. Quantize with tfmot_ext.quantize (BatchNorm folded in QAT)")
         self._out_cache[rec.name] = out
         return out
 
