@@ -9,7 +9,9 @@ Every family is built with ``weights=None`` (no download), 10 classes, logits
 (``classifier_activation=None``: the integer reference has no softmax) at a small
 input size (the smallest each family accepts, at least 32x32), seeded. For each:
 
-* tfmot: ``quantize_model`` and int8 conversion (ok, or the first line of the error);
+* tfmot: ``quantize_model`` and int8 conversion (ok, or the first line of the error),
+  and where both work, the extraction parity of its QAT model (``tfmot_ext.extract``
+  reads tfmot's own quantizers) and its train step over the float model's;
 * tfmot_ext: ``tfmot_ext.quantize`` (BatchNorm folded), one training step, int8
   conversion with ``tfmot_ext.to_tflite``, extraction parity (every weighted TFLite
   operator's integers and scales equal the extraction), reference parity (the
@@ -83,6 +85,8 @@ class ZooResult:
     family: str
     tfmot_quantize: str
     tfmot_convert: str
+    tfmot_extraction: str
+    tfmot_step_ratio: float | None
     quantize: str
     train: str
     convert: str
@@ -103,16 +107,29 @@ def _reference_gap(error: str) -> str:
     return f"no {m.group(1)}" if m else error[:60]
 
 
-def _tfmot(family: str, x: np.ndarray) -> tuple[str, str]:
+def _extraction(report: Any) -> str:
+    return f"{'exact' if report.weights_exact else 'DIFF'} ({len(report.weights)})"
+
+
+def _tfmot(family: str, x: np.ndarray, y: np.ndarray, n_verify: int
+           ) -> tuple[str, str, str, Any]:
+    """tfmot's ``quantize_model``, one training step as tfmot_ext's model gets: (quantize,
+    convert, extraction, the QAT model or None)."""
     try:
         qat = tfmot.quantization.keras.quantize_model(build(family, x.shape[1]))
     except Exception as e:  # report, do not stop: this is the comparison
-        return _first_line(e), "-"
+        return _first_line(e), "-", "-", None
     try:
-        te.to_tflite(qat, x)
+        _compile(qat)
+        qat.train_on_batch(x, y)
+        content = te.to_tflite(qat, x)
     except Exception as e:
-        return "ok", _first_line(e)
-    return "ok", "ok"
+        return "ok", _first_line(e), "-", None
+    try:
+        extraction = _extraction(te.verify(qat, content, x[:n_verify], reference=False))
+    except Exception as e:
+        extraction = _first_line(e)
+    return "ok", "ok", extraction, qat
 
 
 def _compile(model: Any) -> None:
@@ -120,18 +137,22 @@ def _compile(model: Any) -> None:
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 
-def step_ratio(float_model: Any, qat: Any, x: np.ndarray, y: np.ndarray, steps: int) -> float:
-    """Median QAT train step / median float train step, interleaved step by step."""
-    for m in (float_model, qat):
+def step_ratios(float_model: Any, qats: list[Any], x: np.ndarray, y: np.ndarray,
+                steps: int) -> list[float]:
+    """Each QAT model's median train step / the float model's, interleaved step by step
+    (every model steps once per round, so a machine slowing down moves all alike)."""
+    models = [float_model, *qats]
+    for m in models:
         for _ in range(2):
             m.train_on_batch(x, y)
-    times: dict[int, list[float]] = {0: [], 1: []}
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(steps):
-        for i, m in enumerate((float_model, qat)):
+        for i, m in enumerate(models):
             t0 = time.perf_counter()
             m.train_on_batch(x, y)
             times[i].append(time.perf_counter() - t0)
-    return statistics.median(times[1]) / statistics.median(times[0])
+    base = statistics.median(times[0])
+    return [statistics.median(t) / base for t in times[1:]]
 
 
 def run_family(family: str, *, size: int | None = None, steps: int = 0, n_verify: int = 2,
@@ -140,8 +161,9 @@ def run_family(family: str, *, size: int | None = None, steps: int = 0, n_verify
     model = build(family, size)
     x = inputs(family, model, 8)
     y = np.random.default_rng(1).integers(0, 10, len(x))
-    tq, tc = _tfmot(family, x) if with_tfmot else ("-", "-")
+    tq, tc, tx, tfmot_qat = _tfmot(family, x, y, n_verify) if with_tfmot else ("-", "-", "-", None)
     row: dict[str, Any] = {"family": family, "tfmot_quantize": tq, "tfmot_convert": tc,
+                           "tfmot_extraction": tx, "tfmot_step_ratio": None,
                            "quantize": "-", "train": "-", "convert": "-",
                            "weights_exact": None, "weighted_ops": 0, "reference": "-",
                            "step_ratio": None}
@@ -165,29 +187,44 @@ def run_family(family: str, *, size: int | None = None, steps: int = 0, n_verify
                             else f"n/a: {_reference_gap(report.reference_error)}")
         if steps:
             _compile(model)
-            row["step_ratio"] = step_ratio(model, qat, x, y, steps)
+            others = [] if tfmot_qat is None else [tfmot_qat]
+            for m in others:
+                _compile(m)
+            ratios = step_ratios(model, [qat, *others], x, y, steps)
+            row["step_ratio"] = ratios[0]
+            row["tfmot_step_ratio"] = ratios[1] if others else None
     except Exception as e:  # report the stage that failed
         row[stage] = _first_line(e)
     return ZooResult(**row)
 
 
 def table(results: list[ZooResult]) -> str:
-    head = (f"{'family':<18} {'tfmot quant':<12} {'tfmot conv':<11} {'te quant':<9} "
-            f"{'train':<6} {'convert':<8} {'extraction':<11} {'reference':<24} step/float")
-    lines = [head, "-" * len(head)]
+    """Two column groups: tfmot's default QAT (quantize, convert, extraction parity,
+    step/float) and tfmot_ext's (the same, plus train and the integer reference)."""
+    head = (f"{'':<18} {'tfmot default QAT':<40} | tfmot_ext\n"
+            f"{'family':<18} {'quant':<6} {'conv':<5} {'extraction':<12} {'step':<7} "
+            f"{'| quant':<8} {'train':<6} {'conv':<5} {'extraction':<12} "
+            f"{'reference':<24} step/float")
+    lines = [head, "-" * len(head.splitlines()[1])]
 
     def short(v: str) -> str:
         return v if v in ("ok", "-") else "FAIL"
 
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
     for r in results:
         ext = "-" if r.weights_exact is None else (
             f"{'exact' if r.weights_exact else 'DIFF'} ({r.weighted_ops})")
-        ratio = "-" if r.step_ratio is None else f"{r.step_ratio:.2f}x"
-        lines.append(f"{r.family:<18} {short(r.tfmot_quantize):<12} {short(r.tfmot_convert):<11} "
-                     f"{short(r.quantize):<9} {short(r.train):<6} {short(r.convert):<8} "
-                     f"{ext:<11} {r.reference[:24]:<24} {ratio}")
+        tx = r.tfmot_extraction if r.tfmot_extraction.split()[0] in ("exact", "DIFF", "-") \
+            else "FAIL"
+        lines.append(f"{r.family:<18} {short(r.tfmot_quantize):<6} {short(r.tfmot_convert):<5} "
+                     f"{tx:<12} {ratio(r.tfmot_step_ratio):<7} | {short(r.quantize):<6} "
+                     f"{short(r.train):<6} {short(r.convert):<5} {ext:<12} "
+                     f"{r.reference[:24]:<24} {ratio(r.step_ratio)}")
     errors = [(r.family, k, v) for r in results for k, v in (
-        ("tfmot", r.tfmot_quantize if r.tfmot_quantize != "ok" else r.tfmot_convert),
+        ("tfmot", next((s for s in (r.tfmot_quantize, r.tfmot_convert, r.tfmot_extraction)
+                        if s != "ok" and s.split()[0] not in ("exact", "DIFF")), "ok")),
         ("tfmot_ext", next((s for s in (r.quantize, r.train, r.convert) if s != "ok"), "ok")))
         if v not in ("ok", "-")]
     if errors:
