@@ -1,6 +1,6 @@
 """Train-step time: float vs tfmot's default QAT vs tfmot_ext's folded QAT.
 
-    python benchmarks/qat_step.py [--steps 2] [--rounds 40]
+    python benchmarks/qat_step.py [--steps 2] [--rounds 40] [--jit-compile]
 
 Models: the demo's MNIST CNN (28x28x1, batch 32) and MobileNetV2 alpha=0.35 at 96x96
 (weights=None, batch 32). After warm-up (tracing), each round times ``--steps``
@@ -31,7 +31,7 @@ def _mobilenet() -> Any:
                                           classes=10, classifier_activation=None)
 
 
-def _variants(build: Callable[[], Any]) -> dict[str, Any]:
+def _variants(build: Callable[[], Any], jit_compile: bool) -> dict[str, Any]:
     out = {}
     keras.utils.set_random_seed(0)
     out["float"] = build()
@@ -39,16 +39,17 @@ def _variants(build: Callable[[], Any]) -> dict[str, Any]:
     out["tfmot_ext folded QAT"] = te.quantize(build())
     for m in out.values():
         m.compile(keras.optimizers.SGD(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit_compile)
     return out
 
 
 def bench(name: str, build: Callable[[], Any], shape: tuple[int, ...], steps: int,
-          rounds: int) -> None:
+          rounds: int, jit_compile: bool = False) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, *shape)).astype(np.float32)
     y = rng.integers(0, 10, 32)
-    models = _variants(build)
+    models = _variants(build, jit_compile)
     for m in models.values():  # warm-up: tracing and first allocations
         for _ in range(3):
             m.train_on_batch(x, y)
@@ -73,9 +74,13 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--jit-compile", action="store_true",
+                   help="compile every variant with XLA (jit_compile=True)")
     args = p.parse_args()
-    bench("MNIST CNN 28x28", demo.build_cnn, (28, 28, 1), args.steps, args.rounds)
-    bench("MobileNetV2 0.35 96x96", _mobilenet, (96, 96, 3), args.steps, args.rounds)
+    bench("MNIST CNN 28x28", demo.build_cnn, (28, 28, 1), args.steps, args.rounds,
+          args.jit_compile)
+    bench("MobileNetV2 0.35 96x96", _mobilenet, (96, 96, 3), args.steps, args.rounds,
+          args.jit_compile)
 
 
 if __name__ == "__main__":
