@@ -107,8 +107,14 @@ def _reference_gap(error: str) -> str:
     return f"no {m.group(1)}" if m else error[:60]
 
 
-def _extraction(report: Any) -> str:
-    return f"{'exact' if report.weights_exact else 'DIFF'} ({len(report.weights)})"
+def _extraction(exact: bool, n: int) -> str:
+    """The extraction column: ``exact (n)`` or ``DIFF (n)`` over n weighted operators."""
+    return f"{'exact' if exact else 'DIFF'} ({n})"
+
+
+def _is_parity(cell: str) -> bool:
+    """Whether a tfmot extraction cell is a parity result (not "-" or an error)."""
+    return cell.split()[0] in ("exact", "DIFF")
 
 
 def _tfmot(family: str, x: np.ndarray, y: np.ndarray, n_verify: int
@@ -126,7 +132,8 @@ def _tfmot(family: str, x: np.ndarray, y: np.ndarray, n_verify: int
     except Exception as e:
         return "ok", _first_line(e), "-", None
     try:
-        extraction = _extraction(te.verify(qat, content, x[:n_verify], reference=False))
+        report = te.verify(qat, content, x[:n_verify], reference=False)
+        extraction = _extraction(report.weights_exact, len(report.weights))
     except Exception as e:
         extraction = _first_line(e)
     return "ok", "ok", extraction, qat
@@ -214,17 +221,16 @@ def table(results: list[ZooResult]) -> str:
         return "-" if v is None else f"{v:.2f}x"
 
     for r in results:
-        ext = "-" if r.weights_exact is None else (
-            f"{'exact' if r.weights_exact else 'DIFF'} ({r.weighted_ops})")
-        tx = r.tfmot_extraction if r.tfmot_extraction.split()[0] in ("exact", "DIFF", "-") \
-            else "FAIL"
+        ext = "-" if r.weights_exact is None else _extraction(r.weights_exact, r.weighted_ops)
+        tx = (r.tfmot_extraction if _is_parity(r.tfmot_extraction) or r.tfmot_extraction == "-"
+              else "FAIL")
         lines.append(f"{r.family:<18} {short(r.tfmot_quantize):<6} {short(r.tfmot_convert):<5} "
                      f"{tx:<12} {ratio(r.tfmot_step_ratio):<7} | {short(r.quantize):<6} "
                      f"{short(r.train):<6} {short(r.convert):<5} {ext:<12} "
                      f"{r.reference[:24]:<24} {ratio(r.step_ratio)}")
     errors = [(r.family, k, v) for r in results for k, v in (
         ("tfmot", next((s for s in (r.tfmot_quantize, r.tfmot_convert, r.tfmot_extraction)
-                        if s != "ok" and s.split()[0] not in ("exact", "DIFF")), "ok")),
+                        if s != "ok" and not _is_parity(s)), "ok")),
         ("tfmot_ext", next((s for s in (r.quantize, r.train, r.convert) if s != "ok"), "ok")))
         if v not in ("ok", "-")]
     if errors:

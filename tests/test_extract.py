@@ -127,7 +127,6 @@ def test_tfmot_default_model_is_read_too(rng):
     assert params["quant_dw"].kernel_scale.shape == (2,)
 
 
-
 def test_tfmot_default_conv_before_batchnorm_says_why_and_what_to_use(rng):
     """tfmot's default scheme leaves Conv -> BN unfolded and the conv's output
     unquantized: the deployed (converter-folded) integers are not in that model, and

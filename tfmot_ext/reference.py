@@ -277,6 +277,15 @@ def quantize_input(x: npt.ArrayLike, scale: float, zero_point: int) -> npt.NDArr
     return np.clip(q + zero_point, -128, 127).astype(np.int8)
 
 
+def _mbqm(rounding: str, fc: bool = False) -> Callable[[Any, Any, Any], I64]:
+    """The ``MultiplyByQuantizedMultiplier`` of a kernel set (:data:`ROUNDINGS`): ties of
+    the final shift up in the optimized kernels; away from zero in the reference ones,
+    whose FULLY_CONNECTED (``fc``) rounds once."""
+    if rounding == "optimized":
+        return multiply_by_quantized_multiplier_up
+    return multiply_by_quantized_multiplier_single if fc else multiply_by_quantized_multiplier
+
+
 def requantize(t: IntTensor, scale: float, zero_point: int, rounding: str | None = None
                ) -> IntTensor:
     """TFLite's int8 -> int8 ``QUANTIZE`` (a change of scale).
@@ -293,9 +302,7 @@ def requantize(t: IntTensor, scale: float, zero_point: int, rounding: str | None
         return t
     m0, shift = quantize_multiplier(np.float64(np.float32(t.scale)) /
                                     np.float64(np.float32(scale)))
-    rounding = _ROUNDING.get() if rounding is None else rounding
-    mbqm = (multiply_by_quantized_multiplier_up if rounding == "optimized"
-            else multiply_by_quantized_multiplier)
+    mbqm = _mbqm(_ROUNDING.get() if rounding is None else rounding)
     acc = mbqm(t.values.astype(np.int64) - t.zero_point, m0, shift)
     return IntTensor(np.clip(acc + zero_point, -128, 127).astype(np.int8), scale, zero_point)
 
@@ -347,13 +354,7 @@ def _finish(p: LayerQuantParams, acc: np.ndarray, where: str, fc: bool = False,
     assert p.output is not None and p.multiplier_q31 is not None and p.shift is not None
     if p.bias_int is not None:
         acc = acc + p.bias_int.astype(np.int64)
-    if _ROUNDING.get() == "optimized":
-        mbqm = multiply_by_quantized_multiplier_up
-    elif fc:
-        mbqm = multiply_by_quantized_multiplier_single
-    else:
-        mbqm = multiply_by_quantized_multiplier
-    y = mbqm(acc, p.multiplier_q31, p.shift)
+    y = _mbqm(_ROUNDING.get(), fc)(acc, p.multiplier_q31, p.shift)
     tail = acc.shape[-1] % DEPTHWISE_SIMD_CHANNELS
     if depthwise and tail and _ROUNDING.get() == "optimized":
         # measured: a 3-channel depthwise (MobileNetV3's input scaling x / 127.5 - 1,
