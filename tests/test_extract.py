@@ -15,7 +15,9 @@ from tfmot_ext import qmath
 from tfmot_ext._compat import keras, tfmot
 from tfmot_ext.errors import ExtractionError, H5FormatError
 from tfmot_ext.extract import extract, quantize_multiplier
+from tfmot_ext.parity import weight_parity
 from tfmot_ext.quantizers import LSQQuantizer, PowerOfTwoQuantizer
+from tfmot_ext.tflite import weight_tensors
 
 L = keras.layers
 
@@ -204,20 +206,30 @@ def _ulps(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_parity_with_tflite(per_channel, rng):
-    """8-bit layers: integers and int32 biases exactly as TFLite stores them.
+@pytest.mark.parametrize("per_channel,low_bits", [(True, 4), (False, 4), (True, 6)])
+def test_parity_with_tflite(per_channel, low_bits, rng):
+    """8- and 4-bit layers: integers and int32 biases exactly as TFLite stores them.
 
     Scales, zero points and biases equal too: extraction derives the deployed scales
     the way the converter does (float64 from the trained range), not TF's float32
-    training scale (which can be one ulp apart). Layers trained at 4 bits:
-    dequantized values within half a TFLite LSB.
+    training scale (which can be one ulp apart). The converter keeps a 4-bit kernel's
+    integers and scales; at 6 bits it re-grids the kernel on an int8 scale of its own
+    (dequantized values within half a TFLite LSB), and ``weight_parity`` judges each
+    width by that rule.
     """
-    qat = te.quantize(_net(), _policy(per_channel, low_bits=4))
+    qat = te.quantize(_net(), _policy(per_channel, low_bits=low_bits))
     x = _trained(qat, rng)
     params = extract(qat)
-    ops = tflite_weight_ops(convert_int8(qat, x[:16]))
+    content = convert_int8(qat, x[:16])
+    ops = tflite_weight_ops(content)
     assert {o["op"] for o in ops} == {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    judged = weight_parity(params, weight_tensors(content))
+    assert len(judged) == len(ops)
+    for w in judged:
+        if w.bits in (4, 8):
+            assert w.exact, w
+        else:  # TFLite's int32 bias is on its own kernel scale: extraction's is not it
+            assert w.kernel and w.scales and not w.bias and not w.bias_scales, w
     for op in ops:
         (name,) = [n for n in params if f"/{n}/" in op["filter_name"]]
         p = params[name]
@@ -225,7 +237,7 @@ def test_parity_with_tflite(per_channel, rng):
         if p.kernel_scale.ndim and not per_channel:
             raise AssertionError("per-tensor expected")
         assert len(op["filter_scales"]) == p.kernel_scale.size, name
-        if p.bits == 8:
+        if p.bits in (4, 8):
             np.testing.assert_array_equal(tfl_k, p.kernel_int, err_msg=name)
             np.testing.assert_array_equal(op["filter_scales"], np.atleast_1d(p.kernel_scale),
                                           err_msg=name)
@@ -234,8 +246,16 @@ def test_parity_with_tflite(per_channel, rng):
             ours = p.dequantized_kernel().astype(np.float64)
             lsb = _bcast(op["filter_scales"], p)
             assert np.all(np.abs(tfl_deq - ours) <= lsb / 2), name
-        np.testing.assert_array_equal(op["bias"], p.bias_int, err_msg=name)
-        np.testing.assert_array_equal(op["bias_scales"], np.atleast_1d(p.bias_scale), name)
+            assert not np.array_equal(tfl_k, p.kernel_int), name  # re-gridded indeed
+            # the converter's scale is the 8-bit one of the same range, s * qmax_b / 127
+            # (float32 renderings of two float64 derivations: rtol 1e-6, a few ulp)
+            qmax = (1 << (p.bits - 1)) - 1
+            np.testing.assert_allclose(op["filter_scales"],
+                                       np.atleast_1d(p.kernel_scale) * qmax / 127, rtol=1e-6)
+        if p.bits in (4, 8):  # elsewhere the bias is on TFLite's own kernel scale
+            np.testing.assert_array_equal(op["bias"], p.bias_int, err_msg=name)
+            np.testing.assert_array_equal(op["bias_scales"], np.atleast_1d(p.bias_scale),
+                                          name)
         assert op["input_scale"][0] == np.float32(p.input_scale), name
         assert int(op["input_zero_point"][0]) == p.input_zero_point, name
         assert op["output_scale"][0] == np.float32(p.output_scale), name

@@ -61,9 +61,12 @@ class OutputParity:
 class WeightParity:
     """One weighted TFLite operator vs the extracted layer it was converted from.
 
-    ``kernel``: the stored integers equal ``kernel_int`` (for layers trained below 8
-    bits, which TFLite stores on an int8 grid of its own: the dequantized values
-    agree within half a TFLite LSB). ``scales``, ``bias``, ``bias_scales``: exact
+    ``kernel``: the stored integers equal ``kernel_int``, at 8 and at 4 bits (the
+    converter keeps a 4-bit kernel's integers and scales); at the other widths below 8
+    TFLite re-grids the kernel on an int8 scale of its own, and the dequantized values
+    agree within half a TFLite LSB (``scales`` then says the same; TFLite's int32
+    bias is then on its own kernel scale, not extraction's trained one, and
+    ``bias``/``bias_scales`` are False). ``scales``, ``bias``, ``bias_scales``: exact
     equality of the float32 scales and the int32 bias (a bias the converter dropped
     counts as equal when the extracted one is all zero). ``layer`` is None when no
     extracted layer matches the operator (then every flag is False).
@@ -230,10 +233,10 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
         except ValueError:
             out.append(WeightParity(w.op, p.name, p.bits, False, False, False, False))
             continue
-        if p.bits == 8:
+        if p.bits in (4, 8):  # stored as trained (measured: 2, 3, 5, 6, 7 bits are not)
             kernel_ok = bool(np.array_equal(k, p.kernel_int))
             scales_ok = bool(np.array_equal(w.filter_scales, np.atleast_1d(p.kernel_scale)))
-        else:  # TFLite re-grids a low-bit kernel in int8: compare dequantized values
+        else:  # TFLite re-grids the kernel in int8: compare dequantized values
             s = _channel_broadcast(w.filter_scales, p.kernel_int.shape, p.axis)
             deq = k.astype(np.float64) * s
             kernel_ok = bool(np.all(np.abs(deq - p.dequantized_kernel()) <= s / 2))
