@@ -219,7 +219,11 @@ def mnist():
 def test_mnist_qat_vs_tflite_within_one_lsb(per_channel, bits, mnist):
     """On the 1,000 MNIST 5k test images: every output element within 1 output LSB of
     the QAT model, >= 99.9 % prediction agreement; at 4 bits the deployed accuracy
-    equals the QAT model's (the trained 4-bit grid is what is deployed)."""
+    equals the QAT model's (the trained 4-bit grid is what is deployed).
+
+    Measured at this seed. Re-run at seeds 1 and 2, the 8-bit cases hold; at 4 bits
+    seed 2 puts one element 2 LSB off (1-LSB differences amplified by a high-gain
+    4-bit layer; docs/folding.md), so the 4-bit end-to-end bound is not general."""
     from tfmot_ext import demo
 
     x_tr, y_tr, x_te, y_te = mnist
