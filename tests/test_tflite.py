@@ -49,3 +49,27 @@ def test_keras3_model_is_rejected():
     m3 = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
     with pytest.raises(UnsupportedModelError, match="Keras 3"):
         te.to_tflite(m3, np.zeros((1, 3), np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [6, 4])
+def test_regridded_widths_are_named_at_conversion(bits, rng, caplog):
+    """The converter keeps 8- and 4-bit kernels as trained and re-grids the other
+    widths (test_extract.py::test_parity_with_tflite measures it): conversion says so,
+    naming the layer, only for those."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, use_bias=False, name="c")(inp)))
+    model = keras.Model(inp, L.Dense(3, name="fc")(L.Flatten()(x)))
+    qat = te.quantize(model, [te.Rule(name="c", config=te.conv_config(bits))])
+    data = rng.normal(size=(8, 6, 6, 2)).astype(np.float32)
+    qat(data, training=True)
+    with caplog.at_level("WARNING", logger="tfmot_ext.tflite"):
+        te.to_tflite(qat, data)
+    named = te.tflite.regridded_weights(qat)
+    warned = [r.getMessage() for r in caplog.records if "re-grids" in r.getMessage()]
+    if bits == 6:
+        assert named == ["quant_c: folded kernel (6 bits)"]
+        assert len(warned) == 1 and "quant_c: folded kernel (6 bits)" in warned[0]
+    else:
+        assert named == [] and warned == []

@@ -22,9 +22,11 @@ import numpy as np
 
 from tfmot_ext._compat import check_keras2, keras, tf
 from tfmot_ext.errors import ConfigError, ConversionError
+from tfmot_ext.summary import summarize
 
 __all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "keras_layout",
-           "op_outputs", "run_int8", "save_tflite", "to_tflite", "weight_tensors"]
+           "op_outputs", "regridded_weights", "run_int8", "save_tflite", "to_tflite",
+           "weight_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +341,31 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
         raise ConversionError(
             f"model '{model.name}': full-integer conversion left float operators {left}; "
             "quantize the layers they come from (or check unsupported='skip' layers)")
+    regridded = regridded_weights(model)
+    if regridded:
+        logger.warning(
+            "model '%s': %s have weights trained at widths other than 8 or 4 bits; the "
+            "converter re-grids them on its own int8 scale (s * qmax / 127), so the "
+            "deployed integers, int32 biases and multipliers are not the trained ones "
+            "(docs/extraction.md); train at 8 or 4 bits to deploy exactly",
+            model.name, ", ".join(regridded))
     return bytes(content)
+
+
+def regridded_weights(model: Any) -> list[str]:
+    """``layer: attribute (bits)`` for each weight the TFLite converter re-grids.
+
+    The converter stores 8- and 4-bit fake-quantized kernels as trained; a kernel
+    trained at any other width below 8 bits it re-quantizes on the 8-bit scale of
+    the same range (``s * qmax_b / 127``). Read from :func:`tfmot_ext.summarize`.
+    """
+    out = []
+    for row in summarize(model):
+        for attr, desc in row.weights:
+            bits = desc.split("b", 1)[0]
+            if bits.isdigit() and int(bits) < 8 and int(bits) != 4:
+                out.append(f"{row.name}: {attr} ({bits} bits)")
+    return out
 
 
 def save_tflite(model_content: bytes, path: str | os.PathLike[str]) -> None:
