@@ -24,6 +24,7 @@ from tfmot_ext.errors import IntegerReferenceError, ParityError
 from tfmot_ext.extract import QuantizedModelParams, extract
 from tfmot_ext.reference import TensorMatch, compare_with_tflite, run
 from tfmot_ext.tflite import (
+    EXACT_WEIGHT_BITS,
     WeightTensor,
     _validated,
     keras_layout,
@@ -233,7 +234,7 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
         except ValueError:
             out.append(WeightParity(w.op, p.name, p.bits, False, False, False, False))
             continue
-        if p.bits in (4, 8):  # stored as trained (measured: 2, 3, 5, 6, 7 bits are not)
+        if p.bits in EXACT_WEIGHT_BITS:  # stored as trained
             kernel_ok = bool(np.array_equal(k, p.kernel_int))
             scales_ok = bool(np.array_equal(w.filter_scales, np.atleast_1d(p.kernel_scale)))
         else:  # TFLite re-grids the kernel in int8: compare dequantized values

@@ -7,7 +7,8 @@ from typing import Any
 
 from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, check_keras2, keras
 
-__all__ = ["LayerQuantSummary", "describe_quantizer", "format_summary", "summarize"]
+__all__ = ["LayerQuantSummary", "describe_quantizer", "format_summary", "quantizer_bits",
+           "summarize", "weight_quantizers"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ def describe_quantizer(q: Any) -> str:
     '4b per-channel sym narrow MinMax/last_value'
     """
     cfg = q.get_config() if hasattr(q, "get_config") else {}
-    bits = cfg.get("bits", cfg.get("num_bits", "?"))
-    parts = [f"{bits}b"]
+    bits = quantizer_bits(q)
+    parts = [f"{'?' if bits is None else bits}b"]
     per_channel = cfg.get("per_channel", cfg.get("per_axis", False))
     parts.append("per-channel" if per_channel else "per-tensor")
     if "symmetric" in cfg:
@@ -59,6 +60,24 @@ def describe_quantizer(q: Any) -> str:
         name += f"[{cfg['min']:g},{cfg['max']:g}]"
     parts.append(name)
     return " ".join(parts)
+
+
+def quantizer_bits(q: Any) -> int | None:
+    """A quantizer's bit width (tfmot_ext's ``bits``, tfmot's ``num_bits``), or None."""
+    cfg = q.get_config() if hasattr(q, "get_config") else {}
+    bits = cfg.get("bits", cfg.get("num_bits"))
+    return None if bits is None else int(bits)
+
+
+def weight_quantizers(wrapper: Any) -> tuple[tuple[str, Any], ...]:
+    """``(attribute, quantizer)`` for each weight a QuantizeWrapper quantizes; a folded
+    layer's own kernel quantizer first, as ``"folded <kernel>"``."""
+    inner, cfg = wrapper.layer, wrapper.quantize_config
+    ws = tuple((_attr_name(inner, w), q) for w, q in cfg.get_weights_and_quantizers(inner))
+    folded_q = getattr(inner, "weight_quantizer", None)
+    if getattr(inner, "_KERNEL", None) and folded_q is not None:  # a folded layer
+        ws = ((f"folded {inner._KERNEL}", folded_q), *ws)
+    return ws
 
 
 def _attr_name(layer: Any, tensor: Any) -> str:
@@ -86,11 +105,7 @@ def summarize(model: Any) -> list[LayerQuantSummary]:
             rows.append(LayerQuantSummary(layer.name, type(layer).__name__, (), (), "", False))
             continue
         inner, cfg = layer.layer, layer.quantize_config
-        ws = tuple((_attr_name(inner, w), describe_quantizer(q))
-                   for w, q in cfg.get_weights_and_quantizers(inner))
-        folded_q = getattr(inner, "weight_quantizer", None)
-        if getattr(inner, "_KERNEL", None) and folded_q is not None:  # a folded layer
-            ws = ((f"folded {inner._KERNEL}", describe_quantizer(folded_q)), *ws)
+        ws = tuple((a, describe_quantizer(q)) for a, q in weight_quantizers(layer))
         acts = tuple(("activation", describe_quantizer(q))
                      for _, q in cfg.get_activations_and_quantizers(inner))
         outs = cfg.get_output_quantizers(inner)

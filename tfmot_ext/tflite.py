@@ -20,15 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_ext._compat import check_keras2, keras, tf
+from tfmot_ext._compat import QuantizeWrapper, check_keras2, keras, tf
 from tfmot_ext.errors import ConfigError, ConversionError
-from tfmot_ext.summary import summarize
+from tfmot_ext.summary import quantizer_bits, weight_quantizers
 
-__all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "keras_layout",
+__all__ = ["EXACT_WEIGHT_BITS", "KERNELS", "OpTensor", "WeightTensor", "float_ops",
+           "interpreter", "keras_layout",
            "op_outputs", "regridded_weights", "run_int8", "save_tflite", "to_tflite",
            "weight_tensors"]
 
 logger = logging.getLogger(__name__)
+
+#: Weight widths the converter stores as trained (integers and scales); a fake-quantized
+#: kernel of any other width below 8 bits it re-grids on the 8-bit scale of the same
+#: range, ``s * qmax_b / 127`` (measured at 2, 3, 5, 6 and 7 bits).
+EXACT_WEIGHT_BITS = frozenset({4, 8})
 
 #: Operators allowed to touch float tensors in a full-integer model with float I/O.
 _IO_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
@@ -353,18 +359,17 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
 
 
 def regridded_weights(model: Any) -> list[str]:
-    """``layer: attribute (bits)`` for each weight the TFLite converter re-grids.
-
-    The converter stores 8- and 4-bit fake-quantized kernels as trained; a kernel
-    trained at any other width below 8 bits it re-quantizes on the 8-bit scale of
-    the same range (``s * qmax_b / 127``). Read from :func:`tfmot_ext.summarize`.
-    """
+    """``layer: attribute (bits)`` for each weight the TFLite converter re-grids: trained
+    below 8 bits at a width not in :data:`EXACT_WEIGHT_BITS`."""
+    check_keras2(model, "model")
     out = []
-    for row in summarize(model):
-        for attr, desc in row.weights:
-            bits = desc.split("b", 1)[0]
-            if bits.isdigit() and int(bits) < 8 and int(bits) != 4:
-                out.append(f"{row.name}: {attr} ({bits} bits)")
+    for layer in model.layers:
+        if not isinstance(layer, QuantizeWrapper):
+            continue
+        for attr, q in weight_quantizers(layer):
+            bits = quantizer_bits(q)
+            if bits is not None and bits < 8 and bits not in EXACT_WEIGHT_BITS:
+                out.append(f"{layer.name}: {attr} ({bits} bits)")
     return out
 
 
