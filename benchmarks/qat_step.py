@@ -1,6 +1,6 @@
 """Train-step time: float vs tfmot's default QAT vs tfmot_ext's folded QAT.
 
-    python benchmarks/qat_step.py [--steps 2] [--rounds 40] [--jit-compile]
+    python benchmarks/qat_step.py [--steps 2] [--rounds 40] [--jit-compile] [--with-delay]
 
 Models: the demo's MNIST CNN (28x28x1, batch 32) and MobileNetV2 alpha=0.35 at 96x96
 (weights=None, batch 32). After warm-up (tracing), each round times ``--steps``
@@ -9,6 +9,8 @@ variant's time by the float model's time *in the same round*: a machine that slo
 down or speeds up between rounds moves all variants of a round alike, so the ratio
 cancels it. Printed: the median of the per-round ratios with its interquartile range
 (the spread left), and the median step time for scale. Target: folded <= 1.3x float.
+``--with-delay`` adds the folded model built with ``FoldingScheme(freeze_bn_delay=...)``,
+whose step decides the freeze with a ``tf.cond`` per layer (the default traces it away).
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ def _mobilenet() -> Any:
                                           classes=10, classifier_activation=None)
 
 
-def _variants(build: Callable[[], Any], jit_compile: bool) -> dict[str, Any]:
+def _variants(build: Callable[[], Any], jit_compile: bool,
+              with_delay: bool) -> dict[str, Any]:
     out = {}
     keras.utils.set_random_seed(0)
     out["float"] = build()
     out["tfmot default QAT"] = tfmot.quantization.keras.quantize_model(build())
     out["tfmot_ext folded QAT"] = te.quantize(build())
+    if with_delay:  # a delay never reached: the tf.cond form, unfrozen like the default
+        out["tfmot_ext folded+delay"] = te.quantize(
+            build(), scheme=te.FoldingScheme(freeze_bn_delay=10**9))
     for m in out.values():
         m.compile(keras.optimizers.SGD(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -45,11 +51,11 @@ def _variants(build: Callable[[], Any], jit_compile: bool) -> dict[str, Any]:
 
 
 def bench(name: str, build: Callable[[], Any], shape: tuple[int, ...], steps: int,
-          rounds: int, jit_compile: bool = False) -> None:
+          rounds: int, jit_compile: bool = False, with_delay: bool = False) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, *shape)).astype(np.float32)
     y = rng.integers(0, 10, 32)
-    models = _variants(build, jit_compile)
+    models = _variants(build, jit_compile, with_delay)
     for m in models.values():  # warm-up: tracing and first allocations
         for _ in range(3):
             m.train_on_batch(x, y)
@@ -76,11 +82,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--jit-compile", action="store_true",
                    help="compile every variant with XLA (jit_compile=True)")
+    p.add_argument("--with-delay", action="store_true",
+                   help="add the folded model with freeze_bn_delay (tf.cond per layer)")
     args = p.parse_args()
     bench("MNIST CNN 28x28", demo.build_cnn, (28, 28, 1), args.steps, args.rounds,
-          args.jit_compile)
+          args.jit_compile, args.with_delay)
     bench("MobileNetV2 0.35 96x96", _mobilenet, (96, 96, 3), args.steps, args.rounds,
-          args.jit_compile)
+          args.jit_compile, args.with_delay)
 
 
 if __name__ == "__main__":

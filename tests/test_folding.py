@@ -89,8 +89,10 @@ def test_freeze_delay_and_callback(rng):
                                activation="relu", freeze_bn_delay=2)
     f2(x)
     f2.set_weights(f.get_weights())
-    f2(x, training=True)
-    f2(x, training=True)  # steps 0 and 1 update the statistics
+    for _ in range(2):  # steps 0 and 1 update the statistics
+        before = f2.moving_mean.numpy().copy()
+        f2(x, training=True)
+        assert not np.array_equal(f2.moving_mean.numpy(), before)
     before = f2.moving_mean.numpy().copy()
     y_train = f2(x, training=True).numpy()  # step 2: frozen
     np.testing.assert_array_equal(f2.moving_mean.numpy(), before)
@@ -103,6 +105,62 @@ def test_freeze_delay_and_callback(rng):
     mm = f.moving_mean.numpy().copy()
     np.testing.assert_array_equal(f(x, training=True).numpy(), f(x, training=False).numpy())
     np.testing.assert_array_equal(f.moving_mean.numpy(), mm)
+
+
+def _state(model):
+    """Every weight but the freeze bookkeeping (``bn_step``, ``bn_frozen``), in order."""
+    return [(w.name, w.numpy()) for w in model.weights
+            if "bn_step" not in w.name and "bn_frozen" not in w.name]
+
+
+def test_traced_freeze_state_trains_like_the_cond_form(rng):
+    """Without ``freeze_bn_delay`` the train step is traced for the frozen state (no
+    ``tf.cond``); FreezeBatchNorm retraces it. Same ops on the same values as the
+    ``tf.cond`` form freezing at the same step (a delay of one epoch): after an unfrozen
+    and a frozen epoch every kernel, gamma, moving statistic and quantizer range is equal
+    bit for bit; beta and bias within 1e-6 of their largest value (their gradients are
+    sums over the batch, which TF may order differently with and without the cond:
+    float32 rounding, measured 2e-7)."""
+    x = rng.normal(size=(64, 10, 10, 3)).astype(np.float32)
+    y = rng.normal(size=(64, 3)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    float_model = _bn_net()
+    static = te.quantize(float_model)
+    cond = te.quantize(keras.models.clone_model(float_model),
+                       scheme=FoldingScheme(freeze_bn_delay=4))  # 64 / 16 steps = 1 epoch
+    cond.set_weights(static.get_weights())
+    means = []
+    for model, cb in ((static, [te.FreezeBatchNorm(1)]), (cond, [])):
+        model.compile(keras.optimizers.Adam(1e-2), "mse")  # Adam: zero gradients move it
+        model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0, callbacks=cb)
+        means.append(model.get_layer("quant_conv").layer.moving_mean.numpy().copy())
+        model.fit(x, y, initial_epoch=1, epochs=2, batch_size=16, shuffle=False, verbose=0,
+                  callbacks=cb)
+        # frozen in the second epoch: the moving statistics stayed
+        np.testing.assert_array_equal(model.get_layer("quant_conv").layer.moving_mean, means[-1])
+    assert not np.array_equal(means[0], np.zeros_like(means[0]))  # the first epoch updated them
+    a, b = _state(static), _state(cond)
+    assert len(a) == len(b) > 20
+    for (name, va), (_, vb) in zip(a, b):
+        if any(k in name for k in ("kernel", "moving_", "_min", "_max", "gamma")):
+            np.testing.assert_array_equal(va, vb, err_msg=name)
+        else:  # beta/bias gradients are sums over the batch that TF may order differently
+            assert np.abs(va - vb).max() <= 1e-6 * np.abs(vb).max(), name
+
+
+def test_stale_trace_of_a_custom_loop_fails_naming_the_layer(rng):
+    model = te.quantize(_bn_net())
+    x = rng.normal(size=(8, 10, 10, 3)).astype(np.float32)
+    step = tf.function(lambda t: model(t, training=True))
+    step(x)
+    te.freeze_batch_norm(model)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"conv.*freeze_batch_norm.*retrace"):
+        step(x)
+    folded = model.get_layer("quant_conv").layer
+    mm = folded.moving_mean.numpy().copy()
+    fresh = tf.function(lambda t: model(t, training=True))
+    np.testing.assert_array_equal(fresh(x), model(x, training=False))  # frozen form
+    np.testing.assert_array_equal(folded.moving_mean, mm)
 
 
 def _bn_net(bn_momentum=0.9):

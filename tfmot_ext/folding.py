@@ -273,13 +273,17 @@ class FoldedBatchNormBase(keras.layers.Layer):
         side: 1.43x a float step dividing the output, 1.20x dividing the kernel; see
         docs/folding.md).
 
-        Without a distribution strategy a ``tf.cond`` runs only the needed tail. Under
-        one, a ``tf.cond`` around the (cross-replica synchronized) updates cannot run:
+        Without ``freeze_bn_delay`` and without a distribution strategy the step is
+        traced for the frozen state it finds (:meth:`_train_static`, no control flow).
+        With a delay a ``tf.cond`` on the step count runs only the needed tail. Under a
+        strategy, a ``tf.cond`` around the (cross-replica synchronized) updates cannot run:
         both tails are computed, one is selected, and the moving statistics are written
         with their old values once frozen.
         """
-        with tf.control_dependencies([self.bn_step.assign_add(1)]):
-            frozen = self._frozen()
+        static = self._frozen_at_trace()
+        if static is not None:
+            return self._train_static(x, static)
+        frozen = self._frozen(self.bn_step.assign_add(1))
         sf, b = self._scale_factor_and_bias()
         q = self._quantized_kernel(self._scale_kernel(self.kernel, sf), True)
         unscale = tf.where(frozen, tf.ones_like(sf), tf.math.reciprocal(sf))
@@ -299,6 +303,48 @@ class FoldedBatchNormBase(keras.layers.Layer):
         with tf.control_dependencies(self._moving_updates(mean, var, keep=frozen)):
             return tf.where(frozen, folded(), out)
 
+    def _frozen_at_trace(self) -> bool | None:
+        """The frozen state, as a Python bool, where the step may be traced for it.
+
+        That is without a distribution strategy and without ``freeze_bn_delay`` (the
+        freeze then comes only from :func:`freeze_batch_norm`, which asks Keras to
+        retrace its train function), read eagerly when the step is traced. None where
+        the state must stay a tensor (a step-count freeze, or under a strategy).
+        """
+        if self.freeze_bn_delay is not None or tf.distribute.has_strategy():
+            return None
+        with tf.init_scope():
+            if not tf.executing_eagerly():
+                return None
+            return bool(self.bn_frozen.numpy() > 0)
+
+    def _train_static(self, x: tf.Tensor, frozen: bool) -> tf.Tensor:
+        """:meth:`_train` with the frozen state fixed when traced: no ``tf.cond``.
+
+        The same values and gradients as the ``tf.cond`` form (its branch for that
+        state), without the control flow's per-layer cost. A step traced unfrozen
+        checks, each run, that the layer has not been frozen since (a stale trace in a
+        custom training loop fails loudly instead of training unfrozen). ``bn_step``
+        counts steps for ``freeze_bn_delay`` only and stays here.
+        """
+        sf, b = self._scale_factor_and_bias()
+        q = self._quantized_kernel(self._scale_kernel(self.kernel, sf), True)
+        if frozen:
+            return tf.nn.bias_add(self._op(x, q), self._folded_bias(sf, b))
+        stale = tf.debugging.Assert(
+            tf.equal(self.bn_frozen, 0),
+            [f"{self.name} was frozen (freeze_batch_norm) after this training step was "
+             "traced; retrace it: model.make_train_function(force=True), or re-create "
+             "the tf.function of a custom training loop"])
+        z0 = self._op(x, self._scale_kernel(q, tf.math.reciprocal(sf)))
+        out, mean, var = self._batch_statistics(z0, b)
+        if self.bias is not None:
+            # BN cancels the bias: a zero gradient, not None (as the tf.cond form gives;
+            # Keras warns on None and Adam's moments keep moving on zero)
+            out = out + tf.reshape(b * 0.0, [1] * (out.shape.rank - 1) + [-1])
+        with tf.control_dependencies([stale, *self._moving_updates(mean, var)]):
+            return tf.identity(out)
+
     def _moving_updates(self, mean: tf.Tensor, var: tf.Tensor, keep: Any = None) -> list[Any]:
         """Moving-average updates ``v <- v * momentum + batch * (1 - momentum)``; where
         ``keep`` (the frozen flag) is true each variable is written its own value."""
@@ -310,10 +356,12 @@ class FoldedBatchNormBase(keras.layers.Layer):
             new_var = tf.where(keep, self.moving_variance, new_var)
         return [self.moving_mean.assign(new_mean), self.moving_variance.assign(new_var)]
 
-    def _frozen(self) -> tf.Tensor:
+    def _frozen(self, step: tf.Tensor) -> tf.Tensor:
+        """Whether this training step (``step``: 1 for the first) runs frozen: after a
+        :func:`freeze_batch_norm`, or past the first ``freeze_bn_delay`` steps."""
         frozen = self.bn_frozen > 0
         if self.freeze_bn_delay is not None:
-            frozen = tf.logical_or(frozen, self.bn_step >= self.freeze_bn_delay)
+            frozen = tf.logical_or(frozen, step > self.freeze_bn_delay)
         return frozen
 
     def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
@@ -472,11 +520,18 @@ class FreezeBatchNorm(keras.callbacks.Callback):
 
 
 def freeze_batch_norm(model: Any) -> int:
-    """Freeze every folded layer of ``model`` (inside QuantizeWrappers too); return the count."""
+    """Freeze every folded layer of ``model`` (inside QuantizeWrappers too); return the count.
+
+    A Keras train function already traced is rebuilt (its folded layers traced their
+    unfrozen form). A custom training loop must re-create its ``tf.function``: the old
+    trace then stops with an error naming the layer.
+    """
     n = 0
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
         if isinstance(inner, FoldedBatchNormBase):
             inner.bn_frozen.assign(1)
             n += 1
+    if n and getattr(model, "train_function", None) is not None:
+        model.make_train_function(force=True)
     return n
