@@ -324,7 +324,8 @@ class FoldedBatchNormBase(keras.layers.Layer):
         The same values and gradients as the ``tf.cond`` form (its branch for that
         state), without the control flow's per-layer cost. A step traced unfrozen
         checks, each run, that the layer has not been frozen since (a stale trace in a
-        custom training loop fails loudly instead of training unfrozen). ``bn_step``
+        custom training loop fails loudly instead of training unfrozen; XLA drops that
+        ``Assert``). ``bn_step``
         counts steps for ``freeze_bn_delay`` only and stays here.
         """
         sf, b = self._scale_factor_and_bias()
@@ -524,7 +525,8 @@ def freeze_batch_norm(model: Any) -> int:
 
     A Keras train function already traced is rebuilt (its folded layers traced their
     unfrozen form). A custom training loop must re-create its ``tf.function``: the old
-    trace then stops with an error naming the layer.
+    trace then stops with an error naming the layer (not under XLA, which drops the
+    check: a ``jit_compile`` function traced before the freeze trains on unfrozen).
     """
     n = 0
     for layer in model.layers:

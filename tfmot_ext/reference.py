@@ -435,7 +435,9 @@ def _relu(p: LayerQuantParams, x: IntTensor, where: str) -> IntTensor:
         lo, hi = activation_range(act, x.scale, x.zero_point, where)
         return IntTensor(np.clip(x.values, lo, hi).astype(np.int8), x.scale, x.zero_point)
     # not fused (its input has other consumers, e.g. Xception's Add -> ReLU -> separable):
-    # TFLite's RELU requantizes, z_y + MBQM(q - z_x, M(s_x / s_y)), clamped to the range
+    # TFLite's RELU requantizes, z_y + MBQM(q - z_x, M(s_x / s_y)), clamped to the range.
+    # Both kernel sets run reference_ops::ReluX (optimized_ops.h imports it with `using`),
+    # whose scalar MultiplyByQuantizedMultiplier rounds as the reference kernels do
     m0, shift = quantize_multiplier(np.float64(np.float32(x.scale)) / np.float64(
         np.float32(out.scale)))
     y = multiply_by_quantized_multiplier(x.values.astype(np.int64) - x.zero_point, m0,
