@@ -14,7 +14,7 @@ import tfmot_ext as te
 from tfmot_ext import qmath
 from tfmot_ext._compat import keras, tfmot
 from tfmot_ext.errors import ExtractionError, H5FormatError
-from tfmot_ext.extract import extract, quantize_multiplier
+from tfmot_ext.extract import extract, int8_embedded, quantize_multiplier
 from tfmot_ext.parity import weight_parity
 from tfmot_ext.quantizers import LSQQuantizer, PowerOfTwoQuantizer
 from tfmot_ext.tflite import weight_tensors
@@ -206,16 +206,16 @@ def _ulps(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("per_channel,low_bits", [(True, 4), (False, 4), (True, 6)])
+@pytest.mark.parametrize("per_channel,low_bits", [(True, 4), (False, 4), (True, 6), (False, 3)])
 def test_parity_with_tflite(per_channel, low_bits, rng):
-    """8- and 4-bit layers: integers and int32 biases exactly as TFLite stores them.
+    """Integers, int32 biases, scales and zero points exactly as TFLite stores them.
 
-    Scales, zero points and biases equal too: extraction derives the deployed scales
-    the way the converter does (float64 from the trained range), not TF's float32
-    training scale (which can be one ulp apart). The converter keeps a 4-bit kernel's
-    integers and scales; at 6 bits it re-grids the kernel on an int8 scale of its own
-    (dequantized values within half a TFLite LSB), and ``weight_parity`` judges each
-    width by that rule.
+    Scales equal too: extraction derives the deployed scales the way the converter
+    does (float64 from the trained range), not TF's float32 training scale (which can
+    be one ulp apart). At 8 and 4 bits the converter keeps the trained integers; at 6
+    and 3 bits ``to_tflite`` embeds the trained grid in int8: TFLite holds the trained
+    integers times ``2**(8 - bits)`` on the scale :func:`int8_embedded` derives, with
+    the int32 bias on that scale, and the integer reference replays every tensor.
     """
     qat = te.quantize(_net(), _policy(per_channel, low_bits=low_bits))
     x = _trained(qat, rng)
@@ -224,42 +224,41 @@ def test_parity_with_tflite(per_channel, low_bits, rng):
     ops = tflite_weight_ops(content)
     assert {o["op"] for o in ops} == {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
     judged = weight_parity(params, weight_tensors(content))
-    assert len(judged) == len(ops)
-    for w in judged:
-        if w.bits in (4, 8):
-            assert w.exact, w
-        else:  # TFLite's int32 bias is on its own kernel scale: extraction's is not it
-            assert w.kernel and w.scales and not w.bias and not w.bias_scales, w
+    assert len(judged) == len(ops) and all(w.exact for w in judged), judged
+    assert {w.bits for w in judged} == {8, low_bits}
     for op in ops:
         (name,) = [n for n in params if f"/{n}/" in op["filter_name"]]
         p = params[name]
+        d = int8_embedded(p)
         tfl_k = keras_layout(op["op"], op["filter"], p.kernel_int.shape)
         if p.kernel_scale.ndim and not per_channel:
             raise AssertionError("per-tensor expected")
         assert len(op["filter_scales"]) == p.kernel_scale.size, name
-        if p.bits in (4, 8):
-            np.testing.assert_array_equal(tfl_k, p.kernel_int, err_msg=name)
-            np.testing.assert_array_equal(op["filter_scales"], np.atleast_1d(p.kernel_scale),
-                                          err_msg=name)
+        f = 1 << (8 - p.bits) if p.bits not in (4, 8) else 1
+        np.testing.assert_array_equal(tfl_k, p.kernel_int.astype(np.int64) * f, err_msg=name)
+        np.testing.assert_array_equal(tfl_k, d.kernel_int, err_msg=name)
+        np.testing.assert_array_equal(op["filter_scales"], np.atleast_1d(d.kernel_scale),
+                                      err_msg=name)
+        if f > 1:  # the same real kernel: s / f against s, float32 renderings (2 ulp)
+            deq = tfl_k.astype(np.float64) * _bcast(op["filter_scales"], p)
+            np.testing.assert_allclose(deq, p.dequantized_kernel(), rtol=2.4e-7, atol=0,
+                                       err_msg=name)
+            np.testing.assert_allclose(d.dequantized_kernel(), p.dequantized_kernel(),
+                                       rtol=2.4e-7, atol=0, err_msg=name)
+            assert d.bits == 8 and np.abs(d.kernel_int.astype(int)).max() <= 127, name
+            np.testing.assert_array_equal(d.kernel_zero_point, p.kernel_zero_point * f)
+            err = np.abs(d.bias_int * d.bias_scale.astype(np.float64) - d.bias)
+            assert np.all(err <= d.bias_scale / 2), name
         else:
-            tfl_deq = tfl_k.astype(np.float64) * _bcast(op["filter_scales"], p)
-            ours = p.dequantized_kernel().astype(np.float64)
-            lsb = _bcast(op["filter_scales"], p)
-            assert np.all(np.abs(tfl_deq - ours) <= lsb / 2), name
-            assert not np.array_equal(tfl_k, p.kernel_int), name  # re-gridded indeed
-            # the converter's scale is the 8-bit one of the same range, s * qmax_b / 127
-            # (float32 renderings of two float64 derivations: rtol 1e-6, a few ulp)
-            qmax = (1 << (p.bits - 1)) - 1
-            np.testing.assert_allclose(op["filter_scales"],
-                                       np.atleast_1d(p.kernel_scale) * qmax / 127, rtol=1e-6)
-        if p.bits in (4, 8):  # elsewhere the bias is on TFLite's own kernel scale
-            np.testing.assert_array_equal(op["bias"], p.bias_int, err_msg=name)
-            np.testing.assert_array_equal(op["bias_scales"], np.atleast_1d(p.bias_scale),
-                                          name)
+            assert d is p
+        np.testing.assert_array_equal(op["bias"], d.bias_int, err_msg=name)
+        np.testing.assert_array_equal(op["bias_scales"], np.atleast_1d(d.bias_scale), name)
         assert op["input_scale"][0] == np.float32(p.input_scale), name
         assert int(op["input_zero_point"][0]) == p.input_zero_point, name
         assert op["output_scale"][0] == np.float32(p.output_scale), name
         assert int(op["output_zero_point"][0]) == p.output_zero_point, name
+    report = te.verify(qat, content, x[:8], params=params)
+    assert report.weights_exact and report.reference_exact_fraction == 1.0, report
 
 
 def _bcast(scales, p):

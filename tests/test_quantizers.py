@@ -268,3 +268,61 @@ def test_per_channel_without_a_shape_is_an_error(q):
     # tfmot builds activation quantizers with no tensor shape
     with pytest.raises(ConfigError, match="per-channel quantization needs a known"):
         _build(q, None, "post_activation")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 6, 7])
+@pytest.mark.parametrize("narrow", [True, False])
+def test_int8_embedding_twins_and_grid(bits, narrow, rng):
+    """The TF range of the int8 embedding equals qmath's bit for bit, and the 8-bit
+    grid on it holds the b-bit grid: 8-bit scale ``s / 2**(8-b)`` (within one float32
+    ulp: FakeQuant recomputes it from the range), zero point ``z * 2**(8-b)`` exactly,
+    every b-bit integer times ``2**(8-b)`` in range."""
+    from tfmot_ext.quantizers import _int8_embedding_tf
+
+    for symmetric in (True, False):
+        q = MinMaxQuantizer(bits, per_channel=True, symmetric=symmetric, narrow_range=narrow)
+        x = rng.normal(size=(5, 7)).astype(np.float32) * rng.uniform(0.1, 3, 7).astype(
+            np.float32) + (0 if symmetric else 0.7)
+        lo, hi = q.effective_range(*_np_range_per(x, (1,)))
+        r = qmath.nudge(lo, hi, bits, narrow)
+        lo8, hi8 = qmath.int8_embedding(r.scale, r.zero_point, bits, narrow)
+        tf_lo8, tf_hi8 = _int8_embedding_tf(tf.constant(lo), tf.constant(hi), bits, narrow)
+        np.testing.assert_array_equal(tf_lo8.numpy(), lo8)
+        np.testing.assert_array_equal(tf_hi8.numpy(), hi8)
+        r8 = qmath.nudge(lo8, hi8, 8, narrow)
+        f = 1 << (8 - bits)
+        # FakeQuant's 8-bit nudge redoes (hi8 - lo8) / 254 or 255 in float32: one ulp
+        s8 = (r.scale / np.float32(f)).astype(np.float32)
+        assert np.abs(r8.scale.view(np.int32).astype(np.int64) - s8.view(np.int32)).max() <= 1
+        np.testing.assert_array_equal(r8.zero_point, r.zero_point * f)
+        qmin, qmax = qmath.integer_range(bits, narrow)
+        qmin8, qmax8 = qmath.integer_range(8, narrow)
+        assert qmin8 <= qmin * f and qmax * f <= qmax8
+
+
+@pytest.mark.parametrize("bits", [3, 6])
+def test_int8_embedding_keeps_the_values_and_only_for_the_named(bits, rng):
+    """Traced inside ``int8_embedding([q])``, ``q``'s inference output is its b-bit
+    fake-quant output (the FakeQuant on the embedded range rounds each value to
+    itself: within one float32 ulp, the 8-bit op's own arithmetic); another
+    quantizer, and ``q`` at 4 or 8 bits, trace no second FakeQuant."""
+    from tfmot_ext.quantizers import int8_embedding
+
+    x = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
+    q, other = weight_quantizer(bits), weight_quantizer(bits)
+    wq, wo = _build(q, x.shape), _build(other, x.shape)
+
+    def fake_quants(quantizer, qvars):
+        g = tf.function(lambda t: quantizer(t, False, qvars)).get_concrete_function(
+            tf.TensorSpec(x.shape, tf.float32)).graph
+        return sum(op.type.startswith("FakeQuant") for op in g.get_operations())
+
+    plain = q(tf.constant(x), False, wq).numpy()
+    with int8_embedding([q]):
+        embedded = tf.function(lambda t: q(t, False, wq))(tf.constant(x)).numpy()
+        assert fake_quants(q, wq) == 2 and fake_quants(other, wo) == 1
+    assert fake_quants(q, wq) == 1
+    ulps = np.abs(plain.view(np.int32).astype(np.int64) - embedded.view(np.int32))
+    assert ulps.max() <= 1
+    with int8_embedding([weight_quantizer(4), weight_quantizer(8)]) as _:
+        assert fake_quants(weight_quantizer(4), _build(weight_quantizer(4), x.shape)) == 1

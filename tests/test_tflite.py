@@ -7,7 +7,7 @@ import pytest
 from conftest import small_qat
 
 import tfmot_ext as te
-from tfmot_ext._compat import keras
+from tfmot_ext._compat import keras, tfmot
 from tfmot_ext.errors import ConversionError, UnsupportedModelError
 
 L = keras.layers
@@ -51,25 +51,57 @@ def test_keras3_model_is_rejected():
         te.to_tflite(m3, np.zeros((1, 3), np.float32))
 
 
+class _TfmotSixBitDense(tfmot.quantization.keras.QuantizeConfig):
+    """A user's tfmot config: tfmot's own LastValueQuantizer at 6 bits on the kernel."""
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, tfmot.quantization.keras.quantizers.LastValueQuantizer(
+            num_bits=6, per_axis=False, symmetric=True, narrow_range=True))]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.kernel = quantize_weights[0]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("bits", [6, 4])
-def test_regridded_widths_are_named_at_conversion(bits, rng, caplog):
-    """The converter keeps 8- and 4-bit kernels as trained and re-grids the other
-    widths (test_extract.py::test_parity_with_tflite measures it): conversion says so,
-    naming the layer, only for those."""
+def test_low_widths_deploy_embedded_and_foreign_ones_are_named(rng, caplog):
+    """tfmot_ext's 6-bit kernel (a folded Conv+BN here) deploys as trained, embedded in
+    int8 (test_extract.py::test_parity_with_tflite checks every integer): no warning.
+    A tfmot quantizer at 6 bits is not embedded; the converter re-grids it, and
+    conversion names that layer."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((6, 6, 2))
     x = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, use_bias=False, name="c")(inp)))
     model = keras.Model(inp, L.Dense(3, name="fc")(L.Flatten()(x)))
-    qat = te.quantize(model, [te.Rule(name="c", config=te.conv_config(bits))])
     data = rng.normal(size=(8, 6, 6, 2)).astype(np.float32)
-    qat(data, training=True)
-    with caplog.at_level("WARNING", logger="tfmot_ext.tflite"):
-        te.to_tflite(qat, data)
-    named = te.tflite.regridded_weights(qat)
-    warned = [r.getMessage() for r in caplog.records if "re-grids" in r.getMessage()]
-    if bits == 6:
-        assert named == ["quant_c: folded kernel (6 bits)"]
-        assert len(warned) == 1 and "quant_c: folded kernel (6 bits)" in warned[0]
-    else:
-        assert named == [] and warned == []
+    with tfmot.quantization.keras.quantize_scope({"_TfmotSixBitDense": _TfmotSixBitDense}):
+        for foreign in (False, True):
+            policy = [te.Rule(name="c", config=te.conv_config(6))]
+            if foreign:
+                policy.append(te.Rule(name="fc", config=_TfmotSixBitDense()))
+            qat = te.quantize(model, policy)
+            qat(data, training=True)
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="tfmot_ext.tflite"):
+                content = te.to_tflite(qat, data)
+            named = te.tflite.regridded_weights(qat)
+            warned = [r.getMessage() for r in caplog.records if "re-grids" in r.getMessage()]
+            judged = {w.layer: w for w in te.verify(qat, content, data, reference=False).weights}
+            assert judged["quant_c"].exact and judged["quant_c"].bits == 6, judged
+            if foreign:
+                assert named == ["quant_fc: kernel (6 bits)"]
+                assert len(warned) == 1 and "quant_fc: kernel (6 bits)" in warned[0]
+            else:
+                assert named == [] and warned == []

@@ -53,6 +53,7 @@ from tfmot_ext.extract import (
     QuantizedModelParams,
     TensorQuant,
     extract,
+    int8_embedded,
     quantize_multiplier,
     requant_multiplier,
 )
@@ -158,6 +159,7 @@ __all__ = [
     "float_ops",
     "format_summary",
     "freeze_batch_norm",
+    "int8_embedded",
     "interpreter",
     "layer_drift",
     "layer_reports",

@@ -27,6 +27,7 @@ __all__ = [
     "QuantizeAnnotate",
     "QuantizeLayer",
     "QuantizeWrapper",
+    "called_weight_quantizers",
     "check_keras2",
     "default_8bit_transforms",
     "keras",
@@ -38,7 +39,8 @@ _qk = tfmot.quantization.keras
 
 # Private import: tfmot does not export the annotation wrapper nor QuantizeLayer
 # (the input quantizer quantize_apply inserts), and tfmot_ext must recognise both
-# when walking a model. Nothing else of tfmot's internals is used anywhere.
+# when walking a model. Nothing else of tfmot's internals is used anywhere but the
+# private attribute read by called_weight_quantizers below.
 from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: E402
     quantize_annotate as _quantize_annotate,
 )
@@ -54,6 +56,18 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 )
 
 QuantizeWrapper = _qk.QuantizeWrapper
+
+
+def called_weight_quantizers(wrapper: Any) -> list[Any]:
+    """The weight quantizer objects a built QuantizeWrapper calls.
+
+    Private attribute: tfmot keeps them only in ``QuantizeWrapper._weight_vars``
+    (``(weight, quantizer, variables)``, filled at build); a config's
+    ``get_weights_and_quantizers`` may return copies (tfmot_ext's per-channel
+    quantizers get their axis resolved there). A folded layer's own kernel quantizer
+    is not among them.
+    """
+    return [entry[1] for entry in getattr(wrapper, "_weight_vars", ())]
 
 
 def _minor(version: str) -> tuple[str, ...]:

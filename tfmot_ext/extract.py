@@ -39,6 +39,7 @@ from tfmot_ext.errors import ExtractionError, H5FormatError
 from tfmot_ext.folding import fold_numpy
 from tfmot_ext.graph import PASS_THROUGH_OPS
 from tfmot_ext.quantizers import (
+    EXACT_WEIGHT_BITS,
     FixedRangeQuantizer,
     LSQQuantizer,
     MinMaxQuantizer,
@@ -54,6 +55,7 @@ __all__ = [
     "TensorQuant",
     "extract",
     "inbound_layer_names",
+    "int8_embedded",
     "quantize_multiplier",
     "read_model_config",
     "requant_multiplier",
@@ -650,6 +652,54 @@ class LayerQuantParams:
         flat = _channels_last(k, self.axis)
         deq = ((flat - self.kernel_zero_point).astype(np.float32) * s).astype(np.float32)
         return _from_channels_last(deq, k.shape, self.axis)
+
+
+def int8_embedded(p: LayerQuantParams) -> LayerQuantParams:
+    """The layer as TFLite deploys it: ``p`` itself, except for a kernel trained at a
+    width ``b < 8`` other than 4, whose grid :func:`tfmot_ext.to_tflite` embeds in int8
+    (:func:`tfmot_ext.quantizers.int8_embedding`).
+
+    There, with ``f = 2**(8 - b)``: ``kernel_int * f`` and ``kernel_zero_point * f`` at
+    ``bits = 8``; ``kernel_scale`` the converter's float64 derivation from the embedded
+    range (:func:`tfmot_ext.qmath.int8_embedding` of ``fake_quant_scale`` and the zero
+    point), as float32, about ``kernel_scale / f``; ``fake_quant_scale`` TF's float32
+    scale of that range; the int32 bias and the multipliers recomputed on that scale
+    as :func:`extract` computes them.
+
+    Invariants (asserted by ``tests/test_extract.py::test_parity_with_tflite``, with the
+    TFLite tensors): ``kernel_int`` is in the 8-bit range; ``dequantized_kernel()``
+    equals ``p``'s within 2 float32 ulp (the same real values, ``s / f`` and ``s``
+    rendered in float32); ``|bias_int * bias_scale - bias| <= bias_scale / 2``; the
+    multipliers are :func:`requant_multiplier` of the new scale.
+    """
+    if (p.kernel_int is None or p.bits is None or p.bits >= 8 or p.bits in EXACT_WEIGHT_BITS
+            or p.fake_quant_scale is None or p.kernel_zero_point is None
+            or p.kernel_attr is None or p.narrow_range is None):
+        return p
+    f = 1 << (8 - p.bits)
+    lo8, hi8 = qmath.int8_embedding(p.fake_quant_scale, p.kernel_zero_point, p.bits,
+                                    p.narrow_range)
+    scale64 = qmath.converter_params(lo8, hi8, 8, p.narrow_range)[0]
+    scale = scale64.astype(np.float32)
+    kernel = (p.kernel_int.astype(np.int64) * f).astype(np.int8)
+    bias_int = bias_scale = mult = m0 = shift = None
+    if p.input is not None:
+        out64 = _per_output_channel(scale64, kernel.shape, p.kernel_attr, p.axis)
+        bias64 = p.input.exact_scale * out64
+        bias_scale = bias64.astype(np.float32)
+        if p.bias is not None:
+            bias_int = _round_to_int32(np.asarray(p.bias, np.float64) / bias64)
+        if p.output is not None:
+            mult = requant_multiplier(
+                p.input.scale, _per_output_channel(scale, kernel.shape, p.kernel_attr, p.axis),
+                p.output.scale,
+                per_tensor_fc=_FOLDED_KINDS.get(p.kind, p.kind) == "Dense" and p.axis is None)
+            m0, shift = quantize_multiplier(mult)
+    return dataclasses.replace(
+        p, bits=8, kernel_int=kernel, kernel_scale=scale,
+        kernel_zero_point=(np.asarray(p.kernel_zero_point, np.int64) * f).astype(np.int32),
+        fake_quant_scale=qmath.nudge(lo8, hi8, 8, p.narrow_range).scale, bias_int=bias_int,
+        bias_scale=bias_scale, multiplier=mult, multiplier_q31=m0, shift=shift)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 
 from tfmot_ext._compat import check_keras2, keras
 from tfmot_ext.errors import IntegerReferenceError, ParityError
-from tfmot_ext.extract import QuantizedModelParams, extract
+from tfmot_ext.extract import QuantizedModelParams, extract, int8_embedded
 from tfmot_ext.reference import TensorMatch, compare_with_tflite, run
 from tfmot_ext.tflite import (
     EXACT_WEIGHT_BITS,
@@ -62,14 +62,17 @@ class OutputParity:
 class WeightParity:
     """One weighted TFLite operator vs the extracted layer it was converted from.
 
-    ``kernel``: the stored integers equal ``kernel_int``, at 8 and at 4 bits (the
-    converter keeps a 4-bit kernel's integers and scales); at the other widths below 8
-    TFLite re-grids the kernel on an int8 scale of its own, and the dequantized values
-    agree within half a TFLite LSB (``scales`` then says the same; TFLite's int32
-    bias is then on its own kernel scale, not extraction's trained one, and
-    ``bias``/``bias_scales`` are False). ``scales``, ``bias``, ``bias_scales``: exact
-    equality of the float32 scales and the int32 bias (a bias the converter dropped
-    counts as equal when the extracted one is all zero). ``layer`` is None when no
+    ``kernel``: the stored integers equal those of
+    :func:`tfmot_ext.extract.int8_embedded` of the layer: ``kernel_int`` at 8 and at
+    4 bits (the converter keeps a 4-bit kernel's integers and scales), ``kernel_int *
+    2**(8 - bits)`` at the other widths below 8 (the grid :func:`tfmot_ext.to_tflite`
+    embeds in int8). A kernel the conversion did not embed (a quantizer that is not
+    tfmot_ext's, or wider than 8 bits) TFLite re-grids on an int8 scale of its own: it
+    counts when the dequantized values agree within half a TFLite LSB (``scales`` then
+    says the same; its int32 bias is on that scale and ``bias``/``bias_scales`` are
+    False). ``scales``, ``bias``, ``bias_scales``: exact equality of the float32 scales
+    and the int32 bias with the embedded form's (a bias the converter dropped counts as
+    equal when the extracted one is all zero). ``layer`` is None when no
     extracted layer matches the operator (then every flag is False).
     ``calibrated``: the operator's weights belong to no quantized layer of the QAT
     model (a layer left float, e.g. inside MultiHeadAttention) and the converter
@@ -234,21 +237,27 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
         except ValueError:
             out.append(WeightParity(w.op, p.name, p.bits, False, False, False, False))
             continue
-        if p.bits in EXACT_WEIGHT_BITS:  # stored as trained
-            kernel_ok = bool(np.array_equal(k, p.kernel_int))
-            scales_ok = bool(np.array_equal(w.filter_scales, np.atleast_1d(p.kernel_scale)))
-        else:  # TFLite re-grids the kernel in int8: compare dequantized values
+        # stored as trained at 8 and 4 bits; other widths below 8 embedded in int8 by
+        # to_tflite (the trained integers times 2**(8 - bits))
+        d = int8_embedded(p)
+        assert d.kernel_int is not None and d.kernel_scale is not None
+        kernel_ok = bool(np.array_equal(k, d.kernel_int))
+        scales_ok = bool(np.array_equal(w.filter_scales, np.atleast_1d(d.kernel_scale)))
+        if not kernel_ok and p.bits not in EXACT_WEIGHT_BITS:
+            # re-gridded by the converter (a quantizer not embedded, or above 8 bits):
+            # TFLite's own int8 grid, judged on dequantized values
             s = _channel_broadcast(w.filter_scales, p.kernel_int.shape, p.axis)
             deq = k.astype(np.float64) * s
             kernel_ok = bool(np.all(np.abs(deq - p.dequantized_kernel()) <= s / 2))
             scales_ok = kernel_ok
+            d = p
         if w.bias is None:  # the converter drops an all-zero bias
-            bias_ok = bscale_ok = p.bias_int is None or not np.any(p.bias_int)
+            bias_ok = bscale_ok = d.bias_int is None or not np.any(d.bias_int)
         else:  # ... and adds an all-zero one to a bias-less layer
-            bias_ok = (not np.any(w.bias) if p.bias_int is None
-                       else np.array_equal(w.bias, p.bias_int))
-            bscale_ok = (w.bias_scales is not None and p.bias_scale is not None
-                         and np.array_equal(w.bias_scales, np.atleast_1d(p.bias_scale)))
+            bias_ok = (not np.any(w.bias) if d.bias_int is None
+                       else np.array_equal(w.bias, d.bias_int))
+            bscale_ok = (w.bias_scales is not None and d.bias_scale is not None
+                         and np.array_equal(w.bias_scales, np.atleast_1d(d.bias_scale)))
         out.append(WeightParity(w.op, p.name, p.bits, kernel_ok, scales_ok, bool(bias_ok),
                                 bool(bscale_ok)))
     return out

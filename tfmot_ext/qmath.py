@@ -32,6 +32,7 @@ __all__ = [
     "NudgedRange",
     "converter_params",
     "fake_quant",
+    "int8_embedding",
     "integer_range",
     "nudge",
     "pow2_ceil",
@@ -395,3 +396,34 @@ def converter_params(
     scale = np.where(degenerate, 1.0, scale)
     zp = np.where(degenerate | ~np.isfinite(zp), qmin, zp)
     return scale.astype(np.float64), zp.astype(np.int32)
+
+
+def int8_embedding(scale: npt.ArrayLike, zero_point: npt.ArrayLike, bits: int,
+                   narrow_range: bool = False) -> tuple[FloatArray, FloatArray]:
+    """The 8-bit FakeQuant range whose grid holds a ``bits``-bit grid (``bits < 8``).
+
+    With ``f = 2**(8 - bits)``, the nudged ``bits``-bit grid of scale ``s`` and signed
+    zero point ``z`` (:func:`nudge`) is the subset ``f * q`` of the 8-bit grid of scale
+    ``s8 = s / f`` and zero point ``z8 = f * z``: ``(q - z) * s = (f*q - z8) * s8``, and
+    ``f * q`` stays in the 8-bit range (``f * (2**(bits-1) - 1) <= 127``). Returned is
+    that 8-bit range, ``lo8 = (qmin8 - z8) * s8``, ``hi8 = (127 - z8) * s8``
+    (``qmin8 = -127`` narrow, else ``-128``), in float32 as
+    ``tfmot_ext.quantizers`` computes it: a FakeQuant on it leaves the ``bits``-bit
+    values where they are, and the TFLite converter stores them as the int8 integers
+    ``f * q`` on the scale ``s8``.
+
+    >>> r = nudge(-0.31, 0.31, bits=6, narrow_range=True)   # s = 0.01, z = 0
+    >>> lo8, hi8 = int8_embedding(r.scale, r.zero_point, 6, narrow_range=True)
+    >>> round(float(lo8) / 0.0025, 3), round(float(hi8) / 0.0025, 3)
+    (-127.0, 127.0)
+    """
+    bits = validate_bits(bits)
+    if bits >= 8:
+        raise ValueError(f"int8_embedding: bits={bits}, must be below 8")
+    f = np.float32(1 << (8 - bits))
+    s8 = (np.asarray(scale, np.float32) / f).astype(np.float32)
+    z8 = (np.asarray(zero_point, np.float32) * f).astype(np.float32)
+    qmin8 = np.float32(-127.0 if narrow_range else -128.0)
+    lo8 = ((qmin8 - z8) * s8).astype(np.float32)
+    hi8 = ((np.float32(127.0) - z8) * s8).astype(np.float32)
+    return lo8, hi8

@@ -3,7 +3,9 @@
 Each quantizer is a thin, serializable shell over pure functions. The forward
 pass always ends in TensorFlow's ``FakeQuantWithMinMaxVars[PerChannel]`` op, the
 op the TFLite converter reads its quantization parameters from, so what is
-trained is what gets converted. The range fed to that op is an exact function of
+trained is what gets converted (below 8 bits, 4 aside, the converter would re-grid a
+kernel on its own int8 scale: :func:`int8_embedding` gives it the trained grid inside
+an int8 one). The range fed to that op is an exact function of
 the quantizer's stored variables, mirrored in NumPy by :mod:`tfmot_ext.qmath`
 (extraction relies on this):
 
@@ -21,8 +23,10 @@ Gradients are straight-through: ``d out / d x = 1`` inside the nudged range, 0 o
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,6 +36,7 @@ from tfmot_ext._compat import keras, tf, tfmot
 from tfmot_ext.errors import ConfigError
 
 __all__ = [
+    "EXACT_WEIGHT_BITS",
     "RANGE_TRACKING",
     "FixedRangeQuantizer",
     "LSQQuantizer",
@@ -40,6 +45,7 @@ __all__ = [
     "QuantizerBase",
     "activation_quantizer",
     "fake_quant_tf",
+    "int8_embedding",
     "normalize_axis",
     "weight_quantizer",
 ]
@@ -120,14 +126,88 @@ def fake_quant_tf(
     NumPy twin: :func:`tfmot_ext.qmath.fake_quant`.
     """
     if axis is None:
-        return tf.quantization.fake_quant_with_min_max_vars(
+        y = tf.quantization.fake_quant_with_min_max_vars(
             x, x_min, x_max, num_bits=bits, narrow_range=narrow_range
         )
+        if _EMBED_NOW.get() and bits < 8:
+            lo8, hi8 = _int8_embedding_tf(x_min, x_max, bits, narrow_range)
+            y = tf.quantization.fake_quant_with_min_max_vars(
+                y, lo8, hi8, num_bits=8, narrow_range=narrow_range)
+        return y
     flat, undo = _to_channels_last(x, axis)
     y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
         flat, x_min, x_max, num_bits=bits, narrow_range=narrow_range
     )
+    if _EMBED_NOW.get() and bits < 8:
+        lo8, hi8 = _int8_embedding_tf(x_min, x_max, bits, narrow_range)
+        y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            y, lo8, hi8, num_bits=8, narrow_range=narrow_range)
     return undo(y)
+
+
+#: ids of the weight quantizers whose b-bit grid (b < 8, not 4) a conversion embeds in
+#: int8 (:func:`int8_embedding`), and whether the call being traced is one of them
+_EMBED_IDS: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "tfmot_ext_embed_ids", default=frozenset())
+_EMBED_NOW: contextvars.ContextVar[bool] = contextvars.ContextVar("tfmot_ext_embed_now",
+                                                                  default=False)
+#: widths the TFLite converter stores as trained (re-exported by tfmot_ext.tflite)
+EXACT_WEIGHT_BITS = frozenset({4, 8})
+
+
+@contextlib.contextmanager
+def int8_embedding(quantizers: Iterable[Any]) -> Iterator[None]:
+    """Trace ``quantizers`` (weight quantizers) with their grid embedded in int8.
+
+    Inside, each of them at a width ``b < 8`` other than 4 (the widths the TFLite
+    converter would re-grid on its own int8 scale) follows its ``b``-bit FakeQuant with
+    an 8-bit one on the range of :func:`tfmot_ext.qmath.int8_embedding`: the values do
+    not move, and the converter stores them as the int8 integers ``2**(8-b) * q`` on
+    the scale ``s / 2**(8-b)``. :func:`tfmot_ext.to_tflite` converts inside it.
+    """
+    ids = frozenset(id(q) for q in quantizers
+                    if (b := getattr(q, "bits", None)) is not None and b < 8
+                    and b not in EXACT_WEIGHT_BITS)
+    token = _EMBED_IDS.set(_EMBED_IDS.get() | ids)
+    try:
+        yield
+    finally:
+        _EMBED_IDS.reset(token)
+
+
+@contextlib.contextmanager
+def _embedding_scope(q: Any) -> Iterator[None]:
+    token = _EMBED_NOW.set(id(q) in _EMBED_IDS.get())
+    try:
+        yield
+    finally:
+        _EMBED_NOW.reset(token)
+
+
+def _round_half_away_tf(x: tf.Tensor) -> tf.Tensor:
+    """:func:`tfmot_ext.qmath.round_half_away` in TF (exact ties corrected)."""
+    t = tf.where(x >= 0, tf.floor(x), tf.math.ceil(x))
+    tie = tf.abs(x - t) == 0.5
+    return tf.where(tie, t + tf.math.sign(x), tf.round(x))
+
+
+def _int8_embedding_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool) -> tuple[
+        tf.Tensor, tf.Tensor]:
+    """TF twin of ``qmath.int8_embedding(*nudge(lo, hi, bits, narrow))`` (float32).
+
+    The b-bit scale is FakeQuant's own, ``(hi - lo) / (quant_max - quant_min)``, as a
+    true division: ``DivNoNan``, which TF's constant folding leaves alone (it rewrites a
+    ``RealDiv`` by a constant into a reciprocal multiply, one ulp away).
+    """
+    quant_min, quant_max = np.float32(int(narrow)), np.float32((1 << bits) - 1)
+    scale = tf.math.divide_no_nan(hi - lo, quant_max - quant_min)
+    zp_from_min = quant_min - tf.math.divide_no_nan(lo, scale)
+    zp_u = tf.clip_by_value(_round_half_away_tf(zp_from_min), quant_min, quant_max)
+    f = np.float32(1 << (8 - bits))
+    s8 = scale / f
+    z8 = (zp_u - np.float32(1 << (bits - 1))) * f
+    qmin8 = np.float32(-127.0 if narrow else -128.0)
+    return (qmin8 - z8) * s8, (np.float32(127.0) - z8) * s8
 
 
 def _batch_range(x: tf.Tensor, axis: tuple[int, ...] | None) -> tuple[tf.Tensor, tf.Tensor]:
@@ -390,7 +470,8 @@ class MinMaxQuantizer(QuantizerBase):
         lo, hi = self._track(inputs, weights, axes) if training else self._stored(
             inputs, weights, axes)
         lo, hi = self.effective_range_tf(tf.stop_gradient(lo), tf.stop_gradient(hi))
-        return fake_quant_tf(inputs, lo, hi, self.bits, self.narrow_range, axes)
+        with _embedding_scope(self):
+            return fake_quant_tf(inputs, lo, hi, self.bits, self.narrow_range, axes)
 
 
 @register
@@ -462,8 +543,9 @@ class FixedRangeQuantizer(QuantizerBase):
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
                  **kwargs: Any) -> tf.Tensor:
-        return fake_quant_tf(inputs, np.float32(self.min), np.float32(self.max), self.bits,
-                             self.narrow_range, None)
+        with _embedding_scope(self):
+            return fake_quant_tf(inputs, np.float32(self.min), np.float32(self.max),
+                                 self.bits, self.narrow_range, None)
 
 
 def _keep_weight_order(wrapper: Any) -> None:
@@ -574,8 +656,9 @@ class LSQQuantizer(QuantizerBase):
         n = int(np.prod(flat.shape[:-1])) if axes is not None else int(
             np.prod([d or 1 for d in flat.shape]))
         g = lsq_grad_scale(n, self.bits, self.signed)
-        y = _lsq_fake_quant(flat, step, qn, qp, g, self.bits, self.narrow_range,
-                            axes is not None, reduce)
+        with _embedding_scope(self):
+            y = _lsq_fake_quant(flat, step, qn, qp, g, self.bits, self.narrow_range,
+                                axes is not None, reduce)
         return y if undo is None else undo(y)
 
 

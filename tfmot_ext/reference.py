@@ -56,6 +56,7 @@ from tfmot_ext.extract import (
     LayerQuantParams,
     QuantizedModelParams,
     TensorQuant,
+    int8_embedded,
     quantize_multiplier,
 )
 from tfmot_ext.qmath import round_half_away
@@ -760,7 +761,9 @@ def run(params: QuantizedModelParams, x: npt.ArrayLike, rounding: str = "referen
     """Run a model's integer parameters on a batch, integer arithmetic only.
 
     Args:
-        params: from :func:`tfmot_ext.extract` (live model or H5 file).
+        params: from :func:`tfmot_ext.extract` (live model or H5 file); a kernel
+            trained below 8 bits other than 4 runs in the int8 form that
+            :func:`tfmot_ext.to_tflite` deploys (:func:`tfmot_ext.extract.int8_embedded`).
         x: the batch: int8 values already quantized with the model's input
             quantization (what an int8-I/O TFLite model takes), or float32 values,
             which are quantized first with :func:`quantize_input`.
@@ -832,7 +835,9 @@ def _run(params: QuantizedModelParams, xs: np.ndarray) -> ReferenceRun:
         if missing:
             raise IntegerReferenceError(f"{where}: its inputs {missing} were not computed "
                                   "(float layers before the model's QuantizeLayer?)")
-        tensors[name] = _execute(p, _converter_requantized(params, p, tensors), where)
+        # a kernel trained below 8 bits (not 4) runs in the int8 form to_tflite deploys
+        tensors[name] = _execute(int8_embedded(p), _converter_requantized(params, p, tensors),
+                                 where)
         last = name
     return ReferenceRun(tensors, last)
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_ext._compat import QuantizeWrapper, check_keras2, keras, tf
+from tfmot_ext import quantizers as _quantizers
+from tfmot_ext._compat import QuantizeWrapper, called_weight_quantizers, check_keras2, keras, tf
 from tfmot_ext.errors import ConfigError, ConversionError
 from tfmot_ext.summary import quantizer_bits, weight_quantizers
 
@@ -33,8 +34,10 @@ logger = logging.getLogger(__name__)
 
 #: Weight widths the converter stores as trained (integers and scales); a fake-quantized
 #: kernel of any other width below 8 bits it re-grids on the 8-bit scale of the same
-#: range, ``s * qmax_b / 127`` (measured at 2, 3, 5, 6 and 7 bits).
-EXACT_WEIGHT_BITS = frozenset({4, 8})
+#: range, ``s * qmax_b / 127`` (measured at 2, 3, 5, 6 and 7 bits), unless the
+#: quantizer embeds its grid in int8 (:func:`tfmot_ext.quantizers.int8_embedding`, what
+#: :func:`to_tflite` does with every tfmot_ext quantizer).
+EXACT_WEIGHT_BITS = _quantizers.EXACT_WEIGHT_BITS
 
 #: Operators allowed to touch float tensors in a full-integer model with float I/O.
 _IO_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
@@ -329,15 +332,20 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
     data = _validated(representative_data, model)
     if static_batch is None:
         static_batch = _has_rnn(model)
-    conv = _converter(model, static_batch)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: _one_at_a_time(data)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if int8_io:
-        conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
+    weights = [q for layer in model.layers if isinstance(layer, QuantizeWrapper)
+               for q in (*called_weight_quantizers(layer),
+                         getattr(layer.layer, "weight_quantizer", None))]
     try:
-        with _quiet():
+        # sub-8-bit weights other than 4-bit deploy on their trained grid, embedded in
+        # int8 (quantizers.int8_embedding), instead of being re-gridded by the converter
+        with _quiet(), _quantizers.int8_embedding(weights):
+            conv = _converter(model, static_batch)
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = lambda: _one_at_a_time(data)
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if int8_io:
+                conv.inference_input_type = tf.int8
+                conv.inference_output_type = tf.int8
             content = conv.convert()
     except Exception as e:  # the converter raises its own ConverterError types
         raise ConversionError(f"TFLite conversion of model '{model.name}' failed: {e}"[:2000]
@@ -350,17 +358,18 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
     regridded = regridded_weights(model)
     if regridded:
         logger.warning(
-            "model '%s': %s have weights trained at widths other than 8 or 4 bits; the "
-            "converter re-grids them on its own int8 scale (s * qmax / 127), so the "
-            "deployed integers, int32 biases and multipliers are not the trained ones "
-            "(docs/extraction.md); train at 8 or 4 bits to deploy exactly",
-            model.name, ", ".join(regridded))
+            "model '%s': %s have weights trained at widths other than 8 or 4 bits by "
+            "quantizers that are not tfmot_ext's; the converter re-grids them on its own "
+            "int8 scale (s * qmax / 127), so the deployed integers are not the trained ones "
+            "(docs/extraction.md); use tfmot_ext quantizers (their grid is embedded in "
+            "int8) or train at 8 or 4 bits", model.name, ", ".join(regridded))
     return bytes(content)
 
 
 def regridded_weights(model: Any) -> list[str]:
     """``layer: attribute (bits)`` for each weight the TFLite converter re-grids: trained
-    below 8 bits at a width not in :data:`EXACT_WEIGHT_BITS`."""
+    below 8 bits at a width not in :data:`EXACT_WEIGHT_BITS` by a quantizer that is not
+    a tfmot_ext one (those embed their grid in int8 at conversion)."""
     check_keras2(model, "model")
     out = []
     for layer in model.layers:
@@ -368,7 +377,8 @@ def regridded_weights(model: Any) -> list[str]:
             continue
         for attr, q in weight_quantizers(layer):
             bits = quantizer_bits(q)
-            if bits is not None and bits < 8 and bits not in EXACT_WEIGHT_BITS:
+            if (bits is not None and bits < 8 and bits not in EXACT_WEIGHT_BITS
+                    and not isinstance(q, _quantizers.QuantizerBase)):
                 out.append(f"{layer.name}: {attr} ({bits} bits)")
     return out
 
