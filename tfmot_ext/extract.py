@@ -654,6 +654,27 @@ class LayerQuantParams:
         return _from_channels_last(deq, k.shape, self.axis)
 
 
+def _bias_and_requant(scale64: np.ndarray, kernel_shape: tuple[int, ...], attr: str,
+                      axes: tuple[int, ...] | None, op_kind: str, bias: Any,
+                      inp: TensorQuant | None, out: TensorQuant | None) -> tuple[Any, ...]:
+    """``(bias_int, bias_scale, multiplier, multiplier_q31, shift)`` on the deployed
+    kernel scale ``scale64`` (float64): ``bias_scale = float32(s_in_f64 * s_w_f64)``,
+    ``bias_int = round(b / (s_in_f64 * s_w_f64))``, the multipliers from the float32
+    scales (:func:`requant_multiplier`); None where the input or output is unknown."""
+    bias_int = bias_scale = mult = m0 = shift = None
+    if inp is not None:
+        bias64 = inp.exact_scale * _per_output_channel(scale64, kernel_shape, attr, axes)
+        bias_scale = bias64.astype(np.float32)
+        if bias is not None:
+            bias_int = _round_to_int32(np.asarray(bias, np.float64) / bias64)
+        if out is not None:
+            scale = _per_output_channel(scale64.astype(np.float32), kernel_shape, attr, axes)
+            mult = requant_multiplier(inp.scale, scale, out.scale,
+                                      per_tensor_fc=op_kind == "Dense" and axes is None)
+            m0, shift = quantize_multiplier(mult)
+    return bias_int, bias_scale, mult, m0, shift
+
+
 def int8_embedded(p: LayerQuantParams) -> LayerQuantParams:
     """The layer as TFLite deploys it: ``p`` itself, except for a kernel trained at a
     width ``b < 8`` other than 4, whose grid :func:`tfmot_ext.to_tflite` embeds in int8
@@ -682,19 +703,9 @@ def int8_embedded(p: LayerQuantParams) -> LayerQuantParams:
     scale64 = qmath.converter_params(lo8, hi8, 8, p.narrow_range)[0]
     scale = scale64.astype(np.float32)
     kernel = (p.kernel_int.astype(np.int64) * f).astype(np.int8)
-    bias_int = bias_scale = mult = m0 = shift = None
-    if p.input is not None:
-        out64 = _per_output_channel(scale64, kernel.shape, p.kernel_attr, p.axis)
-        bias64 = p.input.exact_scale * out64
-        bias_scale = bias64.astype(np.float32)
-        if p.bias is not None:
-            bias_int = _round_to_int32(np.asarray(p.bias, np.float64) / bias64)
-        if p.output is not None:
-            mult = requant_multiplier(
-                p.input.scale, _per_output_channel(scale, kernel.shape, p.kernel_attr, p.axis),
-                p.output.scale,
-                per_tensor_fc=_FOLDED_KINDS.get(p.kind, p.kind) == "Dense" and p.axis is None)
-            m0, shift = quantize_multiplier(mult)
+    bias_int, bias_scale, mult, m0, shift = _bias_and_requant(
+        scale64, kernel.shape, p.kernel_attr, p.axis, _FOLDED_KINDS.get(p.kind, p.kind),
+        p.bias, p.input, p.output)
     return dataclasses.replace(
         p, bits=8, kernel_int=kernel, kernel_scale=scale,
         kernel_zero_point=(np.asarray(p.kernel_zero_point, np.int64) * f).astype(np.int32),
@@ -984,17 +995,8 @@ class _Parser:
             if np.shape(bias) != (n_out,):
                 raise ExtractionError(f"{self.where(rec.name)}: bias has shape {np.shape(bias)}, "
                                       f"expected ({n_out},) for {n_out} output channels")
-        bias_int = bias_scale = mult = m0 = shift = None
-        out_scale = _per_output_channel(scale, kernel.shape, short, axes)
-        if inp is not None:
-            bias64 = inp.exact_scale * _per_output_channel(scale64, kernel.shape, short, axes)
-            bias_scale = bias64.astype(np.float32)
-            if bias is not None:
-                bias_int = _round_to_int32(np.asarray(bias, np.float64) / bias64)
-            if out is not None:
-                mult = requant_multiplier(inp.scale, out_scale, out.scale,
-                                          per_tensor_fc=op_kind == "Dense" and axes is None)
-                m0, shift = quantize_multiplier(mult)
+        bias_int, bias_scale, mult, m0, shift = _bias_and_requant(
+            scale64, kernel.shape, short, axes, op_kind, bias, inp, out)
         return LayerQuantParams(
             rec.name, kind, inputs, True, folded=folded, activation=act, bits=spec.bits,
             symmetric=spec.symmetric, narrow_range=spec.narrow_range, axis=axes,

@@ -126,23 +126,15 @@ def fake_quant_tf(
     NumPy twin: :func:`tfmot_ext.qmath.fake_quant`.
     """
     if axis is None:
-        y = tf.quantization.fake_quant_with_min_max_vars(
-            x, x_min, x_max, num_bits=bits, narrow_range=narrow_range
-        )
-        if _EMBED_NOW.get() and bits < 8:
-            lo8, hi8 = _int8_embedding_tf(x_min, x_max, bits, narrow_range)
-            y = tf.quantization.fake_quant_with_min_max_vars(
-                y, lo8, hi8, num_bits=8, narrow_range=narrow_range)
-        return y
-    flat, undo = _to_channels_last(x, axis)
-    y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        flat, x_min, x_max, num_bits=bits, narrow_range=narrow_range
-    )
-    if _EMBED_NOW.get() and bits < 8:
+        op, flat, undo = tf.quantization.fake_quant_with_min_max_vars, x, None
+    else:
+        op = tf.quantization.fake_quant_with_min_max_vars_per_channel
+        flat, undo = _to_channels_last(x, axis)
+    y = op(flat, x_min, x_max, num_bits=bits, narrow_range=narrow_range)
+    if _EMBED_NOW.get() and bits < 8:  # inside int8_embedding, for this quantizer
         lo8, hi8 = _int8_embedding_tf(x_min, x_max, bits, narrow_range)
-        y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            y, lo8, hi8, num_bits=8, narrow_range=narrow_range)
-    return undo(y)
+        y = op(y, lo8, hi8, num_bits=8, narrow_range=narrow_range)
+    return y if undo is None else undo(y)
 
 
 #: ids of the weight quantizers whose b-bit grid (b < 8, not 4) a conversion embeds in
