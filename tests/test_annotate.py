@@ -165,16 +165,6 @@ def test_annotate_shares_weights_and_quantize_keeps_them(cnn):
     assert any(type(la).__name__ == "QuantizeAnnotate" for la in annotated.layers)
 
 
-def test_summary_invariants(cnn):
-    rows = te.summarize(te.quantize(cnn))
-    for r in rows:
-        assert r.quantized == bool(r.weights or r.activations or r.output)
-        for _, d in (*r.weights, *r.activations):
-            assert d.split("b ")[0].isdigit()
-    table = te.format_summary(rows)
-    assert "conv_first" in table and "per-channel" in table
-
-
 def test_sequential_model_annotates():
     m = keras.Sequential([keras.Input((6,)), L.Dense(4, activation="relu", name="a"),
                           L.Dense(2, name="b")])

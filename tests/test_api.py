@@ -45,3 +45,49 @@ def test_import_sets_no_environment_variable_beyond_tfmot():
 
 def test_version():
     assert re.match(r"\d+\.\d+", tfmot_ext.__version__)
+
+
+def _own_names() -> set[str]:
+    """Every name tfmot_ext itself defines (functions, classes, attributes, assignments)."""
+    import ast
+
+    names: set[str] = set()
+    for path in PKG.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.alias):
+                names.add(node.asname or node.name.split(".")[-1])
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+    return names
+
+
+def test_private_names_of_tfmot_keras_and_tflite_are_read_only_in_compat():
+    """Any ``obj._name`` or ``getattr(obj, "_name")`` outside ``_compat.py`` must name
+    something tfmot_ext defines itself; tfmot's, tf_keras's and TFLite's private
+    attributes are read in ``_compat.py`` only, each with its reason."""
+    import ast
+
+    own = _own_names()
+    offenders = []
+    for path in PKG.glob("*.py"):
+        if path.name == "_compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            attr = None
+            if isinstance(node, ast.Attribute):
+                attr = node.attr
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) > 1
+                  and isinstance(node.args[1], ast.Constant)
+                  and isinstance(node.args[1].value, str)):
+                attr = node.args[1].value
+            if (attr and attr.startswith("_") and not attr.startswith("__")
+                    and attr not in own):
+                offenders.append(f"{path.name}:{node.lineno} {attr}")
+    assert offenders == []

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import tfmot_ext as te
 from tfmot_ext._compat import keras
 from tfmot_ext.errors import ExportError
+from tfmot_ext.export import atomic_path, pack_int4, to_encodings, unpack_int4
 from tfmot_ext.extract import extract
 
 L = keras.layers
@@ -39,14 +40,14 @@ def params():
 @given(st.lists(st.integers(-8, 7), max_size=41))
 def test_pack_int4_round_trip(values):
     v = np.array(values, np.int8)
-    packed = te.pack_int4(v)
+    packed = pack_int4(v)
     assert packed.size == (v.size + 1) // 2
-    np.testing.assert_array_equal(te.unpack_int4(packed, v.size), v)
+    np.testing.assert_array_equal(unpack_int4(packed, v.size), v)
 
 
 def test_pack_int4_rejects_wide_values():
     with pytest.raises(ExportError, match=r"\[-8, 7\]"):
-        te.pack_int4(np.array([8], np.int8))
+        pack_int4(np.array([8], np.int8))
 
 
 def test_npz_round_trip(params, tmp_path):
@@ -156,7 +157,7 @@ def test_export_bad_targets(params, tmp_path):
 
 
 def test_encodings_in_memory(params):
-    doc = te.to_encodings(params)
+    doc = to_encodings(params)
     json.dumps(doc, allow_nan=False)
     assert doc["edges"] == [list(e) for e in params.edges]
 
@@ -165,14 +166,14 @@ def test_atomic_path_for_writers_that_take_a_name(tmp_path):
     """Keras's save and numpy.save write through a temporary name (the demo's qat.h5)."""
     target = tmp_path / "m.h5"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="crash"), te.atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError, match="crash"), atomic_path(target) as tmp:
         assert tmp.endswith(".h5") and os.path.dirname(tmp) == str(tmp_path)
         with open(tmp, "wb") as f:
             f.write(b"half")
         raise RuntimeError("crash")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]
-    with te.atomic_path(target) as tmp, open(tmp, "wb") as f:
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
         f.write(b"new")
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["m.h5"]
 
@@ -182,7 +183,7 @@ def test_atomic_files_get_ordinary_permissions(params, tmp_path):
     umask = os.umask(0o022)
     try:
         te.export(params, tmp_path / "p.h")
-        with te.atomic_path(tmp_path / "m.bin") as tmp, open(tmp, "wb") as f:
+        with atomic_path(tmp_path / "m.bin") as tmp, open(tmp, "wb") as f:
             f.write(b"x")
         assert (tmp_path / "p.h").stat().st_mode & 0o777 == 0o644
         assert (tmp_path / "m.bin").stat().st_mode & 0o777 == 0o644

@@ -14,7 +14,9 @@ import tfmot_ext as te
 from tfmot_ext import qmath
 from tfmot_ext._compat import keras, tfmot
 from tfmot_ext.errors import ExtractionError, H5FormatError
-from tfmot_ext.extract import extract, int8_embedded, quantize_multiplier
+from tfmot_ext.extract import extract
+from tfmot_ext.fixedpoint import quantize_multiplier
+from tfmot_ext.params import as_deployed
 from tfmot_ext.parity import weight_parity
 from tfmot_ext.quantizers import LSQQuantizer, PowerOfTwoQuantizer
 from tfmot_ext.tflite import weight_tensors
@@ -229,7 +231,7 @@ def test_parity_with_tflite(per_channel, low_bits, rng):
     for op in ops:
         (name,) = [n for n in params if f"/{n}/" in op["filter_name"]]
         p = params[name]
-        d = int8_embedded(p)
+        d = as_deployed(p)
         tfl_k = keras_layout(op["op"], op["filter"], p.kernel_int.shape)
         if p.kernel_scale.ndim and not per_channel:
             raise AssertionError("per-tensor expected")

@@ -7,6 +7,7 @@ import pytest
 
 import tfmot_ext as te
 from tfmot_ext._compat import keras, tf
+from tfmot_ext.annotate import builtin_choice
 from tfmot_ext.errors import UnsupportedModelError
 from tfmot_ext.graph import (
     TensorOp,
@@ -120,16 +121,16 @@ def test_tensor_adds_of_equal_shapes_become_add_layers():
 
 def test_builtin_choices_for_tf_ops_and_layers():
     new = replace_tf_ops(_tf_op_model())
-    by_fn = {la.function: te.builtin_choice(la) for la in new.layers if isinstance(la, TensorOp)}
+    by_fn = {la.function: builtin_choice(la) for la in new.layers if isinstance(la, TensorOp)}
     assert by_fn["__operators__.getitem"] == "skip"
     assert isinstance(by_fn["concat"], te.LayerQuantizeConfig) and by_fn["concat"].output
-    assert te.builtin_choice(L.Cropping2D(1)) == "skip"
-    assert te.builtin_choice(L.Multiply()).output is not None
+    assert builtin_choice(L.Cropping2D(1)) == "skip"
+    assert builtin_choice(L.Multiply()).output is not None
 
     class Mine(L.Layer):
         pass
 
-    assert te.builtin_choice(Mine()) is None
+    assert builtin_choice(Mine()) is None
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import pytest
 from tfmot_ext import qmath
 from tfmot_ext._compat import keras, tf
 from tfmot_ext.errors import ConfigError
+from tfmot_ext.qmath import normalize_axis
 from tfmot_ext.quantizers import (
     FixedRangeQuantizer,
     LSQQuantizer,
@@ -15,7 +16,6 @@ from tfmot_ext.quantizers import (
     PowerOfTwoQuantizer,
     activation_quantizer,
     lsq_grad_scale,
-    normalize_axis,
     weight_quantizer,
 )
 
@@ -285,7 +285,7 @@ def test_int8_embedding_twins_and_grid(bits, narrow, rng):
             np.float32) + (0 if symmetric else 0.7)
         lo, hi = q.effective_range(*_np_range_per(x, (1,)))
         r = qmath.nudge(lo, hi, bits, narrow)
-        lo8, hi8 = qmath.int8_embedding(r.scale, r.zero_point, bits, narrow)
+        lo8, hi8 = qmath.int8_embedding_range(r.scale, r.zero_point, bits, narrow)
         tf_lo8, tf_hi8 = _int8_embedding_tf(tf.constant(lo), tf.constant(hi), bits, narrow)
         np.testing.assert_array_equal(tf_lo8.numpy(), lo8)
         np.testing.assert_array_equal(tf_hi8.numpy(), hi8)
@@ -302,11 +302,11 @@ def test_int8_embedding_twins_and_grid(bits, narrow, rng):
 
 @pytest.mark.parametrize("bits", [3, 6])
 def test_int8_embedding_keeps_the_values_and_only_for_the_named(bits, rng):
-    """Traced inside ``int8_embedding([q])``, ``q``'s inference output is its b-bit
+    """Traced inside ``embed_in_int8([q])``, ``q``'s inference output is its b-bit
     fake-quant output (the FakeQuant on the embedded range rounds each value to
     itself: within one float32 ulp, the 8-bit op's own arithmetic); another
     quantizer, and ``q`` at 4 or 8 bits, trace no second FakeQuant."""
-    from tfmot_ext.quantizers import int8_embedding
+    from tfmot_ext.quantizers import embed_in_int8
 
     x = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
     q, other = weight_quantizer(bits), weight_quantizer(bits)
@@ -318,11 +318,11 @@ def test_int8_embedding_keeps_the_values_and_only_for_the_named(bits, rng):
         return sum(op.type.startswith("FakeQuant") for op in g.get_operations())
 
     plain = q(tf.constant(x), False, wq).numpy()
-    with int8_embedding([q]):
+    with embed_in_int8([q]):
         embedded = tf.function(lambda t: q(t, False, wq))(tf.constant(x)).numpy()
         assert fake_quants(q, wq) == 2 and fake_quants(other, wo) == 1
     assert fake_quants(q, wq) == 1
     ulps = np.abs(plain.view(np.int32).astype(np.int64) - embedded.view(np.int32))
     assert ulps.max() <= 1
-    with int8_embedding([weight_quantizer(4), weight_quantizer(8)]) as _:
+    with embed_in_int8([weight_quantizer(4), weight_quantizer(8)]) as _:
         assert fake_quants(weight_quantizer(4), _build(weight_quantizer(4), x.shape)) == 1

@@ -9,18 +9,18 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import tfmot_ext as te
-from tfmot_ext import reference
+from tfmot_ext import kernels as ops
+from tfmot_ext import matching, reference, rules
 from tfmot_ext._compat import keras
-from tfmot_ext.errors import IntegerReferenceError
-from tfmot_ext.extract import quantize_multiplier
-from tfmot_ext.reference import (
-    activation_range,
+from tfmot_ext.errors import IntegerReferenceError, ParityError
+from tfmot_ext.fixedpoint import (
     multiply_by_quantized_multiplier,
-    quantize_input,
-    requantize,
+    quantize_multiplier,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
+from tfmot_ext.kernels import quantize_input, requantize
+from tfmot_ext.rules import fused_activation_range as activation_range
 
 L = keras.layers
 I32 = st.integers(-(2**31), 2**31 - 1)
@@ -76,7 +76,7 @@ def test_quantize_input_and_requantize():
     x = np.array([-1.0, -0.25, 0.0, 0.25, 0.75, 100.0], np.float32)
     # x / 0.5 = -2, -0.5, 0, 0.5, 1.5, 200 -> ties away from zero, then + z and clamp
     np.testing.assert_array_equal(quantize_input(x, 0.5, 3), [1, 2, 3, 4, 5, 127])
-    t = reference.IntTensor(np.array([-128, -1, 0, 5, 127], np.int8), 0.5, -1)
+    t = ops.IntTensor(np.array([-128, -1, 0, 5, 127], np.int8), 0.5, -1)
     r = requantize(t, 1.0, 0)
     # real values (q + 1) * 0.5 = -63.5, 0, 0.5, 3, 64; M = 0.5 is (2**30, 0) and the
     # high multiply rounds ties up: -63.5 -> -63, 0.5 -> 1
@@ -110,13 +110,13 @@ def test_requantize_is_tflites_quantize_op_in_both_kernel_sets():
                                     it.get_output_details()[0]["quantization"])
     assert 0.25 <= s_in / s_out < 0.5
     q = np.arange(-128, 128, dtype=np.int8)[None]
-    mine = {r: requantize(reference.IntTensor(q, s_in, z_in), s_out, z_out, r).values
-            for r in reference.ROUNDINGS}
+    mine = {r: requantize(ops.IntTensor(q, s_in, z_in), s_out, z_out, r).values
+            for r in rules.ROUNDINGS}
     assert (mine["reference"] != mine["optimized"]).sum() > 50
     for kernels in ("reference", "builtin"):
         (out,) = op_outputs(content, q, kernels, intermediates=False)
         np.testing.assert_array_equal(
-            out.values, np.concatenate([mine[reference.KERNEL_ROUNDING[kernels]]] * 2, 1),
+            out.values, np.concatenate([mine[rules.KERNEL_ROUNDING[kernels]]] * 2, 1),
             err_msg=kernels)
 
 
@@ -164,7 +164,7 @@ def test_every_tensor_bit_exact(all_ops, kernels):
     """Every int8 operator output of the interpreter, 0 LSB difference, 48 inputs."""
     qat, x, tfl = all_ops
     params = te.extract(qat)
-    matches = reference.compare_with_tflite(params, tfl, x[:48], kernels)
+    matches = matching.compare_with_tflite(params, tfl, x[:48], kernels)
     ops = {m.op for m in matches}
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION", "MAX_POOL_2D",
             "AVERAGE_POOL_2D", "MEAN", "FULLY_CONNECTED"} <= ops, ops
@@ -180,7 +180,7 @@ def test_rounding_modes_are_what_the_kernel_sets_do(all_ops):
     qat, x, tfl = all_ops
     params = te.extract(qat)
     for kernels, wrong in (("reference", "optimized"), ("builtin", "reference")):
-        ms = reference.compare_with_tflite(params, tfl, x[:48], kernels, isolate=True,
+        ms = matching.compare_with_tflite(params, tfl, x[:48], kernels, isolate=True,
                                            rounding=wrong)
         assert 0 < sum(m.mismatched for m in ms) < 0.01 * sum(m.size for m in ms)
         assert max(m.max_abs_diff for m in ms) == 1
@@ -197,7 +197,7 @@ def test_verify_report(all_ops):
     text = str(report)
     assert "quant_fc" in text and "bit-exact" in text
     assert report.passed(min_within_1lsb=0.0, require_reference=True)
-    with pytest.raises(te.ParityError, match="parity check failed"):
+    with pytest.raises(ParityError, match="parity check failed"):
         report.check(min_within_1lsb=1.01)
 
 
@@ -252,8 +252,8 @@ def test_layer_drift_within_one_lsb(all_ops):
 def test_h5_params_run_the_same(all_ops, tmp_path):
     qat, x, _ = all_ops
     qat.save(str(tmp_path / "m.h5"))
-    live = reference.run(te.extract(qat), x[:8])
-    disk = reference.run(te.extract(tmp_path / "m.h5"), x[:8])
+    live = reference.run_reference(te.extract(qat), x[:8])
+    disk = reference.run_reference(te.extract(tmp_path / "m.h5"), x[:8])
     assert list(live.tensors) == list(disk.tensors)
     for name in live.tensors:
         np.testing.assert_array_equal(live.tensors[name].values, disk.tensors[name].values)
@@ -261,7 +261,7 @@ def test_h5_params_run_the_same(all_ops, tmp_path):
     params = te.extract(qat)
     (qname,) = [n for n, p in params.items() if p.kind == "QuantizeLayer"]
     q = live.tensors[qname].values
-    np.testing.assert_array_equal(reference.run(params, q).output.values,
+    np.testing.assert_array_equal(reference.run_reference(params, q).output.values,
                                   live.output.values)
 
 
@@ -274,7 +274,7 @@ def test_unsupported_layer_is_named(rng):
     qat.compile("adam", "mse")
     qat.fit(xs, rng.normal(size=(8, 2)), epochs=1, verbose=0)
     with pytest.raises(IntegerReferenceError, match=r"quant_ln.*LayerNormalization"):
-        reference.run(te.extract(qat), xs)
+        reference.run_reference(te.extract(qat), xs)
 
 
 @pytest.mark.slow
@@ -292,17 +292,17 @@ def test_mobilenet_v2_every_tensor_bit_exact():
         qat(x[i * 8 : (i + 1) * 8], training=True)
     tfl = te.to_tflite(qat, x[:8])
     params = te.extract(qat)
-    ref = reference.compare_with_tflite(params, tfl, x[:4], "reference")
+    ref = matching.compare_with_tflite(params, tfl, x[:4], "reference")
     assert len(ref) > 60 and all(m.layer is not None for m in ref)
     assert not [m for m in ref if m.mismatched]
     assert {"ADD", "MEAN", "DEPTHWISE_CONV_2D"} <= {m.op for m in ref}
     # optimized builtin kernels, each op from the interpreter's own inputs: at most
     # 1 LSB, on a small fraction of one op's elements (see docs/integer_inference.md)
-    opt = reference.compare_with_tflite(params, tfl, x[:4], "builtin", isolate=True)
+    opt = matching.compare_with_tflite(params, tfl, x[:4], "builtin", isolate=True)
     assert max(m.max_abs_diff for m in opt) <= 1
     assert sum(m.mismatched for m in opt) <= 0.001 * sum(m.size for m in opt)
     # the model output through XNNPACK
-    (out,) = reference.compare_with_tflite(params, tfl, x[:4], "default")
+    (out,) = matching.compare_with_tflite(params, tfl, x[:4], "default")
     assert out.max_abs_diff <= 1
     report = te.verify(qat, tfl, x[:16], params=params)
     assert report.weights_exact and report.reference_exact_fraction == 1.0
@@ -327,7 +327,7 @@ def test_mnist_cnn_bit_exact_against_reference_kernels():
     tfl = te.to_tflite(qat, x_tr[:200])
     params = te.extract(qat)
     for kernels in ("reference", "builtin"):
-        ms = reference.compare_with_tflite(params, tfl, x_te[:300], kernels)
+        ms = matching.compare_with_tflite(params, tfl, x_te[:300], kernels)
         assert len(ms) == 6 and all(m.layer is not None and not m.mismatched for m in ms)
     report = te.verify(qat, tfl, x_te, params=params, kernels="reference")
     assert report.weights_exact and report.reference_exact_fraction == 1.0
@@ -351,8 +351,8 @@ def test_avg_pool_closed_form(n, size, k, padding):
     v = rng.integers(-128, 128, size=(n, size, size, 2)).astype(np.int8)
     p = te.LayerQuantParams("pool", "AveragePooling2D", ("x",), True,
                             config={"pool_size": [k, k], "strides": [k, k], "padding": padding})
-    got = reference._avg_pool(p, reference.IntTensor(v, 0.1, 0), "pool").values
-    pad = reference._same_padding(size, k, k, 1) if padding == "same" else (0, 0)
+    got = ops._avg_pool(p, ops.IntTensor(v, 0.1, 0), ops.Call("pool")).values
+    pad = ops._same_padding(size, k, k, 1) if padding == "same" else (0, 0)
     out = -(-size // k) if padding == "same" else (size - k) // k + 1
     for i in range(out):
         for j in range(out):
@@ -508,7 +508,7 @@ def test_grouped_convolution_is_bit_exact():
 def test_grouped_conv_is_the_groups_convolved_apart(rng):
     """Closed form: a grouped convolution is ``groups`` ordinary convolutions, each on
     its slice of input channels, concatenated along the output channels."""
-    from tfmot_ext.extract import LayerQuantParams, TensorQuant
+    from tfmot_ext.params import LayerQuantParams, TensorQuant
 
     def layer(kernel: np.ndarray, groups: int) -> LayerQuantParams:
         out = kernel.shape[-1]
@@ -522,12 +522,12 @@ def test_grouped_conv_is_the_groups_convolved_apart(rng):
             multiplier_q31=np.full(out, 1 << 30, np.int64), shift=np.full(out, -3, np.int64),
             activation="linear", bits=8)
 
-    x = reference.IntTensor(rng.integers(-128, 128, (2, 5, 5, 6)).astype(np.int8), 0.05, 3)
+    x = ops.IntTensor(rng.integers(-128, 128, (2, 5, 5, 6)).astype(np.int8), 0.05, 3)
     k = rng.integers(-127, 128, (3, 3, 2, 9)).astype(np.int8)
-    grouped = reference._conv(layer(k, 3), x, "g", depthwise=False).values
-    parts = [reference._conv(layer(k[..., 3 * g:3 * g + 3], 1),
-                             reference.IntTensor(x.values[..., 2 * g:2 * g + 2], 0.05, 3),
-                             "g", depthwise=False).values for g in range(3)]
+    grouped = ops._conv(layer(k, 3), x, ops.Call("g"), depthwise=False).values
+    parts = [ops._conv(layer(k[..., 3 * g:3 * g + 3], 1),
+                             ops.IntTensor(x.values[..., 2 * g:2 * g + 2], 0.05, 3),
+                             ops.Call("g"), depthwise=False).values for g in range(3)]
     np.testing.assert_array_equal(grouped, np.concatenate(parts, axis=-1))
 
 
@@ -539,7 +539,7 @@ def test_activation_lut_closed_form(fn, scale, zero_point):
     moves the value by < 1e-4 there: |f| <= 1 over a step of 1/256 or 1/128), and
     within one everywhere; sigmoid and tanh tables are monotonic."""
     out_scale, out_zp = {"sigmoid": (1 / 256, -128), "tanh": (1 / 128, 0)}[fn]
-    table = reference.activation_lut(fn, scale, zero_point, out_scale, out_zp).astype(int)
+    table = ops.activation_lut(fn, scale, zero_point, out_scale, out_zp).astype(int)
     q = np.arange(-128, 128)
     d = np.float64(np.float32(scale)) * (q - zero_point)
     f = 1 / (1 + np.exp(-d)) if fn == "sigmoid" else np.tanh(d)
@@ -608,7 +608,7 @@ def test_hard_swish_with_constant_operands_is_bit_exact():
 
 
 def test_constant_operand_of_either_sign():
-    neg = reference.constant_operand(-0.5)
+    neg = ops.constant_operand(-0.5)
     assert (int(neg.values), neg.zero_point) == (-128, 127)
     assert (int(neg.values) - neg.zero_point) * np.float32(neg.scale) == pytest.approx(-0.5)
 
@@ -642,19 +642,19 @@ def test_tensor_requantized_for_a_concatenate_is_replayed():
         assert report.reference is not None and report.weights_exact, report.reference_error
         assert [m.op for m in report.reference].count("QUANTIZE") == 2
         assert all(m.mismatched == 0 for m in report.reference), report
-    iso = reference.compare_with_tflite(params, content, x[:2], "builtin", isolate=True)
+    iso = matching.compare_with_tflite(params, content, x[:2], "builtin", isolate=True)
     assert len(iso) >= 15 and all(m.mismatched == 0 for m in iso)
 
 
 @pytest.mark.parametrize("cropping", [1, ((0, 1), (0, 1)), ((2, 0), (1, 3))])
 def test_cropping_keeps_the_integers(rng, cropping):
     """NASNet's Cropping2D: the reference crops like Keras and keeps the quantization."""
-    from tfmot_ext.extract import LayerQuantParams
+    from tfmot_ext.params import LayerQuantParams
 
     x = rng.integers(-128, 128, (2, 6, 7, 3)).astype(np.int8)
     p = LayerQuantParams(name="c", kind="Cropping2D", inputs=("x",), quantized=False,
                          config={"cropping": cropping})
-    y = reference._crop(p, reference.IntTensor(x, 0.1, -3), "c")
+    y = ops._crop(p, ops.IntTensor(x, 0.1, -3), ops.Call("c"))
     expect = keras.layers.Cropping2D(cropping)(x.astype(np.float32)).numpy()
     np.testing.assert_array_equal(y.values, expect)
     assert y.values.dtype == np.int8 and (y.scale, y.zero_point) == (0.1, -3)

@@ -9,6 +9,7 @@ from conftest import small_qat
 import tfmot_ext as te
 from tfmot_ext._compat import keras, tfmot
 from tfmot_ext.errors import ConversionError, UnsupportedModelError
+from tfmot_ext.tflite import regridded_weights
 
 L = keras.layers
 
@@ -96,7 +97,7 @@ def test_low_widths_deploy_embedded_and_foreign_ones_are_named(rng, caplog):
             caplog.clear()
             with caplog.at_level("WARNING", logger="tfmot_ext.tflite"):
                 content = te.to_tflite(qat, data)
-            named = te.tflite.regridded_weights(qat)
+            named = regridded_weights(qat)
             warned = [r.getMessage() for r in caplog.records if "re-grids" in r.getMessage()]
             judged = {w.layer: w for w in te.verify(qat, content, data, reference=False).weights}
             assert judged["quant_c"].exact and judged["quant_c"].bits == 6, judged

@@ -17,6 +17,7 @@ import pytest
 import tfmot_ext as te
 from tfmot_ext._compat import keras
 from tfmot_ext.errors import UnsupportedLayerError
+from tfmot_ext.graph import flatten
 
 L = keras.layers
 _spec = importlib.util.spec_from_file_location(
@@ -63,7 +64,7 @@ def test_nested_family_quantizes_trains_converts_with_exact_extraction():
     model = zoo.build("ConvNeXtTiny")
     assert any(isinstance(la, keras.Model) for la in model.layers)
     # the first step of te.quantize (run inside run_family)
-    assert not any(isinstance(la, keras.Model) for la in te.flatten(model).layers)
+    assert not any(isinstance(la, keras.Model) for la in flatten(model).layers)
     r = zoo.run_family("ConvNeXtTiny", with_tfmot=False)
     assert (r.quantize, r.train, r.convert) == ("ok", "ok", "ok"), r
     assert r.weights_exact and r.weighted_ops > 10, r

@@ -5,190 +5,139 @@ one-call QAT with BatchNorm folding, loading helpers, extraction and export of t
 integer parameters, full-integer TFLite conversion, the integer-only reference,
 parity reports and per-layer quantization reports. The ``tfmot-ext`` command
 (:mod:`tfmot_ext.cli`) wraps them.
+
+Two halves (docs/architecture.md): the *deployment core* (extraction from H5 files,
+the result types, export, the fixed-point math and the integer reference) imports
+NumPy and h5py only; the *training half* (quantizers, configs, annotation, folding,
+conversion, parity) needs TensorFlow, tf_keras and tfmot and loads on first use of
+one of its names, so ``import tfmot_ext`` itself stays light. Every name below is
+also reachable from its module.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from tfmot_ext.annotate import UNSUPPORTED_MODES, Rule, annotate, builtin_choice, plan, quantize
-from tfmot_ext.configs import (
-    LayerQuantizeConfig,
-    conv_config,
-    conv_transpose_config,
-    default_config_for,
-    dense_config,
-    depthwise_conv_config,
-    no_op_config,
-    output_channel_axis,
-    output_only_config,
-    separable_conv_config,
-)
-from tfmot_ext.errors import (
-    ConfigError,
-    ConversionError,
-    ExportError,
-    ExtractionError,
-    H5FormatError,
-    IntegerReferenceError,
-    ParityError,
-    PolicyError,
-    TfmotExtError,
-    UnsupportedLayerError,
-    UnsupportedModelError,
-)
-from tfmot_ext.export import (
-    atomic_path,
-    atomic_write,
-    export,
-    pack_int4,
-    to_c_header,
-    to_encodings,
-    to_json,
-    to_npz,
-    unpack_int4,
-)
-from tfmot_ext.extract import (
-    LayerQuantParams,
-    QuantizedModelParams,
-    TensorQuant,
-    extract,
-    int8_embedded,
-    quantize_multiplier,
-    requant_multiplier,
-)
-from tfmot_ext.folding import (
-    FoldedConv2DBatchNorm,
-    FoldedDenseBatchNorm,
-    FoldedDepthwiseConv2DBatchNorm,
-    FreezeBatchNorm,
-    freeze_batch_norm,
-)
-from tfmot_ext.graph import TensorOp, flatten, prepare, replace_tf_ops
-from tfmot_ext.parity import (
-    LayerDrift,
-    OutputParity,
-    ParityReport,
-    WeightParity,
-    layer_drift,
-    verify,
-)
-from tfmot_ext.quantizers import (
-    FixedRangeQuantizer,
-    LSQQuantizer,
-    MinMaxQuantizer,
-    PowerOfTwoQuantizer,
-    activation_quantizer,
-    weight_quantizer,
-)
-from tfmot_ext.reference import IntTensor, ReferenceRun, TensorMatch, compare_with_tflite
-from tfmot_ext.reference import run as run_reference
-from tfmot_ext.report import LayerReport, layer_reports, write_html_report
-from tfmot_ext.scheme import DefaultScheme, FoldingScheme
-from tfmot_ext.scope import custom_objects, load_qat_model, quantize_scope
-from tfmot_ext.summary import LayerQuantSummary, format_summary, summarize
-from tfmot_ext.tflite import (
-    float_ops,
-    interpreter,
-    op_outputs,
-    run_int8,
-    save_tflite,
-    to_tflite,
-    weight_tensors,
-)
+#: public name -> (module, attribute)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    # training: annotation, configs, quantizers, folding, loading
+    "quantize": ("annotate", "quantize"),
+    "annotate": ("annotate", "annotate"),
+    "plan": ("annotate", "plan"),
+    "Rule": ("annotate", "Rule"),
+    "summarize": ("summary", "summarize"),
+    "format_summary": ("summary", "format_summary"),
+    "LayerQuantizeConfig": ("configs", "LayerQuantizeConfig"),
+    "conv_config": ("configs", "conv_config"),
+    "conv_transpose_config": ("configs", "conv_transpose_config"),
+    "default_config_for": ("configs", "default_config_for"),
+    "dense_config": ("configs", "dense_config"),
+    "depthwise_conv_config": ("configs", "depthwise_conv_config"),
+    "no_op_config": ("configs", "no_op_config"),
+    "output_only_config": ("configs", "output_only_config"),
+    "separable_conv_config": ("configs", "separable_conv_config"),
+    "MinMaxQuantizer": ("quantizers", "MinMaxQuantizer"),
+    "PowerOfTwoQuantizer": ("quantizers", "PowerOfTwoQuantizer"),
+    "FixedRangeQuantizer": ("quantizers", "FixedRangeQuantizer"),
+    "LSQQuantizer": ("quantizers", "LSQQuantizer"),
+    "weight_quantizer": ("quantizers", "weight_quantizer"),
+    "activation_quantizer": ("quantizers", "activation_quantizer"),
+    "DefaultScheme": ("scheme", "DefaultScheme"),
+    "FoldingScheme": ("scheme", "FoldingScheme"),
+    "FreezeBatchNorm": ("folding", "FreezeBatchNorm"),
+    "freeze_batch_norm": ("folding", "freeze_batch_norm"),
+    "custom_objects": ("scope", "custom_objects"),
+    "load_qat_model": ("scope", "load_qat_model"),
+    "quantize_scope": ("scope", "quantize_scope"),
+    # conversion and checks against TFLite
+    "to_tflite": ("tflite", "to_tflite"),
+    "save_tflite": ("tflite", "save_tflite"),
+    "run_int8": ("tflite", "run_int8"),
+    "interpreter": ("tflite", "interpreter"),
+    "float_ops": ("tflite", "float_ops"),
+    "verify": ("parity", "verify"),
+    "ParityReport": ("parity", "ParityReport"),
+    "layer_reports": ("report", "layer_reports"),
+    "write_html_report": ("report", "write_html_report"),
+    # deployment core (no TensorFlow)
+    "extract": ("extract", "extract"),
+    "QuantizedModelParams": ("params", "QuantizedModelParams"),
+    "LayerQuantParams": ("params", "LayerQuantParams"),
+    "as_deployed": ("params", "as_deployed"),
+    "export": ("export", "export"),
+    "run_reference": ("reference", "run_reference"),
+    "TfmotExtError": ("errors", "TfmotExtError"),
+}
 
 try:
     __version__ = version("tfmot-ext")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = [
-    "UNSUPPORTED_MODES",
-    "ConfigError",
-    "ConversionError",
-    "DefaultScheme",
-    "ExportError",
-    "ExtractionError",
-    "FixedRangeQuantizer",
-    "FoldedConv2DBatchNorm",
-    "FoldedDenseBatchNorm",
-    "FoldedDepthwiseConv2DBatchNorm",
-    "FoldingScheme",
-    "FreezeBatchNorm",
-    "H5FormatError",
-    "IntTensor",
-    "IntegerReferenceError",
-    "LSQQuantizer",
-    "LayerDrift",
-    "LayerQuantParams",
-    "LayerQuantSummary",
-    "LayerQuantizeConfig",
-    "LayerReport",
-    "MinMaxQuantizer",
-    "OutputParity",
-    "ParityError",
-    "ParityReport",
-    "PolicyError",
-    "PowerOfTwoQuantizer",
-    "QuantizedModelParams",
-    "ReferenceRun",
-    "Rule",
-    "TensorMatch",
-    "TensorOp",
-    "TensorQuant",
-    "TfmotExtError",
-    "UnsupportedLayerError",
-    "UnsupportedModelError",
-    "WeightParity",
-    "__version__",
-    "activation_quantizer",
-    "annotate",
-    "atomic_path",
-    "atomic_write",
-    "builtin_choice",
-    "compare_with_tflite",
-    "conv_config",
-    "conv_transpose_config",
-    "custom_objects",
-    "default_config_for",
-    "dense_config",
-    "depthwise_conv_config",
-    "export",
-    "extract",
-    "flatten",
-    "float_ops",
-    "format_summary",
-    "freeze_batch_norm",
-    "int8_embedded",
-    "interpreter",
-    "layer_drift",
-    "layer_reports",
-    "load_qat_model",
-    "no_op_config",
-    "op_outputs",
-    "output_channel_axis",
-    "output_only_config",
-    "pack_int4",
-    "plan",
-    "prepare",
-    "quantize",
-    "quantize_multiplier",
-    "quantize_scope",
-    "replace_tf_ops",
-    "requant_multiplier",
-    "run_int8",
-    "run_reference",
-    "save_tflite",
-    "separable_conv_config",
-    "summarize",
-    "to_c_header",
-    "to_encodings",
-    "to_json",
-    "to_npz",
-    "to_tflite",
-    "unpack_int4",
-    "verify",
-    "weight_quantizer",
-    "weight_tensors",
-    "write_html_report",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tfmot_ext' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    value = getattr(importlib.import_module(f"tfmot_ext.{module}"), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """The package's module type: keeps ``tfmot_ext.annotate``/``extract``/``export`` the
+    functions of those names when their submodules are imported (the import system sets
+    a submodule as an attribute of its package, which would hide the function)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name, ("", ""))[0] == name:
+            value = getattr(value, _EXPORTS[name][1])
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from tfmot_ext.annotate import Rule, annotate, plan, quantize
+    from tfmot_ext.configs import (
+        LayerQuantizeConfig,
+        conv_config,
+        conv_transpose_config,
+        default_config_for,
+        dense_config,
+        depthwise_conv_config,
+        no_op_config,
+        output_only_config,
+        separable_conv_config,
+    )
+    from tfmot_ext.errors import TfmotExtError
+    from tfmot_ext.export import export
+    from tfmot_ext.extract import extract
+    from tfmot_ext.folding import FreezeBatchNorm, freeze_batch_norm
+    from tfmot_ext.params import LayerQuantParams, QuantizedModelParams, as_deployed
+    from tfmot_ext.parity import ParityReport, verify
+    from tfmot_ext.quantizers import (
+        FixedRangeQuantizer,
+        LSQQuantizer,
+        MinMaxQuantizer,
+        PowerOfTwoQuantizer,
+        activation_quantizer,
+        weight_quantizer,
+    )
+    from tfmot_ext.reference import run_reference
+    from tfmot_ext.report import layer_reports, write_html_report
+    from tfmot_ext.scheme import DefaultScheme, FoldingScheme
+    from tfmot_ext.scope import custom_objects, load_qat_model, quantize_scope
+    from tfmot_ext.summary import format_summary, summarize
+    from tfmot_ext.tflite import float_ops, interpreter, run_int8, save_tflite, to_tflite

@@ -30,7 +30,10 @@ __all__ = [
     "called_weight_quantizers",
     "check_keras2",
     "default_8bit_transforms",
+    "interpreter_ops",
+    "is_graph_network",
     "keras",
+    "own_trainable_weights",
     "tf",
     "tfmot",
 ]
@@ -39,8 +42,9 @@ _qk = tfmot.quantization.keras
 
 # Private import: tfmot does not export the annotation wrapper nor QuantizeLayer
 # (the input quantizer quantize_apply inserts), and tfmot_ext must recognise both
-# when walking a model. Nothing else of tfmot's internals is used anywhere but the
-# private attribute read by called_weight_quantizers below.
+# when walking a model. The other private reads of tfmot, tf_keras and TFLite are the
+# functions below, each with its reason; no other module touches a private name of
+# theirs (tests/test_api.py checks).
 from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: E402
     quantize_annotate as _quantize_annotate,
 )
@@ -68,6 +72,33 @@ def called_weight_quantizers(wrapper: Any) -> list[Any]:
     is not among them.
     """
     return [entry[1] for entry in getattr(wrapper, "_weight_vars", ())]
+
+
+def interpreter_ops(interp: Any) -> list[dict[str, Any]]:
+    """Every operator of a TFLite interpreter (``op_name``, ``inputs``, ``outputs``, ...).
+
+    Private method: ``tf.lite.Interpreter`` lists tensors publicly but its operators only
+    through ``_get_ops_details``, the one way to know which op wrote which tensor.
+    """
+    return list(interp._get_ops_details())
+
+
+def own_trainable_weights(layer: Any) -> list[Any] | None:
+    """The list a Keras layer keeps its own trainable weights in, or None.
+
+    Private attribute (``_trainable_weights``): the only way to put the inner layer's
+    weights first in a QuantizeWrapper's order (quantizers.py ``_keep_weight_order``).
+    """
+    return getattr(layer, "_trainable_weights", None)
+
+
+def is_graph_network(model: Any) -> bool:
+    """Whether a tf_keras Model is functional (a graph of layers), not subclassed.
+
+    Private attribute (``_is_graph_network``): tf_keras has no public test, and tfmot
+    accepts only such models.
+    """
+    return bool(getattr(model, "_is_graph_network", False))
 
 
 def _minor(version: str) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfmot_ext._compat import QuantizeWrapper, check_keras2, keras, tf, tfmot
+from tfmot_ext._compat import QuantizeWrapper, check_keras2, is_graph_network, keras, tf, tfmot
 from tfmot_ext.configs import (
     LayerQuantizeConfig,
     default_config_for,
@@ -35,10 +35,8 @@ from tfmot_ext.configs import (
     output_only_config,
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
-from tfmot_ext.extract import inbound_layer_names
 from tfmot_ext.graph import (
     FLOAT_FOR_CONVERTER,
-    PASS_THROUGH_OPS,
     TENSOR_ADDS,
     TensorOp,
     batchnorm_as_depthwise,
@@ -46,7 +44,9 @@ from tfmot_ext.graph import (
     prepare,
 )
 from tfmot_ext.quantizers import weight_quantizer
-from tfmot_ext.scheme import FoldingScheme, relu_kind
+from tfmot_ext.records import inbound_layer_names
+from tfmot_ext.rules import AT_INPUT_SCALE_LAYERS, PASS_THROUGH_LAYERS, PASS_THROUGH_OPS, relu_kind
+from tfmot_ext.scheme import FoldingScheme
 from tfmot_ext.scope import quantize_scope
 from tfmot_ext.summary import format_summary, summarize
 
@@ -157,7 +157,7 @@ def _check_model(model: Any) -> None:
             f"'{getattr(model, 'name', model)}' is a layer, not a model; wrap it in a "
             "tf_keras Sequential or functional Model"
         )
-    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+    if not isinstance(model, keras.Sequential) and not is_graph_network(model):
         raise UnsupportedModelError(
             f"model '{model.name}' is a subclassed Model; tfmot can only quantize Sequential "
             "or functional models. Build the same layers with the functional API "
@@ -242,8 +242,11 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
             if choice is None and _is_fusable(layer):
                 decisions[layer.name] = _PENDING  # decided by the chain pass below
                 continue
-            if choice is None and isinstance(layer, _AT_INPUT_SCALE):
-                choice = LayerQuantizeConfig()  # nothing, and no registry output quantizer
+            if choice is None and (type(layer).__name__ in AT_INPUT_SCALE_LAYERS or (
+                    _keeps_input_scale(layer) and _registry_quantizes_output(registry, layer))):
+                # TFLite runs it at its input's scale (tfmot_ext.rules): nothing, and no
+                # registry output quantizer the converter would serve with a requantize
+                choice = LayerQuantizeConfig()
             if choice is None:
                 if not isinstance(layer, keras.Model) and registry.supports(layer):
                     decisions[layer.name] = None
@@ -359,22 +362,27 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
 
 
 L = keras.layers
-#: Layers that only move or select elements: TFLite keeps their input's scale.
-_PASS_THROUGH_LAYERS: tuple[type, ...] = (
-    L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Permute, L.RepeatVector, L.SpatialDropout1D,
-    L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout,
-    L.AlphaDropout, L.ActivityRegularization)
+
+
+def _keeps_input_scale(layer: Any) -> bool:
+    """A layer TFLite runs at its input's scale (:data:`tfmot_ext.rules.PASS_THROUGH_LAYERS`,
+    :data:`~tfmot_ext.rules.AT_INPUT_SCALE_LAYERS`), by its class name."""
+    name = type(layer).__name__
+    return name in PASS_THROUGH_LAYERS or name in AT_INPUT_SCALE_LAYERS
+
+
+def _registry_quantizes_output(registry: Any, layer: Any) -> bool:
+    """Whether tfmot's registry would put an output quantizer on ``layer`` (one it
+    supports; the others are :func:`builtin_choice`'s)."""
+    return bool(registry.supports(layer)
+                and registry.get_quantize_config(layer).get_output_quantizers(layer))
+
+
 #: Layers computing new values whose output TFLite requantizes: output quantized.
 _OUTPUT_QUANTIZED: tuple[type, ...] = (
     L.Multiply, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Rescaling, L.Normalization,
     L.LayerNormalization, L.BatchNormalization, L.UnitNormalization, L.Activation, L.ReLU,
-    L.LeakyReLU, L.PReLU, L.ELU, L.Softmax, L.CenterCrop, L.Resizing, L.UpSampling2D)
-#: Pooling TFLite computes at its input's scale (int8 AVERAGE_POOL_2D needs the same
-#: input and output scale): no quantizer of its own. tfmot's registry would add an output
-#: quantizer, which the converter serves with a requantize, or, where the pooled tensor
-#: also feeds a Concatenate (DenseNet's transitions), refuses ("same scale constraint").
-_AT_INPUT_SCALE: tuple[type, ...] = (L.AveragePooling1D, L.AveragePooling2D,
-                                     L.AveragePooling3D)
+    L.LeakyReLU, L.PReLU, L.ELU, L.Softmax, L.CenterCrop, L.Resizing)
 #: keras.applications' own helper layers (InceptionResNetV2, ConvNeXt): output quantized.
 _APPLICATION_LAYERS = frozenset({"CustomScaleLayer", "LayerScale"})
 
@@ -407,7 +415,7 @@ def builtin_choice(layer: Any) -> Any:
     if isinstance(layer, L.Embedding):
         # TFLite's GATHER returns rows of the int8 table at the table's scale
         return LayerQuantizeConfig(weights={"embeddings": weight_quantizer(8, per_channel=False)})
-    if isinstance(layer, _PASS_THROUGH_LAYERS + FLOAT_FOR_CONVERTER):
+    if _keeps_input_scale(layer) or isinstance(layer, FLOAT_FOR_CONVERTER):
         return "skip"
     if isinstance(layer, _OUTPUT_QUANTIZED) or type(layer).__name__ in _APPLICATION_LAYERS:
         return output_only_config()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tfmot_ext.errors import TfmotExtError, UnsupportedModelError
-from tfmot_ext.extract import PASS_THROUGH as _PASS_THROUGH
+from tfmot_ext.rules import passes_input_scale
 
 __all__ = ["main"]
 
@@ -74,7 +74,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "-" if p.output is None else f"{p.output.bits}b s={p.output.scale:.3g} "
                                          f"z={p.output.zero_point}",
             "quantized" if p.quantized else (
-                "int8 pass-through" if p.kind in _PASS_THROUGH and p.kind != "InputLayer"
+                "int8 pass-through" if passes_input_scale(p.kind) and p.kind != "InputLayer"
                 else "float" + (f" ({p.note})" if p.note else ""))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

@@ -27,12 +27,15 @@ from tfmot_ext.quantizers import (
     activation_quantizer,
     weight_quantizer,
 )
+from tfmot_ext.rules import (
+    FIXED_ACTIVATION_RANGES,
+    TFMOT_WRAPPABLE_ACTIVATIONS,
+    channel_axis_of_kind,
+)
 
 __all__ = [
-    "FIXED_ACTIVATION_RANGES",
     "WEIGHT_ATTRIBUTES",
     "LayerQuantizeConfig",
-    "channel_axis_of_kind",
     "conv_config",
     "conv_transpose_config",
     "default_config_for",
@@ -85,31 +88,9 @@ def _set_attr(layer: Any, path: str, value: Any) -> None:
     setattr(obj, parts[-1], value)
 
 
-_TRANSPOSED = frozenset({"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"})
-
-
-def channel_axis_of_kind(kinds: str | frozenset[str] | set[str], attr: str,
-                         rank: int) -> int | tuple[int, ...]:
-    """The output-channel axis of weight ``attr`` (rank ``rank``) of a layer kind.
-
-    ``kinds`` is a layer class name, or the names of the class and its bases.
-    DepthwiseConv ``depthwise_kernel`` ``(..., C, M)``: ``(rank-2, rank-1)`` — the
-    ``C x M`` output channels TFLite quantizes. ``Conv*Transpose`` ``kernel``
-    ``(..., out, in)``: ``rank-2``. Otherwise the last axis.
-
-    >>> channel_axis_of_kind("DepthwiseConv2D", "depthwise_kernel", 4)
-    (2, 3)
-    """
-    names = {kinds} if isinstance(kinds, str) else kinds
-    if attr.endswith("depthwise_kernel"):
-        return (rank - 2, rank - 1)
-    if attr == "kernel" and names & _TRANSPOSED:
-        return rank - 2
-    return rank - 1
-
-
 def output_channel_axis(layer: Any, attr: str, rank: int) -> int | tuple[int, ...]:
-    """:func:`channel_axis_of_kind` for a layer object (its class or any base decides)."""
+    """:func:`tfmot_ext.rules.channel_axis_of_kind` for a layer object (its class or any
+    base decides)."""
     return channel_axis_of_kind({c.__name__ for c in type(layer).__mro__}, attr, rank)
 
 
@@ -330,19 +311,13 @@ def default_config_for(layer: Any, weight_bits: int = 8, activation_bits: int | 
         name = getattr(act, "__name__", type(act).__name__)
         if activation_bits is None:
             return _preset(attrs, weight_bits, None, per_channel, None, None)
-        if name in _WRAPPABLE_ACTIVATIONS:
+        if name in TFMOT_WRAPPABLE_ACTIVATIONS:
             return _preset(attrs, weight_bits, activation_bits, per_channel, None, None)
         # tfmot cannot wrap this activation: quantize the layer's output instead.
         cfg = _preset(attrs, weight_bits, None, per_channel, None, None)
         return LayerQuantizeConfig(weights=cfg.weights,
                                    output=activation_quantizer(activation_bits))
     return None
-
-
-#: The int8 output range TFLite fixes for LOGISTIC (scale 1/256, zero point -128) and
-#: TANH (scale 1/128, zero point 0), as a FakeQuant ``[min, max]`` on 256 levels.
-FIXED_ACTIVATION_RANGES: dict[str, tuple[float, float]] = {
-    "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
 
 
 def fixed_activation_range(layer: Any) -> tuple[float, float] | None:
@@ -360,8 +335,3 @@ def fixed_activation_range(layer: Any) -> tuple[float, float] | None:
         return None
     act = layer.get_config().get("activation")
     return FIXED_ACTIVATION_RANGES.get(act) if isinstance(act, str) else None
-
-
-#: Activations tfmot's QuantizeAwareActivation can wrap.
-_WRAPPABLE_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "softmax", "sigmoid",
-                                    "tanh"})

@@ -33,7 +33,7 @@ from tfmot_ext.annotate import Rule, quantize
 from tfmot_ext.export import atomic_path, export
 from tfmot_ext.extract import extract
 from tfmot_ext.parity import ParityReport, verify
-from tfmot_ext.reference import run as run_reference
+from tfmot_ext.reference import run_reference
 from tfmot_ext.summary import format_summary, summarize
 from tfmot_ext.tflite import run_int8, save_tflite, to_tflite
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from tfmot_ext import qmath
 from tfmot_ext.errors import ExportError
-from tfmot_ext.extract import LayerQuantParams, QuantizedModelParams, TensorQuant
+from tfmot_ext.params import LayerQuantParams, QuantizedModelParams, TensorQuant
 
 __all__ = [
     "ENCODINGS_FORMAT",

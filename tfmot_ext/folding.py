@@ -37,6 +37,7 @@ import numpy as np
 
 from tfmot_ext._compat import keras, tf
 from tfmot_ext.errors import ConfigError
+from tfmot_ext.rules import FUSED_ACTIVATIONS
 
 __all__ = [
     "FoldedBatchNormBase",
@@ -44,34 +45,11 @@ __all__ = [
     "FoldedDenseBatchNorm",
     "FoldedDepthwiseConv2DBatchNorm",
     "FreezeBatchNorm",
-    "fold_numpy",
     "freeze_batch_norm",
 ]
 
 logger = logging.getLogger(__name__)
 register = keras.utils.register_keras_serializable(package="tfmot_ext")
-_ACTIVATIONS = ("linear", "relu", "relu6")
-
-
-def fold_numpy(kernel: np.ndarray, bias: np.ndarray | None, gamma: np.ndarray,
-               beta: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilon: float,
-               depthwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The folded kernel and bias as the folded layer (and the converter) computes them.
-
-    ``sf = gamma * rsqrt(var + eps)``, ``W_fold = W * sf``, ``b_fold = beta + (b - mean) * sf``,
-    float32, same operation order as TF. ``rsqrt`` is TF's own kernel (Eigen's is not
-    correctly rounded, so no NumPy expression reproduces it bit for bit); the rest is
-    NumPy. A depthwise kernel ``(H, W, C, M)`` scales output channel ``c*M + m``.
-    """
-    f32 = np.float32
-    inv_sigma = tf.math.rsqrt(tf.constant(np.asarray(variance, f32) + f32(epsilon))).numpy()
-    sf = (np.asarray(gamma, f32) * inv_sigma).astype(f32)
-    k = np.asarray(kernel, f32)
-    w = np.multiply(k, sf.reshape(k.shape[-2], k.shape[-1]) if depthwise else sf, dtype=f32)
-    b = np.zeros_like(sf) if bias is None else np.asarray(bias, f32)
-    b_fold = (np.asarray(beta, f32) + ((b - np.asarray(mean, f32)).astype(f32) * sf)
-              .astype(f32)).astype(f32)
-    return w, b_fold
 
 
 def _deserialize_quantizer(q: Any) -> Any:
@@ -112,9 +90,10 @@ class FoldedBatchNormBase(keras.layers.Layer):
                  weight_quantizer: Any = None, freeze_bn_delay: int | None = None,
                  synchronized: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if activation not in _ACTIVATIONS:
+        if activation not in FUSED_ACTIVATIONS:
             raise ConfigError(f"{type(self).__name__} '{self.name}': activation must be one of "
-                              f"{_ACTIVATIONS}, got {activation!r}")
+                              f"{sorted(FUSED_ACTIVATIONS)} (what TFLite fuses), got "
+                              f"{activation!r}")
         act = layer_config.get("activation", "linear")
         if act not in (None, "linear"):
             raise ConfigError(f"{type(self).__name__} '{self.name}': the folded layer's own "
@@ -185,13 +164,18 @@ class FoldedBatchNormBase(keras.layers.Layer):
         super().build(input_shape)
 
     def _scale_factor_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:
-        """``gamma * rsqrt(moving_variance + epsilon)`` and the op's bias (0 without one).
+        """``gamma / sqrt(moving_variance + epsilon)`` and the op's bias (0 without one).
 
-        Written with ``rsqrt``: TF's graph optimizers rewrite ``x / sqrt(y)`` into
-        ``x * rsqrt(y)`` (and the converter's constant folding with them), so that is
-        the form every path - eager, tf.function, the TFLite conversion - computes.
+        Written as ``DivNoNan(gamma, sqrt(.))``: square root and division are correctly
+        rounded on every CPU, and TF's graph optimizers leave ``DivNoNan`` alone (they
+        rewrite ``x / sqrt(y)`` into ``x * rsqrt(y)``, and TF's ``rsqrt`` is a hardware
+        approximation refined by a Newton step, measured 35 % of values one ulp off the
+        rounded ``1 / sqrt``, and CPU-dependent). So eager, tf.function, the TFLite
+        conversion and :func:`tfmot_ext.qmath.fold_batch_norm` (NumPy, no TensorFlow)
+        compute the same folded kernel bit for bit.
         """
-        sf = self.gamma * tf.math.rsqrt(self.moving_variance + np.float32(self.epsilon))
+        sf = tf.math.divide_no_nan(self.gamma,
+                                   tf.sqrt(self.moving_variance + np.float32(self.epsilon)))
         return sf, self.bias if self.bias is not None else tf.zeros_like(sf)
 
     def folded_kernel_and_bias(self) -> tuple[tf.Tensor, tf.Tensor]:

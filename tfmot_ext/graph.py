@@ -93,10 +93,10 @@ import numpy as np
 
 from tfmot_ext._compat import keras, tf
 from tfmot_ext.errors import UnsupportedModelError
+from tfmot_ext.rules import KEPT_ACTIVATIONS
 
 __all__ = [
     "FLOAT_FOR_CONVERTER",
-    "PASS_THROUGH_OPS",
     "TENSOR_ADDS",
     "Fixed",
     "TensorOp",
@@ -125,12 +125,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 register = keras.utils.register_keras_serializable(package="tfmot_ext")
 _TF_OP_CLASSES = ("TFOpLambda", "SlicingOpLambda")
-
-#: TF ops that only move or select elements: TFLite keeps their input's scale, so
-#: they get no quantizer of their own.
-PASS_THROUGH_OPS = frozenset({
-    "reshape", "transpose", "squeeze", "expand_dims", "identity", "__operators__.getitem",
-    "compat.v1.squeeze", "compat.v1.transpose", "image.flip_left_right", "reverse"})
 
 _MODEL_CLASSES = ("Functional", "Model", "Sequential")
 
@@ -875,12 +869,9 @@ def _unique(model: Any, base: str, taken: set[str]) -> str:
     return name
 
 
-#: activations TFLite fuses into CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED, and
-#: softmax, which tfmot quantizes before (the op's own output, fed to TFLite's SOFTMAX).
-#: Sigmoid and tanh are split off: as Activation layers their outputs get the fixed
+#: Sigmoid and tanh are split off too: as Activation layers their outputs get the fixed
 #: int8 ranges of TFLite's LOGISTIC / TANH (:func:`tfmot_ext.configs.default_config_for`),
 #: which tfmot's fused activation leaves unquantized in training.
-_KEPT_ACTIVATIONS = frozenset({"linear", "relu", "relu6", "softmax"})
 _WEIGHTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
              keras.layers.Conv3D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv1D,
              keras.layers.SeparableConv2D, keras.layers.Conv1DTranspose,
@@ -897,7 +888,7 @@ def split_activations(model: Any, keep: Callable[[Any], bool] | None = None) -> 
     taken: set[str] = set()
     for la in model.layers:
         act = getattr(getattr(la, "activation", None), "__name__", "linear")
-        if (isinstance(la, _WEIGHTED) and act not in _KEPT_ACTIVATIONS
+        if (isinstance(la, _WEIGHTED) and act not in KEPT_ACTIVATIONS
                 and len(la.inbound_nodes) == 1 and not (keep is not None and keep(la))):
             serialized = la.get_config()["activation"]
             targets[la.name] = {"class_name": "Activation", "config": {

@@ -7,7 +7,7 @@ review asks, in one :class:`ParityReport`:
   LSBs (``|y_qat - (q - z) * s| / s``), and how often the predicted class agrees;
 * weights: whether each weighted TFLite operator stores exactly the integers and
   scales :func:`tfmot_ext.extract` recovers from the QAT model;
-* reference: whether :func:`tfmot_ext.reference.run` reproduces every operator
+* reference: whether :func:`tfmot_ext.reference.run_reference` reproduces every operator
   output of the interpreter bit for bit.
 """
 
@@ -21,10 +21,12 @@ import numpy as np
 
 from tfmot_ext._compat import check_keras2, keras
 from tfmot_ext.errors import IntegerReferenceError, ParityError
-from tfmot_ext.extract import QuantizedModelParams, extract, int8_embedded
-from tfmot_ext.reference import TensorMatch, compare_with_tflite, run
+from tfmot_ext.extract import extract
+from tfmot_ext.matching import TensorMatch, compare_with_tflite
+from tfmot_ext.params import QuantizedModelParams, as_deployed
+from tfmot_ext.reference import run_reference
+from tfmot_ext.rules import EXACT_WEIGHT_BITS
 from tfmot_ext.tflite import (
-    EXACT_WEIGHT_BITS,
     WeightTensor,
     _validated,
     keras_layout,
@@ -63,7 +65,7 @@ class WeightParity:
     """One weighted TFLite operator vs the extracted layer it was converted from.
 
     ``kernel``: the stored integers equal those of
-    :func:`tfmot_ext.extract.int8_embedded` of the layer: ``kernel_int`` at 8 and at
+    :func:`tfmot_ext.params.as_deployed` of the layer: ``kernel_int`` at 8 and at
     4 bits (the converter keeps a 4-bit kernel's integers and scales), ``kernel_int *
     2**(8 - bits)`` at the other widths below 8 (the grid :func:`tfmot_ext.to_tflite`
     embeds in int8). A kernel the conversion did not embed (a quantizer that is not
@@ -208,7 +210,7 @@ def layer_drift(model: Any, x: Any, params: QuantizedModelParams | None = None
     check_keras2(model, "model")
     data = _validated(x, model)
     params = extract(model) if params is None else params
-    ref = run(params, data)
+    ref = run_reference(params, data)
     names = [n for n in ref.tensors if params[n].kind != "QuantizeLayer"]
     result = []
     for n, y in layer_outputs(model, names, data).items():
@@ -239,7 +241,7 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
             continue
         # stored as trained at 8 and 4 bits; other widths below 8 embedded in int8 by
         # to_tflite (the trained integers times 2**(8 - bits))
-        d = int8_embedded(p)
+        d = as_deployed(p)
         assert d.kernel_int is not None and d.kernel_scale is not None
         kernel_ok = bool(np.array_equal(k, d.kernel_int))
         scales_ok = bool(np.array_equal(w.filter_scales, np.atleast_1d(d.kernel_scale)))

@@ -17,6 +17,7 @@ the signed integers are ``q = u - 2**(bits-1)`` and ``zero_point = u_zp - 2**(bi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +33,10 @@ __all__ = [
     "NudgedRange",
     "converter_params",
     "fake_quant",
-    "int8_embedding",
+    "fold_batch_norm",
+    "int8_embedding_range",
     "integer_range",
+    "normalize_axis",
     "nudge",
     "pow2_ceil",
     "power_of_two_range",
@@ -105,6 +108,65 @@ def symmetric_range(
     return (scale * np.float32(qmin)).astype(np.float32), (scale * np.float32(qmax)).astype(
         np.float32
     )
+
+
+def normalize_axis(axis: int | Sequence[int] | None, rank: int, where: str = "tensor") -> tuple[
+    int, ...
+] | None:
+    """Positive, sorted, contiguous channel axes of a rank-``rank`` tensor, or None.
+
+    Several axes are flattened together (row-major) into one channel axis:
+    DepthwiseConv2D's kernel ``(H, W, C, M)`` with ``axis=(2, 3)`` has channel
+    ``c * M + m``, TFLite's output-channel order.
+
+    >>> normalize_axis(-1, 4), normalize_axis((2, 3), 4), normalize_axis(None, 2)
+    ((3,), (2, 3), None)
+    """
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if not axes:
+        raise ConfigError(f"{where}: empty axis; use None for per-tensor quantization")
+    out = []
+    for a in axes:
+        if not -rank <= int(a) < rank:
+            raise ConfigError(
+                f"{where}: axis {axis} is out of range for a rank-{rank} tensor; "
+                f"use an axis in [-{rank}, {rank - 1}] (or None for per-tensor)"
+            )
+        out.append(int(a) % rank)
+    out.sort()
+    if out != list(range(out[0], out[0] + len(out))):
+        raise ConfigError(f"{where}: axes {axis} must be contiguous to form one channel axis")
+    return tuple(out)
+
+
+def fold_batch_norm(kernel: np.ndarray, bias: np.ndarray | None, gamma: np.ndarray,
+                    beta: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilon: float,
+                    depthwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The folded kernel and bias as the folded layer (and the converter) computes them.
+
+    ``sf = gamma / sqrt(var + eps)``, ``W_fold = W * sf``, ``b_fold = beta + (b - mean) * sf``,
+    float32, same operation order as TF. Square root and division are correctly
+    rounded IEEE operations in TF and NumPy alike (the folded layer divides with
+    ``DivNoNan``, which TF's graph optimizers do not turn into an approximate ``rsqrt``),
+    so this is bit for bit what training and the converter compute, on any CPU. A
+    depthwise kernel ``(H, W, C, M)`` scales output channel ``c*M + m``.
+
+    >>> w, b = fold_batch_norm(np.ones((1, 2), np.float32), None, np.float32([1, 2]),
+    ...                        np.float32([0, 1]), np.float32([0, 1]), np.float32([3, 0]), 1.0)
+    >>> w.tolist(), b.tolist()
+    ([[0.5, 2.0]], [0.0, -1.0])
+    """
+    f32 = np.float32
+    sigma = np.sqrt((np.asarray(variance, f32) + f32(epsilon)).astype(f32), dtype=f32)
+    sf = np.divide(np.asarray(gamma, f32), sigma, dtype=f32)
+    k = np.asarray(kernel, f32)
+    w = np.multiply(k, sf.reshape(k.shape[-2], k.shape[-1]) if depthwise else sf, dtype=f32)
+    b = np.zeros_like(sf) if bias is None else np.asarray(bias, f32)
+    b_fold = (np.asarray(beta, f32) + ((b - np.asarray(mean, f32)).astype(f32) * sf)
+              .astype(f32)).astype(f32)
+    return w, b_fold
 
 
 def round_half_away(x: npt.ArrayLike) -> np.ndarray:
@@ -398,7 +460,7 @@ def converter_params(
     return scale.astype(np.float64), zp.astype(np.int32)
 
 
-def int8_embedding(scale: npt.ArrayLike, zero_point: npt.ArrayLike, bits: int,
+def int8_embedding_range(scale: npt.ArrayLike, zero_point: npt.ArrayLike, bits: int,
                    narrow_range: bool = False) -> tuple[FloatArray, FloatArray]:
     """The 8-bit FakeQuant range whose grid holds a ``bits``-bit grid (``bits < 8``).
 
@@ -413,13 +475,13 @@ def int8_embedding(scale: npt.ArrayLike, zero_point: npt.ArrayLike, bits: int,
     ``f * q`` on the scale ``s8``.
 
     >>> r = nudge(-0.31, 0.31, bits=6, narrow_range=True)   # s = 0.01, z = 0
-    >>> lo8, hi8 = int8_embedding(r.scale, r.zero_point, 6, narrow_range=True)
+    >>> lo8, hi8 = int8_embedding_range(r.scale, r.zero_point, 6, narrow_range=True)
     >>> round(float(lo8) / 0.0025, 3), round(float(hi8) / 0.0025, 3)
     (-127.0, 127.0)
     """
     bits = validate_bits(bits)
     if bits >= 8:
-        raise ValueError(f"int8_embedding: bits={bits}, must be below 8")
+        raise ValueError(f"int8_embedding_range: bits={bits}, must be below 8")
     f = np.float32(1 << (8 - bits))
     s8 = (np.asarray(scale, np.float32) / f).astype(np.float32)
     z8 = (np.asarray(zero_point, np.float32) * f).astype(np.float32)

@@ -4,7 +4,7 @@ Each quantizer is a thin, serializable shell over pure functions. The forward
 pass always ends in TensorFlow's ``FakeQuantWithMinMaxVars[PerChannel]`` op, the
 op the TFLite converter reads its quantization parameters from, so what is
 trained is what gets converted (below 8 bits, 4 aside, the converter would re-grid a
-kernel on its own int8 scale: :func:`int8_embedding` gives it the trained grid inside
+kernel on its own int8 scale: :func:`embed_in_int8` gives it the trained grid inside
 an int8 one). The range fed to that op is an exact function of
 the quantizer's stored variables, mirrored in NumPy by :mod:`tfmot_ext.qmath`
 (extraction relies on this):
@@ -32,64 +32,37 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tfmot_ext import qmath
-from tfmot_ext._compat import keras, tf, tfmot
+from tfmot_ext._compat import keras, own_trainable_weights, tf, tfmot
 from tfmot_ext.errors import ConfigError
+from tfmot_ext.qmath import normalize_axis
+from tfmot_ext.quantspec import (
+    FixedRangeSpec,
+    LSQSpec,
+    MinMaxSpec,
+    PowerOfTwoSpec,
+    QuantSpec,
+)
+from tfmot_ext.rules import EXACT_WEIGHT_BITS
 
 __all__ = [
-    "EXACT_WEIGHT_BITS",
-    "RANGE_TRACKING",
     "FixedRangeQuantizer",
     "LSQQuantizer",
     "MinMaxQuantizer",
     "PowerOfTwoQuantizer",
     "QuantizerBase",
     "activation_quantizer",
+    "embed_in_int8",
     "fake_quant_tf",
-    "int8_embedding",
-    "normalize_axis",
     "weight_quantizer",
 ]
 
 Quantizer: Any = tfmot.quantization.keras.quantizers.Quantizer
 register = keras.utils.register_keras_serializable(package="tfmot_ext")
 
-RANGE_TRACKING = ("last_value", "moving_average", "all_values")
-
 Axis = int | tuple[int, ...] | None
 
 
 # --------------------------------------------------------------------------- math
-
-
-def normalize_axis(axis: int | Sequence[int] | None, rank: int, where: str = "tensor") -> tuple[
-    int, ...
-] | None:
-    """Positive, sorted, contiguous channel axes of a rank-``rank`` tensor, or None.
-
-    Several axes are flattened together (row-major) into one channel axis:
-    DepthwiseConv2D's kernel ``(H, W, C, M)`` with ``axis=(2, 3)`` has channel
-    ``c * M + m``, TFLite's output-channel order.
-
-    >>> normalize_axis(-1, 4), normalize_axis((2, 3), 4), normalize_axis(None, 2)
-    ((3,), (2, 3), None)
-    """
-    if axis is None:
-        return None
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    if not axes:
-        raise ConfigError(f"{where}: empty axis; use None for per-tensor quantization")
-    out = []
-    for a in axes:
-        if not -rank <= int(a) < rank:
-            raise ConfigError(
-                f"{where}: axis {axis} is out of range for a rank-{rank} tensor; "
-                f"use an axis in [-{rank}, {rank - 1}] (or None for per-tensor)"
-            )
-        out.append(int(a) % rank)
-    out.sort()
-    if out != list(range(out[0], out[0] + len(out))):
-        raise ConfigError(f"{where}: axes {axis} must be contiguous to form one channel axis")
-    return tuple(out)
 
 
 def _to_channels_last(x: tf.Tensor, axes: tuple[int, ...]) -> tuple[tf.Tensor, Any]:
@@ -119,10 +92,14 @@ def fake_quant_tf(
     bits: int,
     narrow_range: bool,
     axis: tuple[int, ...] | None,
+    embed: bool = False,
 ) -> tf.Tensor:
     """TensorFlow's FakeQuant, per tensor (``axis=None``) or per channel along ``axis``.
 
     ``x_min``/``x_max`` are scalars, or vectors of length ``prod(x.shape[a] for a in axis)``.
+    With ``embed`` and ``bits < 8``, followed by an 8-bit FakeQuant on the range of
+    :func:`tfmot_ext.qmath.int8_embedding_range` (the values stay; the converter then
+    stores the ``bits``-bit grid as int8, see :func:`embed_in_int8`).
     NumPy twin: :func:`tfmot_ext.qmath.fake_quant`.
     """
     if axis is None:
@@ -131,29 +108,25 @@ def fake_quant_tf(
         op = tf.quantization.fake_quant_with_min_max_vars_per_channel
         flat, undo = _to_channels_last(x, axis)
     y = op(flat, x_min, x_max, num_bits=bits, narrow_range=narrow_range)
-    if _EMBED_NOW.get() and bits < 8:  # inside int8_embedding, for this quantizer
+    if embed and bits < 8:
         lo8, hi8 = _int8_embedding_tf(x_min, x_max, bits, narrow_range)
         y = op(y, lo8, hi8, num_bits=8, narrow_range=narrow_range)
     return y if undo is None else undo(y)
 
 
 #: ids of the weight quantizers whose b-bit grid (b < 8, not 4) a conversion embeds in
-#: int8 (:func:`int8_embedding`), and whether the call being traced is one of them
+#: int8 (:func:`embed_in_int8`); a quantizer reads it when traced (:meth:`QuantizerBase.embeds`)
 _EMBED_IDS: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
     "tfmot_ext_embed_ids", default=frozenset())
-_EMBED_NOW: contextvars.ContextVar[bool] = contextvars.ContextVar("tfmot_ext_embed_now",
-                                                                  default=False)
-#: widths the TFLite converter stores as trained (re-exported by tfmot_ext.tflite)
-EXACT_WEIGHT_BITS = frozenset({4, 8})
 
 
 @contextlib.contextmanager
-def int8_embedding(quantizers: Iterable[Any]) -> Iterator[None]:
+def embed_in_int8(quantizers: Iterable[Any]) -> Iterator[None]:
     """Trace ``quantizers`` (weight quantizers) with their grid embedded in int8.
 
     Inside, each of them at a width ``b < 8`` other than 4 (the widths the TFLite
     converter would re-grid on its own int8 scale) follows its ``b``-bit FakeQuant with
-    an 8-bit one on the range of :func:`tfmot_ext.qmath.int8_embedding`: the values do
+    an 8-bit one on the range of :func:`tfmot_ext.qmath.int8_embedding_range`: the values do
     not move, and the converter stores them as the int8 integers ``2**(8-b) * q`` on
     the scale ``s / 2**(8-b)``. :func:`tfmot_ext.to_tflite` converts inside it.
     """
@@ -167,15 +140,6 @@ def int8_embedding(quantizers: Iterable[Any]) -> Iterator[None]:
         _EMBED_IDS.reset(token)
 
 
-@contextlib.contextmanager
-def _embedding_scope(q: Any) -> Iterator[None]:
-    token = _EMBED_NOW.set(id(q) in _EMBED_IDS.get())
-    try:
-        yield
-    finally:
-        _EMBED_NOW.reset(token)
-
-
 def _round_half_away_tf(x: tf.Tensor) -> tf.Tensor:
     """:func:`tfmot_ext.qmath.round_half_away` in TF (exact ties corrected)."""
     t = tf.where(x >= 0, tf.floor(x), tf.math.ceil(x))
@@ -185,7 +149,7 @@ def _round_half_away_tf(x: tf.Tensor) -> tf.Tensor:
 
 def _int8_embedding_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool) -> tuple[
         tf.Tensor, tf.Tensor]:
-    """TF twin of ``qmath.int8_embedding(*nudge(lo, hi, bits, narrow))`` (float32).
+    """TF twin of ``qmath.int8_embedding_range(*nudge(lo, hi, bits, narrow))`` (float32).
 
     The b-bit scale is FakeQuant's own, ``(hi - lo) / (quant_max - quant_min)``, as a
     true division: ``DivNoNan``, which TF's constant folding leaves alone (it rewrites a
@@ -270,6 +234,25 @@ class QuantizerBase(Quantizer):
     """
 
     _CONFIG_KEYS: ClassVar[tuple[str, ...]] = ()
+    spec: QuantSpec
+
+    def _set_spec(self, spec: QuantSpec) -> None:
+        """Keep the NumPy twin (validated on construction) and its fields as attributes."""
+        self.spec = spec
+        for k in self._CONFIG_KEYS:
+            setattr(self, k, getattr(spec, k))
+
+    def stored_range(self, stored: Any, prefix: str, value: Any = None,
+                     axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The one NumPy twin protocol: the range FakeQuant receives, from the stored
+        variables (short name -> value) and the weight's value
+        (:meth:`tfmot_ext.quantspec.QuantSpec.stored_range`)."""
+        return self.spec.stored_range(stored, prefix, value, axes)
+
+    def embeds(self) -> bool:
+        """Whether this quantizer is traced with its grid embedded in int8 now
+        (inside :func:`embed_in_int8` naming it)."""
+        return id(self) in _EMBED_IDS.get()
 
     def get_config(self) -> dict[str, Any]:
         cfg = {k: getattr(self, k) for k in self._CONFIG_KEYS}
@@ -303,15 +286,6 @@ class QuantizerBase(Quantizer):
     @property
     def is_per_channel(self) -> bool:
         return bool(getattr(self, "per_channel", False))
-
-
-def _check_common(name: str, bits: int, per_channel: bool, axis: Any) -> tuple[int, Axis]:
-    bits = qmath.validate_bits(bits, name)
-    if axis is not None and not per_channel:
-        raise ConfigError(f"{name}: axis={axis} given but per_channel=False; set per_channel=True")
-    if isinstance(axis, list):
-        axis = tuple(int(a) for a in axis)
-    return bits, axis
 
 
 def _make_range_vars(layer: Any, name: str, shape: Sequence[int]) -> dict[str, tf.Variable]:
@@ -381,9 +355,16 @@ class MinMaxQuantizer(QuantizerBase):
         ema_decay: decay ``d`` of ``moving_average``, in ``[0, 1)``.
     """
 
-    _CONFIG_KEYS = (
-        "bits", "per_channel", "axis", "symmetric", "narrow_range", "range_tracking", "ema_decay"
-    )
+    _SPEC: ClassVar[type[MinMaxSpec]] = MinMaxSpec
+    _CONFIG_KEYS = MinMaxSpec.CONFIG_KEYS
+    spec: MinMaxSpec
+    bits: int
+    per_channel: bool
+    axis: Axis
+    symmetric: bool
+    narrow_range: bool
+    range_tracking: str
+    ema_decay: float
 
     def __init__(
         self,
@@ -395,19 +376,8 @@ class MinMaxQuantizer(QuantizerBase):
         range_tracking: str = "last_value",
         ema_decay: float = 0.999,
     ) -> None:
-        who = type(self).__name__
-        self.bits, self.axis = _check_common(who, bits, per_channel, axis)
-        self.per_channel = bool(per_channel)
-        self.symmetric = bool(symmetric)
-        self.narrow_range = bool(narrow_range)
-        if range_tracking not in RANGE_TRACKING:
-            raise ConfigError(
-                f"{who}: range_tracking={range_tracking!r} is not one of {RANGE_TRACKING}"
-            )
-        self.range_tracking = range_tracking
-        if not 0.0 <= float(ema_decay) < 1.0:
-            raise ConfigError(f"{who}: ema_decay={ema_decay} must be in [0, 1)")
-        self.ema_decay = float(ema_decay)
+        self._set_spec(self._SPEC(bits, per_channel, axis, symmetric, narrow_range,
+                                  range_tracking, ema_decay))
 
     # -- helpers ------------------------------------------------------------
     def resolved_axis(self, rank: int) -> tuple[int, ...] | None:
@@ -423,10 +393,8 @@ class MinMaxQuantizer(QuantizerBase):
         return _widen_range_tf(lo, hi)
 
     def effective_range(self, lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
-        """NumPy twin of :meth:`effective_range_tf` (bit-exact)."""
-        if self.symmetric:
-            return qmath.symmetric_range(lo, hi, self.bits, self.narrow_range)
-        return qmath.widen_range(lo, hi)
+        """NumPy twin of :meth:`effective_range_tf` (bit-exact): the spec's."""
+        return self.spec.effective_range(lo, hi)
 
     # -- tfmot Quantizer API -----------------------------------------------
     def build(self, tensor_shape: Any, name: str, layer: Any) -> dict[str, tf.Variable]:
@@ -462,8 +430,7 @@ class MinMaxQuantizer(QuantizerBase):
         lo, hi = self._track(inputs, weights, axes) if training else self._stored(
             inputs, weights, axes)
         lo, hi = self.effective_range_tf(tf.stop_gradient(lo), tf.stop_gradient(hi))
-        with _embedding_scope(self):
-            return fake_quant_tf(inputs, lo, hi, self.bits, self.narrow_range, axes)
+        return fake_quant_tf(inputs, lo, hi, self.bits, self.narrow_range, axes, self.embeds())
 
 
 @register
@@ -474,6 +441,8 @@ class PowerOfTwoQuantizer(MinMaxQuantizer):
     range is :func:`tfmot_ext.qmath.power_of_two_range` of the tracked range.
     Same arguments as :class:`MinMaxQuantizer`; symmetric by default.
     """
+
+    _SPEC = PowerOfTwoSpec
 
     def __init__(
         self,
@@ -491,8 +460,6 @@ class PowerOfTwoQuantizer(MinMaxQuantizer):
     def effective_range_tf(self, lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return _power_of_two_range_tf(lo, hi, self.bits, self.narrow_range, self.symmetric)
 
-    def effective_range(self, lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
-        return qmath.power_of_two_range(lo, hi, self.bits, self.narrow_range, self.symmetric)
 
 
 @register
@@ -510,34 +477,28 @@ class FixedRangeQuantizer(QuantizerBase):
         narrow_range: drop the lowest level.
     """
 
-    _CONFIG_KEYS = ("min", "max", "bits", "narrow_range")
+    _CONFIG_KEYS = FixedRangeSpec.CONFIG_KEYS
+    spec: FixedRangeSpec
+    min: float
+    max: float
+    bits: int
+    narrow_range: bool
 
     def __init__(self, min: float = -1.0, max: float = 1.0, bits: int = 8,
                  narrow_range: bool = False) -> None:
-        who = type(self).__name__
-        self.bits = qmath.validate_bits(bits, who)
-        if not (math.isfinite(min) and math.isfinite(max)):
-            raise ConfigError(f"{who}: min={min}, max={max} must be finite")
-        if not (min <= 0.0 <= max and min < max):
-            raise ConfigError(
-                f"{who}: need min <= 0 <= max and min < max (got [{min}, {max}]): TFLite "
-                "requires 0 to be representable"
-            )
-        self.min = float(min)
-        self.max = float(max)
-        self.narrow_range = bool(narrow_range)
+        self._set_spec(FixedRangeSpec(min, max, bits, narrow_range))
 
     def build(self, tensor_shape: Any, name: str, layer: Any) -> dict[str, tf.Variable]:
         return {}
 
     def effective_range(self, lo: Any = None, hi: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.min, np.float32), np.asarray(self.max, np.float32)
+        """The constant range (the spec's)."""
+        return self.spec.effective_range()
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
                  **kwargs: Any) -> tf.Tensor:
-        with _embedding_scope(self):
-            return fake_quant_tf(inputs, np.float32(self.min), np.float32(self.max),
-                                 self.bits, self.narrow_range, None)
+        return fake_quant_tf(inputs, np.float32(self.min), np.float32(self.max),
+                             self.bits, self.narrow_range, None, self.embeds())
 
 
 def _keep_weight_order(wrapper: Any) -> None:
@@ -550,7 +511,7 @@ def _keep_weight_order(wrapper: Any) -> None:
     first (tfmot de-duplicates them) makes the order the same in both cases.
     """
     inner = getattr(wrapper, "layer", None)
-    own = getattr(wrapper, "_trainable_weights", None)
+    own = own_trainable_weights(wrapper)
     if inner is None or own is None:
         return
     if not inner.built:
@@ -594,22 +555,21 @@ class LSQQuantizer(QuantizerBase):
         narrow_range: drop the lowest signed level.
     """
 
-    _CONFIG_KEYS = ("bits", "per_channel", "axis", "signed", "narrow_range")
+    _CONFIG_KEYS = LSQSpec.CONFIG_KEYS
+    spec: LSQSpec
+    bits: int
+    per_channel: bool
+    axis: Axis
+    signed: bool
+    narrow_range: bool
 
     def __init__(self, bits: int = 4, per_channel: bool = False, axis: Axis = None,
                  signed: bool = True, narrow_range: bool = False) -> None:
-        self.bits, self.axis = _check_common(type(self).__name__, bits, per_channel, axis)
-        self.per_channel = bool(per_channel)
-        self.signed = bool(signed)
-        if narrow_range and not signed:
-            raise ConfigError("LSQQuantizer: narrow_range applies to signed grids only")
-        self.narrow_range = bool(narrow_range)
+        self._set_spec(LSQSpec(bits, per_channel, axis, signed, narrow_range))
 
     def levels(self) -> tuple[int, int]:
         """``(Q_N, Q_P)``."""
-        if self.signed:
-            return qmath.integer_range(self.bits, self.narrow_range)
-        return 0, (1 << self.bits) - 1
+        return self.spec.levels()
 
     def resolved_axis(self, rank: int) -> tuple[int, ...] | None:
         if not self.per_channel:
@@ -625,9 +585,8 @@ class LSQQuantizer(QuantizerBase):
         return {"step": step}
 
     def effective_range(self, step: Any, _unused: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        qn, qp = self.levels()
-        s = np.asarray(step, np.float32)
-        return (s * np.float32(qn)).astype(np.float32), (s * np.float32(qp)).astype(np.float32)
+        """``[Q_N * s, Q_P * s]`` of the step ``s`` (the spec's)."""
+        return self.spec.effective_range(step)
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
                  **kwargs: Any) -> tf.Tensor:
@@ -648,18 +607,19 @@ class LSQQuantizer(QuantizerBase):
         n = int(np.prod(flat.shape[:-1])) if axes is not None else int(
             np.prod([d or 1 for d in flat.shape]))
         g = lsq_grad_scale(n, self.bits, self.signed)
-        with _embedding_scope(self):
-            y = _lsq_fake_quant(flat, step, qn, qp, g, self.bits, self.narrow_range,
-                                axes is not None, reduce)
+        y = _lsq_fake_quant(flat, step, qn, qp, g, self.bits, self.narrow_range,
+                            axes is not None, reduce, self.embeds())
         return y if undo is None else undo(y)
 
 
 def _lsq_fake_quant(x: tf.Tensor, step: tf.Tensor, qn: int, qp: int, g: float, bits: int,
-                    narrow: bool, per_channel: bool, reduce: list[int] | None) -> tf.Tensor:
+                    narrow: bool, per_channel: bool, reduce: list[int] | None,
+                    embed: bool) -> tf.Tensor:
     @tf.custom_gradient
     def _fq(x: tf.Tensor, s: tf.Tensor) -> Any:
         lo, hi = s * np.float32(qn), s * np.float32(qp)
-        y = fake_quant_tf(x, lo, hi, bits, narrow, (x.shape.rank - 1,) if per_channel else None)
+        y = fake_quant_tf(x, lo, hi, bits, narrow, (x.shape.rank - 1,) if per_channel else None,
+                          embed)
 
         def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             xs = x / s

@@ -27,9 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from tfmot_ext import qmath
 from tfmot_ext._compat import check_keras2
 from tfmot_ext.errors import ExportError
-from tfmot_ext.extract import QuantizedModelParams, extract
+from tfmot_ext.extract import extract
+from tfmot_ext.params import QuantizedModelParams
+from tfmot_ext.rules import FUSED_ACTIVATIONS, deployed_kind
 
 __all__ = ["LayerReport", "layer_reports", "sqnr_db", "write_html_report"]
 
@@ -71,22 +74,17 @@ class LayerReport:
     saturated: float | None
 
 
-_FOLDED_OPS = {"FoldedConv2DBatchNorm": "Conv2D",
-               "FoldedDepthwiseConv2DBatchNorm": "DepthwiseConv2D",
-               "FoldedDenseBatchNorm": "Dense"}
-
-
 def _float_twin(p: Any) -> Any:
     """A float Keras layer computing what layer ``p`` computes before its output
     quantizer: the same op (the folded op for a folded layer) with the fake-quantized
     kernel; None when the kind is not a built-in Keras layer."""
     from tfmot_ext._compat import keras
 
-    kind = _FOLDED_OPS.get(p.kind, p.kind)
+    kind = deployed_kind(p.kind)
     cfg = {k: v for k, v in dict(p.config).items() if k != "batchnorm_epsilon"}
     cfg["name"] = f"float_twin_{p.name}"
     if p.kernel_int is not None:
-        cfg["activation"] = p.activation if p.activation in ("linear", "relu", "relu6") \
+        cfg["activation"] = p.activation if p.activation in FUSED_ACTIVATIONS \
             else "linear"
         cfg["use_bias"] = p.bias is not None
     try:
@@ -126,7 +124,7 @@ def layer_reports(model: Any, data: Any, params: QuantizedModelParams | None = N
         y = values[n]
         w_sqnr = None
         if p.kernel_int is not None and p.kernel_attr is not None:
-            # a folded layer quantizes its folded kernel W * gamma * rsqrt(var + eps)
+            # a folded layer quantizes its folded kernel W * gamma / sqrt(var + eps)
             w_float = (_folded_float_kernel(p) if p.folded
                        else np.asarray(p.weights[p.kernel_attr], np.float32))
             w_sqnr = sqnr_db(w_float, w_float - p.dequantized_kernel())
@@ -166,12 +164,11 @@ def _pre_quantization(p: Any, x: np.ndarray, inputs: list[np.ndarray]) -> np.nda
 
 
 def _folded_float_kernel(p: Any) -> np.ndarray:
-    """The float folded kernel ``W * gamma * rsqrt(var + eps)`` of a folded layer."""
-    from tfmot_ext.folding import fold_numpy
+    """The float folded kernel ``W * gamma / sqrt(var + eps)`` of a folded layer."""
 
     w = p.weights
     eps = float(p.config.get("batchnorm_epsilon", 1e-3))
-    kernel, _ = fold_numpy(w[p.kernel_attr], w.get("bias"), w["gamma"], w["beta"],
+    kernel, _ = qmath.fold_batch_norm(w[p.kernel_attr], w.get("bias"), w["gamma"], w["beta"],
                            w["moving_mean"], w["moving_variance"], eps,
                            depthwise=p.kernel_attr == "depthwise_kernel")
     return kernel

@@ -18,7 +18,7 @@ from typing import Any
 
 from tfmot_ext._compat import QuantizeLayer, keras, tfmot
 from tfmot_ext._compat import default_8bit_transforms as _t8
-from tfmot_ext.configs import LayerQuantizeConfig, channel_axis_of_kind
+from tfmot_ext.configs import LayerQuantizeConfig
 from tfmot_ext.folding import (
     FoldedBatchNormBase,
     FoldedConv2DBatchNorm,
@@ -31,6 +31,7 @@ from tfmot_ext.quantizers import (
     activation_quantizer,
     weight_quantizer,
 )
+from tfmot_ext.rules import FOLDABLE_KERNEL_ATTR, channel_axis_of_kind, relu_kind
 
 __all__ = [
     "DefaultScheme",
@@ -39,7 +40,6 @@ __all__ = [
     "LayoutTransform",
     "folding_transforms",
     "is_folded",
-    "relu_kind",
     "safe_default_transforms",
 ]
 
@@ -160,32 +160,10 @@ _Transform: Any = _transforms.Transform
 
 _FOLDED = {"Conv2D": FoldedConv2DBatchNorm, "DepthwiseConv2D": FoldedDepthwiseConv2DBatchNorm,
            "Dense": FoldedDenseBatchNorm}
-_KERNEL_ATTR = {"Conv2D": "kernel", "DepthwiseConv2D": "depthwise_kernel", "Dense": "kernel"}
 
 
 def _class(node: Any) -> str:
     return str(node.layer["class_name"]).split(">")[-1]
-
-
-def relu_kind(class_name: str, config: Any) -> str | None:
-    """``"relu"``/``"relu6"`` for a plain ReLU(6) or Activation layer config, else None.
-
-    These are the activations TFLite fuses into the preceding op (and the folded
-    layers fuse): ``ReLU`` without slope or threshold and with no or a 6 cap, or
-    ``Activation("relu"|"relu6")``.
-
-    >>> relu_kind("ReLU", {"max_value": 6.0}), relu_kind("ReLU", {"negative_slope": 0.1})
-    ('relu6', None)
-    """
-    if class_name == "ReLU":
-        if config.get("negative_slope") or config.get("threshold"):
-            return None
-        mv = config.get("max_value")
-        return "relu" if mv is None else ("relu6" if float(mv) == 6.0 else None)
-    if class_name == "Activation":
-        act = config.get("activation")
-        return act if act in ("relu", "relu6") else None
-    return None
 
 
 class FoldBatchNorm(_Transform):
@@ -245,7 +223,7 @@ class FoldBatchNorm(_Transform):
         layer_config = {"class_name": keras.utils.get_registered_name(type(folded)),
                         "config": folded.get_config(), "name": folded.name}
         weights = collections.OrderedDict()
-        attr = _KERNEL_ATTR[kind]
+        attr = FOLDABLE_KERNEL_ATTR[kind]
         for name in (attr, "bias", "gamma", "beta", "moving_mean", "moving_variance"):
             src = op.weights if name in (attr, "bias") else bn.weights
             for key in (f"{name}:0", name):
@@ -269,7 +247,7 @@ class FoldBatchNorm(_Transform):
         else:
             wq = weight_quantizer(8, per_channel=kind != "Dense")
         if isinstance(wq, QuantizerBase) and wq.is_per_channel and getattr(wq, "axis", 0) is None:
-            wq = wq.with_axis(channel_axis_of_kind(kind, _KERNEL_ATTR[kind],
+            wq = wq.with_axis(channel_axis_of_kind(kind, FOLDABLE_KERNEL_ATTR[kind],
                                                    2 if kind == "Dense" else 4))
         if isinstance(out_cfg, LayerQuantizeConfig):
             out_q = out_cfg.output or next(iter(out_cfg.activations.values()), None)

@@ -81,7 +81,7 @@ def _code_bearing_layers(config: Any, found: list[str] | None = None) -> list[st
 
 def _stored_config(path: str) -> Any:
     """The model config stored in an H5 file or SavedModel folder, read without Keras."""
-    from tfmot_ext.extract import read_model_config  # extract imports the classes above
+    from tfmot_ext.records import read_model_config
 
     if os.path.isdir(path):
         meta = os.path.join(path, "keras_metadata.pb")

@@ -21,11 +21,19 @@ from typing import Any
 import numpy as np
 
 from tfmot_ext import quantizers as _quantizers
-from tfmot_ext._compat import QuantizeWrapper, called_weight_quantizers, check_keras2, keras, tf
+from tfmot_ext._compat import (
+    QuantizeWrapper,
+    called_weight_quantizers,
+    check_keras2,
+    interpreter_ops,
+    keras,
+    tf,
+)
 from tfmot_ext.errors import ConfigError, ConversionError
+from tfmot_ext.rules import EXACT_WEIGHT_BITS
 from tfmot_ext.summary import quantizer_bits, weight_quantizers
 
-__all__ = ["EXACT_WEIGHT_BITS", "KERNELS", "OpTensor", "WeightTensor", "float_ops",
+__all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops",
            "interpreter", "keras_layout",
            "op_outputs", "regridded_weights", "run_int8", "save_tflite", "to_tflite",
            "weight_tensors"]
@@ -35,9 +43,8 @@ logger = logging.getLogger(__name__)
 #: Weight widths the converter stores as trained (integers and scales); a fake-quantized
 #: kernel of any other width below 8 bits it re-grids on the 8-bit scale of the same
 #: range, ``s * qmax_b / 127`` (measured at 2, 3, 5, 6 and 7 bits), unless the
-#: quantizer embeds its grid in int8 (:func:`tfmot_ext.quantizers.int8_embedding`, what
+#: quantizer embeds its grid in int8 (:func:`tfmot_ext.quantizers.embed_in_int8`, what
 #: :func:`to_tflite` does with every tfmot_ext quantizer).
-EXACT_WEIGHT_BITS = _quantizers.EXACT_WEIGHT_BITS
 
 #: Operators allowed to touch float tensors in a full-integer model with float I/O.
 _IO_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
@@ -122,7 +129,7 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
         x: inputs ``(N, ...)``, one example per invoke: int8 as the model takes them
             (integer token ids for an integer-input model), or float, quantized with
             the model's input scale and zero point the way TFLite's QUANTIZE does
-            (:func:`tfmot_ext.reference.quantize_input`).
+            (:func:`tfmot_ext.kernels.quantize_input`).
         kernels: ``"reference"`` (``BUILTIN_REF``), ``"builtin"`` (optimized kernels,
             no delegate) or ``"default"`` (XNNPACK delegate; only the outputs can be
             read, the delegate does not materialize intermediate tensors).
@@ -136,13 +143,13 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
     if in_type.kind == "f":
         raise ConversionError("op_outputs needs an int8-input model (to_tflite(int8_io=True))")
     if in_type == np.int8 and np.asarray(x).dtype != np.int8:
-        from tfmot_ext.reference import quantize_input
+        from tfmot_ext.kernels import quantize_input
 
         x = quantize_input(x, *inp["quantization"])
     details = {d["index"]: d for d in interp.get_tensor_details()}
     if preserve:
-        wanted = [o for op in interp._get_ops_details() for o in op["outputs"]]
-        op_of = {o: op["op_name"] for op in interp._get_ops_details() for o in op["outputs"]}
+        wanted = [o for op in interpreter_ops(interp) for o in op["outputs"]]
+        op_of = {o: op["op_name"] for op in interpreter_ops(interp) for o in op["outputs"]}
     else:
         wanted = [d["index"] for d in interp.get_output_details()]
         op_of = {i: "OUTPUT" for i in wanted}
@@ -199,7 +206,7 @@ def weight_tensors(model_content: bytes) -> list[WeightTensor]:
     """The weighted operators of a ``.tflite`` model with their tensors, in graph order."""
     interp, details = _undelegated(model_content)
     out = []
-    for op in interp._get_ops_details():
+    for op in interpreter_ops(interp):
         if op["op_name"] not in _WEIGHT_OPS:
             continue
         i, f, b = [*op["inputs"], -1][:3]
@@ -235,7 +242,7 @@ def float_ops(model_content: bytes, allow_io: bool = False) -> list[str]:
     """
     interp, details = _undelegated(model_content)
     found = []
-    for op in interp._get_ops_details():
+    for op in interpreter_ops(interp):
         if allow_io and op["op_name"] in _IO_OPS:
             continue
         tensors = [i for i in (*op["inputs"], *op["outputs"]) if i >= 0]
@@ -271,7 +278,7 @@ def run_int8(model_content: bytes, x: np.ndarray, kernels: str = "default") -> n
     """Raw int8 outputs of an int8-I/O model on float inputs ``x``, one input at a time.
 
     Each input is quantized with the model's input scale and zero point the way
-    TFLite's QUANTIZE does (:func:`tfmot_ext.reference.quantize_input`). ``kernels``
+    TFLite's QUANTIZE does (:func:`tfmot_ext.kernels.quantize_input`). ``kernels``
     as in :func:`op_outputs` (``"default"``: the XNNPACK delegate).
     """
     return op_outputs(model_content, x, kernels, intermediates=False)[0].values
@@ -337,8 +344,8 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
                          getattr(layer.layer, "weight_quantizer", None))]
     try:
         # sub-8-bit weights other than 4-bit deploy on their trained grid, embedded in
-        # int8 (quantizers.int8_embedding), instead of being re-gridded by the converter
-        with _quiet(), _quantizers.int8_embedding(weights):
+        # int8 (quantizers.embed_in_int8), instead of being re-gridded by the converter
+        with _quiet(), _quantizers.embed_in_int8(weights):
             conv = _converter(model, static_batch)
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.representative_dataset = lambda: _one_at_a_time(data)
@@ -368,8 +375,8 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
 
 def regridded_weights(model: Any) -> list[str]:
     """``layer: attribute (bits)`` for each weight the TFLite converter re-grids: trained
-    below 8 bits at a width not in :data:`EXACT_WEIGHT_BITS` by a quantizer that is not
-    a tfmot_ext one (those embed their grid in int8 at conversion)."""
+    below 8 bits at a width not in :data:`tfmot_ext.rules.EXACT_WEIGHT_BITS` by a quantizer
+    that is not a tfmot_ext one (those embed their grid in int8 at conversion)."""
     check_keras2(model, "model")
     out = []
     for layer in model.layers:

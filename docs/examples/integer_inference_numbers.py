@@ -34,7 +34,7 @@ def main() -> None:
           f"bias_int {p.bias_int[c]} (bias scale {p.bias_scale[c]!r})")
     print(f"  M = s_in * s_w / s_out = {p.multiplier[c]!r} "
           f"-> M0 = {p.multiplier_q31[c]}, shift = {p.shift[c]}")
-    run = reference.run(params, x_te[:1])
+    run = reference.run_reference(params, x_te[:1])
     x = run.tensors[p.inputs[0]].values[0]  # (14, 14, 16) int8, its input
     oh, ow = 3, 4
     # stride 2, SAME padding of a 3x3 kernel on 14x14: (0, 1) padding rows/columns,

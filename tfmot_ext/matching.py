@@ -1,0 +1,141 @@
+"""Pairing TFLite interpreter tensors with the integer reference's, tensor by tensor.
+
+:func:`compare_with_tflite` runs the reference (:func:`tfmot_ext.reference.run_reference`)
+and the interpreter on the same batch and pairs every operator output with the reference
+tensor it corresponds to (:func:`match_tensors`), optionally recomputing each layer from
+the interpreter's own inputs so a difference is charged to the operator that makes it.
+The comparison itself is NumPy; only running the interpreter needs TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tfmot_ext.kernels import IntTensor
+from tfmot_ext.params import QuantizedModelParams
+from tfmot_ext.reference import ReferenceRun, layer_output, run_reference
+from tfmot_ext.rules import KERNEL_ROUNDING
+
+__all__ = ["TensorMatch", "compare_with_tflite", "match_tensors"]
+
+
+@dataclass(frozen=True)
+class TensorMatch:
+    """One TFLite operator output compared with the reference tensor it corresponds to.
+
+    Invariants: ``0 <= mismatched <= size``; ``max_abs_diff == 0`` iff
+    ``mismatched == 0``; ``layer`` is None (and the counts are 0) when no reference
+    tensor of the same shape and quantization carries a layer name of the TFLite
+    tensor.
+    """
+
+    tflite_name: str
+    op: str
+    layer: str | None
+    size: int
+    mismatched: int
+    max_abs_diff: int
+
+
+def _components(name: str) -> set[str]:
+    return {c.split(":")[0] for part in name.split(";") for c in part.split("/")}
+
+
+def match_tensors(ref: ReferenceRun, tensors: list[Any],
+                  params: QuantizedModelParams | None = None,
+                  rounding: str = "reference") -> list[TensorMatch]:
+    """Pair interpreter tensors (:class:`tfmot_ext.tflite.OpTensor`) with reference ones.
+
+    A TFLite tensor's name carries the Keras layer names it was fused from; among
+    those, the latest layer whose reference tensor has the same shape, scale and
+    zero point is its counterpart. The model output is matched to the reference
+    output.
+
+    With ``params``, each matched layer is recomputed from the interpreter's own
+    input tensors where those are matched too, so a difference is attributed to the
+    operator that makes it rather than inherited from an earlier one (with the
+    requantization ``rounding`` of :data:`tfmot_ext.rules.ROUNDINGS`, as the layer
+    deploys: :func:`tfmot_ext.reference.layer_output`).
+    """
+    order = list(ref.tensors)
+    hits: list[tuple[Any, tuple[str, int] | None]] = []
+    for i, t in enumerate(tensors):
+        comps = _components(t.name)
+        cands = [n for n in order if n in comps]
+        if i == len(tensors) - 1 or not cands:
+            cands = [*cands, ref.output_name]
+        hit: tuple[str, int] | None = None
+        for n in reversed(cands):
+            r = ref.tensors[n]
+            for k, c in enumerate((r, *r.steps)):
+                if (c.values.shape == t.values.shape and np.float32(c.scale) == np.float32(
+                        t.scale) and c.zero_point == t.zero_point):
+                    hit = (n, k)
+                    break
+            if hit is not None:
+                break
+        hits.append((t, hit))
+    theirs = {h[0]: IntTensor(t.values, t.scale, t.zero_point)
+              for t, h in hits if h is not None and h[1] == 0}
+    out = []
+    for t, h in hits:
+        if h is None:
+            out.append(TensorMatch(t.name, t.op, None, 0, 0, 0))
+            continue
+        layer, k = h
+        mine = ref.tensors[layer]
+        if params is not None:
+            mine = _isolated(params, ref, theirs, layer, rounding)
+        mine = (mine, *mine.steps)[k]
+        d = np.abs(mine.values.astype(np.int32) - t.values.astype(np.int32))
+        out.append(TensorMatch(t.name, t.op, layer, int(d.size), int((d > 0).sum()),
+                               int(d.max()) if d.size else 0))
+    return out
+
+
+def _isolated(params: QuantizedModelParams, ref: ReferenceRun, theirs: dict[str, IntTensor],
+              name: str, rounding: str) -> IntTensor:
+    """Recompute layer ``name`` (and the unmatched layers between it and the nearest
+    matched ones upstream) from the interpreter's tensors."""
+    memo: dict[str, IntTensor] = {}
+
+    def value(n: str, top: bool) -> IntTensor:
+        if not top and n in theirs:
+            return theirs[n]
+        if n in memo:
+            return memo[n]
+        p = params[n]
+        if p.kind in ("InputLayer", "QuantizeLayer") or not p.inputs:
+            memo[n] = ref.tensors[n]
+        else:
+            memo[n] = layer_output(params, n, {i: value(i, False) for i in p.inputs},
+                                   rounding)
+        return memo[n]
+
+    return value(name, True)
+
+
+def compare_with_tflite(params: QuantizedModelParams, model_content: bytes,
+                        x: npt.ArrayLike, kernels: str = "reference",
+                        isolate: bool = False, rounding: str | None = None
+                        ) -> list[TensorMatch]:
+    """Run the reference and the TFLite interpreter on ``x`` and compare every tensor.
+
+    ``x`` is float (quantized with the model's input quantization) or int8. With
+    ``kernels="default"`` only the outputs are compared (the XNNPACK delegate keeps
+    its intermediate tensors to itself). ``isolate`` recomputes each operator from
+    the interpreter's own inputs (see :func:`match_tensors`); ``rounding`` as in
+    :func:`tfmot_ext.reference.run_reference`, by default the one of the chosen kernels
+    (:data:`tfmot_ext.rules.KERNEL_ROUNDING`).
+    """
+    from tfmot_ext.tflite import op_outputs
+
+    rounding = KERNEL_ROUNDING.get(kernels, "reference") if rounding is None else rounding
+    ref = run_reference(params, x, rounding)
+    q_in = next(iter(t for n, t in ref.tensors.items() if params[n].kind == "QuantizeLayer"))
+    theirs = op_outputs(model_content, q_in.values, kernels)
+    return match_tensors(ref, theirs, params if isolate else None, rounding)

@@ -1,0 +1,277 @@
+"""TFLite's deployment rules, in one place: every other module asks this one.
+
+What the TFLite converter and its int8 kernels do with a Keras layer decides what QAT
+must train and what extraction and the integer reference must compute. Each rule is
+written here once, as data or a small pure function, with the source it comes from;
+annotation (:mod:`tfmot_ext.annotate`), the graph rewrites (:mod:`tfmot_ext.graph`),
+BatchNorm folding (:mod:`tfmot_ext.scheme`, :mod:`tfmot_ext.folding`), extraction
+(:mod:`tfmot_ext.extract`), the integer reference (:mod:`tfmot_ext.reference`) and the
+reports read them from here. Imports nothing but the standard library, NumPy and
+:mod:`tfmot_ext.qmath` (no TensorFlow): the deployment half of the package runs
+without it.
+
+The rules, by concern:
+
+* **Fused activations** (:data:`FUSED_ACTIVATIONS`, :func:`relu_kind`,
+  :func:`fused_activation_range`): what CONV_2D / DEPTHWISE_CONV_2D /
+  FULLY_CONNECTED / ADD fuse, and the int8 clamp that fusing means.
+* **Fixed output grids** (:data:`FIXED_ACTIVATION_RANGES`): LOGISTIC and TANH.
+* **Scale-preserving layers and ops** (:data:`PASS_THROUGH_LAYERS`,
+  :data:`PASS_THROUGH_OPS`, :data:`AT_INPUT_SCALE_LAYERS`, :data:`NO_RANGE_OF_THEIR_OWN`):
+  layers TFLite runs at their input's scale, so QAT gives them no quantizer.
+* **Same-scale operators** (:data:`SAME_SCALE_LAYERS`): one scale for all inputs and
+  the output, which the converter propagates to the inputs.
+* **Folding** (:data:`FOLDED_KINDS`, :data:`FOLDABLE_KERNEL_ATTR`,
+  :func:`deployed_kind`): the op a folded layer deploys as.
+* **Kernel layouts** (:data:`KERNEL_RANKS`, :func:`channel_axis_of_kind`,
+  :func:`output_channels`): which axis is an output channel.
+* **Weight widths the converter keeps** (:data:`EXACT_WEIGHT_BITS`).
+* **Kernel sets and their rounding** (:data:`KERNEL_ROUNDING`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tfmot_ext.errors import IntegerReferenceError
+from tfmot_ext.qmath import round_half_away
+
+__all__ = [
+    "AT_INPUT_SCALE_LAYERS",
+    "EXACT_WEIGHT_BITS",
+    "FIXED_ACTIVATION_RANGES",
+    "FOLDABLE_KERNEL_ATTR",
+    "FOLDED_KINDS",
+    "FUSED_ACTIVATIONS",
+    "KEPT_ACTIVATIONS",
+    "KERNEL_RANKS",
+    "KERNEL_ROUNDING",
+    "NO_RANGE_OF_THEIR_OWN",
+    "PASS_THROUGH_LAYERS",
+    "PASS_THROUGH_OPS",
+    "ROUNDINGS",
+    "SAME_SCALE_LAYERS",
+    "TFMOT_WRAPPABLE_ACTIVATIONS",
+    "TRANSPOSED_KINDS",
+    "WEIGHT_ATTRS",
+    "channel_axis_of_kind",
+    "deployed_kind",
+    "fused_activation_range",
+    "output_channels",
+    "passes_input_scale",
+    "relu_kind",
+]
+
+# --------------------------------------------------------------------------- activations
+
+#: Activations TFLite fuses into CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and ADD
+#: (``TfLiteFusedActivation``: NONE, RELU, RELU6), and so the folded layers fuse.
+FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
+
+#: Activations a Conv/Dense keeps inside the layer in QAT: the fused ones, and softmax,
+#: which tfmot quantizes before (the op's own output, fed to TFLite's SOFTMAX). Any
+#: other (swish, gelu, sigmoid, tanh, ...) is split into an Activation layer
+#: (:func:`tfmot_ext.graph.split_activations`).
+KEPT_ACTIVATIONS = FUSED_ACTIVATIONS | {"softmax"}
+
+#: Activations tfmot's ``QuantizeAwareActivation`` can wrap (tfmot's rule, not TFLite's:
+#: another activation needs the layer's output quantized instead).
+TFMOT_WRAPPABLE_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "softmax",
+                                         "sigmoid", "tanh"})
+
+#: The int8 output range TFLite fixes for LOGISTIC (scale 1/256, zero point -128) and
+#: TANH (scale 1/128, zero point 0), as a FakeQuant ``[min, max]`` on 256 levels
+#: (``scale = (max - min) / 255``): QAT trains exactly the deployed grid.
+FIXED_ACTIVATION_RANGES: dict[str, tuple[float, float]] = {
+    "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+
+
+def relu_kind(class_name: str, config: Mapping[str, Any]) -> str | None:
+    """``"relu"``/``"relu6"`` for a plain ReLU(6) or Activation layer config, else None.
+
+    These are the activation layers TFLite fuses into the preceding op (and the folded
+    layers fuse): ``ReLU`` without slope or threshold and with no or a 6 cap, or
+    ``Activation("relu"|"relu6")``.
+
+    >>> relu_kind("ReLU", {"max_value": 6.0}), relu_kind("ReLU", {"negative_slope": 0.1})
+    ('relu6', None)
+    """
+    if class_name == "ReLU":
+        if config.get("negative_slope") or config.get("threshold"):
+            return None
+        mv = config.get("max_value")
+        return "relu" if mv is None else ("relu6" if float(mv) == 6.0 else None)
+    if class_name == "Activation":
+        act = config.get("activation")
+        return act if act in ("relu", "relu6") else None
+    return None
+
+
+def fused_activation_range(activation: str | None, scale: float, zero_point: int,
+                           where: str = "layer") -> tuple[int, int]:
+    """The int8 clamp of a fused activation (TFLite ``CalculateActivationRangeQuantized``).
+
+    ``relu``: ``[max(-128, z), 127]``; ``relu6``: also ``min(127, z + round(6 / s))``
+    (``6 / s`` in float32, rounded half away from zero); ``linear``: ``[-128, 127]``.
+
+    Raises:
+        IntegerReferenceError: an activation TFLite does not fuse.
+
+    >>> fused_activation_range("relu6", 0.05, -128)
+    (-128, -8)
+    """
+    def q(f: float) -> int:
+        return zero_point + int(round_half_away(np.float32(f) / np.float32(scale)))
+
+    if activation in ("linear", "None", None):
+        return -128, 127
+    if activation == "relu":
+        return max(-128, q(0.0)), 127
+    if activation == "relu6":
+        return max(-128, q(0.0)), min(127, q(6.0))
+    raise IntegerReferenceError(
+        f"{where}: fused activation '{activation}' has no integer form in the reference "
+        f"(TFLite fuses {', '.join(sorted(FUSED_ACTIVATIONS))})")
+
+
+# --------------------------------------------------------------------------- scales
+
+#: Layers TFLite runs at their input's scale: they move, select, copy or drop elements
+#: (or compute within the input's range at its scale: int8 RESIZE_BILINEAR /
+#: RESIZE_NEAREST_NEIGHBOR require the output scale to equal the input's, so the
+#: converter requantizes *before* an UpSampling2D that QAT gave a range of its own;
+#: tfmot's registry does, see its note on UpSampling2D). QAT gives them no quantizer;
+#: extraction gives their output their input's quantization. Settled against the
+#: converter by ``tests/test_rules.py``.
+PASS_THROUGH_LAYERS = frozenset({
+    "Flatten", "Reshape", "Permute", "RepeatVector",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+    "Identity",
+})
+
+#: Pooling TFLite computes at its input's scale (int8 AVERAGE_POOL_2D needs the same
+#: input and output scale): no quantizer of its own. tfmot's registry would add an
+#: output quantizer, which the converter serves with a requantize, or, where the
+#: pooled tensor also feeds a Concatenate (DenseNet's transitions), refuses ("same
+#: scale constraint").
+AT_INPUT_SCALE_LAYERS = frozenset({"AveragePooling1D", "AveragePooling2D",
+                                   "AveragePooling3D"})
+
+#: Layers that, when QAT gives them no range, are part of the op before them (a
+#: BatchNormalization folded into its conv, a ReLU fused into it) or are the model's
+#: input: their output has their input's quantization.
+NO_RANGE_OF_THEIR_OWN = frozenset({"InputLayer", "Activation", "ReLU", "BatchNormalization"})
+
+#: TF ops that only move or select elements: TFLite keeps their input's scale, so
+#: they get no quantizer of their own.
+PASS_THROUGH_OPS = frozenset({
+    "reshape", "transpose", "squeeze", "expand_dims", "identity", "__operators__.getitem",
+    "compat.v1.squeeze", "compat.v1.transpose", "image.flip_left_right", "reverse"})
+
+#: Operators with one scale for every input and the output (TFLite's CONCATENATION):
+#: the converter propagates the output's scale back to inputs that only feed it, and
+#: requantizes the others.
+SAME_SCALE_LAYERS = frozenset({"Concatenate"})
+
+
+def passes_input_scale(kind: str) -> bool:
+    """Whether a layer kind, given no range of its own, outputs its input's quantization.
+
+    >>> passes_input_scale("MaxPooling2D"), passes_input_scale("Conv2D")
+    (True, False)
+    """
+    return kind in PASS_THROUGH_LAYERS or kind in AT_INPUT_SCALE_LAYERS or (
+        kind in NO_RANGE_OF_THEIR_OWN)
+
+
+# --------------------------------------------------------------------------- folding
+
+#: Folded layer classes -> the op they fold BatchNorm into (and deploy as).
+FOLDED_KINDS = {"FoldedConv2DBatchNorm": "Conv2D",
+                "FoldedDepthwiseConv2DBatchNorm": "DepthwiseConv2D",
+                "FoldedDenseBatchNorm": "Dense"}
+
+#: The kernel attribute of each op BatchNorm folds into.
+FOLDABLE_KERNEL_ATTR = {"Conv2D": "kernel", "DepthwiseConv2D": "depthwise_kernel",
+                        "Dense": "kernel"}
+
+
+def deployed_kind(kind: str) -> str:
+    """The Keras op a layer kind deploys as: the folded op for a folded layer.
+
+    >>> deployed_kind("FoldedDenseBatchNorm"), deployed_kind("Conv2D")
+    ('Dense', 'Conv2D')
+    """
+    return FOLDED_KINDS.get(kind, kind)
+
+
+# --------------------------------------------------------------------------- layouts
+
+#: Weight attributes that are a layer's kernel (the first one found is quantized).
+WEIGHT_ATTRS = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
+                "recurrent_kernel")
+
+#: The rank of each layer kind's ``kernel`` / ``depthwise_kernel``.
+KERNEL_RANKS = {"Dense": 2, "Conv1D": 3, "Conv2D": 4, "Conv3D": 5, "DepthwiseConv2D": 4,
+                "DepthwiseConv1D": 3, "Conv1DTranspose": 3, "Conv2DTranspose": 4,
+                "Conv3DTranspose": 5, "SeparableConv1D": 3, "SeparableConv2D": 4}
+
+#: Kinds whose kernel is ``(..., out, in)`` (TFLite TRANSPOSE_CONV's layout).
+TRANSPOSED_KINDS = frozenset({"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"})
+
+
+def channel_axis_of_kind(kinds: str | frozenset[str] | set[str], attr: str,
+                         rank: int) -> int | tuple[int, ...]:
+    """The output-channel axis of weight ``attr`` (rank ``rank``) of a layer kind.
+
+    ``kinds`` is a layer class name, or the names of the class and its bases.
+    DepthwiseConv ``depthwise_kernel`` ``(..., C, M)``: ``(rank-2, rank-1)`` — the
+    ``C x M`` output channels TFLite quantizes. ``Conv*Transpose`` ``kernel``
+    ``(..., out, in)``: ``rank-2``. Otherwise the last axis.
+
+    >>> channel_axis_of_kind("DepthwiseConv2D", "depthwise_kernel", 4)
+    (2, 3)
+    """
+    names = {kinds} if isinstance(kinds, str) else kinds
+    if attr.endswith("depthwise_kernel"):
+        return (rank - 2, rank - 1)
+    if attr == "kernel" and names & TRANSPOSED_KINDS:
+        return rank - 2
+    return rank - 1
+
+
+def output_channels(kind: str, attr: str, shape: tuple[int, ...]) -> int:
+    """How many output channels a kernel of ``shape`` has (what the bias indexes).
+
+    >>> output_channels("DepthwiseConv2D", "depthwise_kernel", (3, 3, 8, 2))
+    16
+    """
+    if attr.endswith("depthwise_kernel"):
+        return int(shape[-2] * shape[-1])
+    if kind in TRANSPOSED_KINDS:
+        return int(shape[-2])
+    return int(shape[-1])
+
+
+# --------------------------------------------------------------------------- converter
+
+#: Weight widths the converter stores as trained: 8-bit and 4-bit kernels keep their
+#: integers and scales; 2, 3, 5, 6 and 7 bits are re-gridded on the 8-bit scale of the
+#: same range unless :func:`tfmot_ext.to_tflite` embeds them (measured,
+#: docs/extraction.md).
+EXACT_WEIGHT_BITS = frozenset({4, 8})
+
+#: The requantization roundings the integer reference reproduces (docs/integer_inference.md).
+ROUNDINGS = ("reference", "optimized")
+
+#: The rounding of each interpreter kernel set (see :func:`tfmot_ext.tflite.op_outputs`).
+KERNEL_ROUNDING = {"reference": "reference", "builtin": "optimized", "default": "optimized"}
