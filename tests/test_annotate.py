@@ -112,8 +112,13 @@ def test_unsupported_modes():
     m = _custom_model()
     with pytest.raises(UnsupportedLayerError, match=r"'mystery'.*unsupported='skip'"):
         te.quantize(m)
+    # skipped: float inside, and as d2 (quantized) reads it, its output is quantized
     qat = te.quantize(m, unsupported="skip")
-    assert "mystery" not in _wrappers(qat)
+    cfg = _wrappers(qat)["mystery"].quantize_config
+    assert cfg.weights == {} and cfg.output is not None
+    # a skipped layer that only feeds float layers stays unwrapped
+    plan = te.plan(m, [te.Rule(name="d2", config="skip")], unsupported="skip")
+    assert plan["mystery"] == "skip" and plan["d2"] == "skip"
     qat = te.quantize(m, unsupported="output_only")
     cfg = _wrappers(qat)["mystery"].quantize_config
     assert cfg.weights == {} and cfg.output is not None
@@ -225,3 +230,64 @@ def test_average_pooling_runs_at_its_input_scale():
     conv = next(o for o in ops if o.op == "CONV_2D" and "t_conv" in o.name)
     assert (outs["AVERAGE_POOL_2D"].scale, outs["AVERAGE_POOL_2D"].zero_point) == (
         conv.scale, conv.zero_point)
+
+
+def test_quantize_prepares_the_model_once(cnn, monkeypatch):
+    import importlib
+
+    # the module (``tfmot_ext.annotate`` is the function of that name)
+    annotate_module = importlib.import_module("tfmot_ext.annotate")
+    calls = []
+    real = annotate_module.prepare
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(annotate_module, "prepare", counting)
+    te.quantize(cnn)
+    assert len(calls) == 1
+    te.plan(cnn)
+    assert len(calls) == 2
+
+
+class _AnchorBoxes(keras.layers.Layer):
+    """An SSD-style custom layer tfmot_ext knows nothing about (the seed thread's)."""
+
+    def call(self, x):
+        return x * 0.5 + 0.25
+
+
+def _custom_then_conv(custom: keras.layers.Layer) -> keras.Model:
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, activation="relu", name="conv_a")(inp)
+    x = custom(x)
+    x = L.Conv2D(4, 3, name="conv_b")(x)
+    return keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(x)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["unsupported", "rule", "lambda"])
+def test_a_skipped_layer_before_a_quantized_conv_deploys_exactly(how, tmp_path):
+    """As the user met it: with ``unsupported="skip"`` (or a rule's ``config="skip"``) on
+    a layer in front of a Conv2D, the conv was extracted with no input scale, int32
+    bias or multiplier, ``verify`` showed DIFF and the header was incomplete. Now the
+    skipped layer stays float and its output is quantized, so the conv deploys exactly;
+    a ``Lambda`` layer (the user's own live code) quantizes the same way."""
+    keras.utils.set_random_seed(0)
+    if how == "lambda":
+        model = _custom_then_conv(L.Lambda(lambda t: t * 0.5 + 0.25, name="anchors"))
+    else:
+        model = _custom_then_conv(_AnchorBoxes(name="anchors"))
+    policy = [te.Rule(name="anchors", config="skip")] if how == "rule" else None
+    qat = te.quantize(model, policy, unsupported="error" if how == "rule" else "skip")
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    qat.compile("adam", "mse")
+    qat.fit(x, np.zeros((32, 2), np.float32), epochs=1, verbose=0)
+    content = te.to_tflite(qat, x)
+    params = te.extract(qat)
+    conv = params["quant_conv_b"]
+    assert conv.input is not None and conv.bias_int is not None and conv.multiplier_q31 is not None
+    report = te.verify(qat, content, x, reference=False)
+    assert report.weights_exact and report.passed, report
+    te.export(params, tmp_path / "model.h")  # complete: nothing missing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -100,3 +101,57 @@ def test_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "tfmot_ext.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "inspect" in out and "Exit codes" in out
+
+
+_MY_LAYERS = '''
+import tf_keras as keras
+
+
+@keras.saving.register_keras_serializable(package="my_layers")
+class Halve(keras.layers.Layer):
+    def call(self, x):
+        return x * 0.5
+'''
+
+
+@pytest.mark.slow
+def test_custom_objects_let_convert_verify_and_report_load_a_custom_layer(
+        tmp_path, monkeypatch, capsys):
+    """As the user met it: ``convert``/``verify``/``report`` ended in "Unknown layer" for
+    a model with a custom layer; ``--custom-objects MODULE:ATTR`` imports the user's
+    module (asked for by name) and passes the class to the loader."""
+    (tmp_path / "my_layers.py").write_text(_MY_LAYERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_layers
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    x = my_layers.Halve(name="halve")(L.Conv2D(3, 3, activation="relu", name="conv")(inp))
+    qat = te.quantize(keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(x))),
+                      unsupported="output_only")
+    data = np.random.default_rng(0).normal(size=(16, 6, 6, 2)).astype(np.float32)
+    qat(data, training=True)
+    qat.save(str(tmp_path / "qat.h5"))
+    np.save(tmp_path / "x.npy", data)
+    h5, x, out = str(tmp_path / "qat.h5"), str(tmp_path / "x.npy"), str(tmp_path / "m.tflite")
+    custom = ["--custom-objects", "my_layers:Halve"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+
+    def fresh(*extra: str) -> subprocess.CompletedProcess[str]:
+        """``tfmot-ext convert`` in a process that never imported my_layers."""
+        argv = ["convert", h5, "--calib", x, "-o", out, *extra]
+        code = f"import sys; from tfmot_ext.cli import main; sys.exit(main({argv!r}))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    run = fresh()
+    assert run.returncode == 2 and "Halve" in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "m.tflite").exists()
+    run = fresh(*custom)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert cli.main(["verify", h5, out, "--data", x, *custom]) == 0
+    assert "PARITY OK" in capsys.readouterr().out
+    with pytest.raises(te.TfmotExtError, match="MODULE:ATTR"):
+        cli.custom_objects_from(["my_layers"])
+    assert cli.main(["convert", h5, "--calib", x, "-o", out, "--custom-objects",
+                     "no_such_module:X"]) == 2

@@ -192,3 +192,29 @@ def test_atomic_files_get_ordinary_permissions(params, tmp_path):
         assert (tmp_path / "p.h").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(umask)
+
+
+def test_export_refuses_a_layer_whose_deployment_is_unknown(tmp_path):
+    """A quantized kernel whose input comes from a float layer has no int32 bias or
+    multiplier; the export stops naming it, and writes nothing."""
+    import dataclasses
+    from collections import OrderedDict
+
+    from tfmot_ext.errors import ExportError
+    from tfmot_ext.export import incomplete_layers
+    from tfmot_ext.params import LayerQuantParams, QuantizedModelParams
+
+    p = LayerQuantParams("conv", "Conv2D", ("x",), True, bits=8, kernel_attr="kernel",
+                         kernel_int=np.zeros((1, 1, 2, 2), np.int8),
+                         kernel_scale=np.float32([0.1, 0.1]),
+                         kernel_zero_point=np.int32([0, 0]), bias=np.float32([0.5, 0.0]))
+    params = QuantizedModelParams(OrderedDict(conv=p), (), "test")
+    assert incomplete_layers(params) == [
+        "conv: no input scale, output scale, requantization, int32 bias"]
+    for ext in ("h", "json", "npz"):
+        with pytest.raises(ExportError, match=r"conv: no input scale.*output_only"):
+            te.export(params, tmp_path / f"m.{ext}")
+    assert list(tmp_path.iterdir()) == []
+    bare = QuantizedModelParams(OrderedDict(conv=dataclasses.replace(p, kernel_int=None)),
+                                (), "test")
+    assert incomplete_layers(bare) == []

@@ -131,18 +131,26 @@ def test_tfmot_default_model_is_read_too(rng):
     assert params["quant_dw"].kernel_scale.shape == (2,)
 
 
-def test_tfmot_default_conv_before_batchnorm_says_why_and_what_to_use(rng):
+def test_tfmot_default_conv_before_batchnorm_says_why_and_what_to_use(rng, tmp_path):
     """tfmot's default scheme leaves Conv -> BN unfolded and the conv's output
-    unquantized: the deployed (converter-folded) integers are not in that model, and
-    the error says so, naming the layer, with the fix."""
+    unquantized: the deployed (converter-folded) integers are not in that model. The
+    conv is reported float with that reason (naming the fix); everything else is
+    extracted, from the live model and from the H5 file, and shown by ``inspect``."""
+    from tfmot_ext.cli import main
+
     inp = keras.Input((10, 10, 3))
     x = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, name="conv")(inp)))
     qat = tfmot.quantization.keras.quantize_model(
-        keras.Model(inp, L.Dense(2)(L.Flatten()(x))))
+        keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(x))))
     _trained(qat, rng)
-    with pytest.raises(ExtractionError, match=r"'quant_conv'.*BatchNormalization.*"
-                       r"tfmot_ext\.quantize"):
-        extract(qat)
+    qat.save(tmp_path / "tfmot.h5")
+    for params in (extract(qat), extract(tmp_path / "tfmot.h5")):
+        conv = params["quant_conv"]
+        assert conv.kernel_int is None and not conv.quantized
+        assert "BatchNormalization" in conv.note and "tfmot_ext.quantize" in conv.note
+        fc = params["quant_fc"]
+        assert fc.kernel_int is not None and fc.input is not None and fc.bias_int is not None
+    assert main(["inspect", str(tmp_path / "tfmot.h5")]) == 0
 
 
 @pytest.mark.slow
@@ -489,3 +497,59 @@ def test_numeric_edge_cases(case, bits, per_channel, rng):
         if q.multiplier is not None:
             assert np.all(np.isfinite(q.multiplier)) and np.all(q.multiplier >= 0)
             assert np.all(np.isfinite(q.bias_scale)) and np.all(q.bias_scale > 0)
+
+
+class _ModifiedDenseQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """The comprehensive guide's user-written config: tfmot's own 4-bit LastValue
+    quantizer on the kernel, a MovingAverage one on the activation, ``get_config`` {}."""
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, tfmot.quantization.keras.quantizers.LastValueQuantizer(
+            num_bits=4, symmetric=True, narrow_range=False, per_axis=False))]
+
+    def get_activations_and_quantizers(self, layer):
+        return [(layer.activation, tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+            num_bits=8, symmetric=False, narrow_range=False, per_axis=False))]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.kernel = quantize_weights[0]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
+@pytest.mark.slow
+def test_a_user_written_tfmot_config_is_extracted_exactly_from_the_live_model(rng, tmp_path):
+    """As the user met it: the guide's ModifiedDenseQuantizeConfig was extracted as float
+    ("not one tfmot_ext can read without its code", though the code was loaded) and
+    ``verify`` called the layer "quantized by the converter". The live model's config
+    object is read now: its 4-bit kernel integers, int32 bias and scales equal the
+    .tflite's. From the H5 file alone (``get_config`` is {}) it is reported float, and
+    the note says to extract the live model."""
+    qk = tfmot.quantization.keras
+    inp = keras.Input((20,))
+    x = L.Dense(20, activation="relu", name="d1")(inp)
+    x = qk.quantize_annotate_layer(L.Dense(16, activation="relu", name="d2"),
+                                   _ModifiedDenseQuantizeConfig())(x)
+    annotated = qk.quantize_annotate_model(keras.Model(inp, L.Dense(10, name="d3")(x)))
+    with qk.quantize_scope({"_ModifiedDenseQuantizeConfig": _ModifiedDenseQuantizeConfig}):
+        qat = qk.quantize_apply(annotated)
+    x = _trained(qat, rng)
+    content = te.to_tflite(qat, x)
+    params = extract(qat)
+    d2 = params["quant_d2"]
+    assert d2.bits == 4 and d2.kernel_int is not None and d2.bias_int is not None
+    report = te.verify(qat, content, x, reference=False)
+    (w,) = [w for w in report.weights if w.layer == "quant_d2"]
+    assert w.exact and not w.calibrated and w.bits == 4
+    assert report.weights_exact
+    with qk.quantize_scope({"_ModifiedDenseQuantizeConfig": _ModifiedDenseQuantizeConfig}):
+        qat.save(tmp_path / "guide.h5")
+    from_h5 = extract(tmp_path / "guide.h5")["quant_d2"]
+    assert from_h5.kernel_int is None and "tfmot_ext.extract(model)" in from_h5.note

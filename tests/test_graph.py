@@ -100,7 +100,7 @@ def test_tensor_adds_of_equal_shapes_become_add_layers():
     """RegNet's ``relu(x + skip)``: an Add layer (tfmot then quantizes the sum once, at
     the ReLU, as TFLite's fused ADD does); a broadcasting or constant add stays a
     TensorOp. Same function."""
-    from tfmot_ext.graph import tensor_adds_as_add
+    from tfmot_ext.rewrites import tensor_adds_as_add
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((6, 6, 4))
@@ -150,7 +150,7 @@ def test_quantize_nested_model_with_tf_ops_end_to_end():
 
 
 def test_normalization_becomes_the_same_per_channel_rescaling():
-    from tfmot_ext.graph import normalization_affine, replace_normalization
+    from tfmot_ext.rewrites import normalization_affine, replace_normalization
 
     keras.utils.set_random_seed(0)
     mean, var = [123.7, 116.3, 103.5], [3409.0, 3262.0, 0.0]   # a zero variance: eps
@@ -176,7 +176,7 @@ def test_dense_on_rank4_deploys_the_trained_integers():
     """Dense on (N, H, W, C) is reshaped to rank 2 around it (same function, bit for bit):
     the converter then keeps its per-tensor trained kernel instead of re-quantizing a
     MatMul per channel; extraction walks through the reshapes to the input scale."""
-    from tfmot_ext.graph import dense_to_rank2
+    from tfmot_ext.rewrites import dense_to_rank2
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((4, 4, 8))
@@ -211,7 +211,7 @@ def _squeeze_excite(keepdims: bool, act: str = "swish"):
 
 
 def test_split_activations_and_mean_without_keepdims_compute_the_same_function():
-    from tfmot_ext.graph import mean_without_keepdims, split_activations
+    from tfmot_ext.rewrites import mean_without_keepdims, split_activations
 
     model = _squeeze_excite(keepdims=True)
     new = mean_without_keepdims(split_activations(model))
@@ -257,7 +257,7 @@ def test_squeeze_excite_deploys_as_trained(keepdims):
 def test_batchnorm_as_depthwise_computes_the_same_function():
     """A BatchNormalization after no Conv/Dense gets a 1x1 depthwise of ones in front
     (bit-identical output); one after a linear Conv2D (folded anyway) does not."""
-    from tfmot_ext.graph import batchnorm_as_depthwise
+    from tfmot_ext.rewrites import batchnorm_as_depthwise
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((6, 6, 4))
@@ -287,7 +287,7 @@ def test_rescaling_and_normalization_deploy_as_depthwise_with_reference_parity()
     """Rescaling (and Normalization, via Rescaling) become non-trainable 1x1 depthwise
     convolutions: the same function (one float32 multiply-add either way: within a few
     ulp), quantized in QAT as deployed, and the integer reference covers the model."""
-    from tfmot_ext.graph import prepare
+    from tfmot_ext.rewrites import prepare
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))
@@ -329,7 +329,7 @@ def test_separable_conv_is_split_and_its_batchnorm_folds():
     """SeparableConv2D -> depthwise + 1x1 conv (same weights, same function): the tensor
     between them gets a trained range, the BN after it folds into the pointwise conv,
     and extraction and the integer reference are exact (Xception's DIFF rows)."""
-    from tfmot_ext.graph import split_separable
+    from tfmot_ext.rewrites import split_separable
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))
@@ -362,7 +362,7 @@ def test_scale_layers_become_add_with_the_scale_folded_into_the_conv():
     input from a layer with a nonlinear activation cannot take the scale: kept."""
     import sys
 
-    from tfmot_ext.graph import scale_layers_as_add
+    from tfmot_ext.rewrites import scale_layers_as_add
 
     scale_layer = sys.modules[keras.applications.InceptionResNetV2.__module__].CustomScaleLayer
     keras.utils.set_random_seed(0)
@@ -393,7 +393,7 @@ def test_duplicate_activations_merge_and_the_relu_folds():
     merged before quantizing, the ReLU folds into the conv in QAT too, so the integer
     reference (and the QAT model) round once, as deployed. A ReLU with another config
     (max_value) is a different function: kept."""
-    from tfmot_ext.graph import merge_duplicate_activations
+    from tfmot_ext.rewrites import merge_duplicate_activations
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))

@@ -116,8 +116,10 @@ def _report(within: float, weights_ok: bool = True, mismatched: int = 0) -> Pari
     (1.0, False, 0, False, False), (1.0, True, 3, True, False)])
 def test_the_verdict_follows_its_thresholds(within, weights_ok, mismatched, default, strict):
     r = _report(within, weights_ok, mismatched)
-    assert r.passed() is default
-    assert r.passed(require_reference=True) is strict
+    assert r.passed is default  # a property: ``if report.passed:`` means what it says
+    assert dataclasses.replace(r, require_reference=True).passed is strict
+    assert str(r).splitlines()[-1] == r.verdict
+    assert r.verdict.startswith("PARITY OK" if default else "PARITY FAILED")
     assert r.reference_exact_fraction == pytest.approx(1 - mismatched / 100)
     if not default:
         with pytest.raises(ParityError, match="parity check failed"):

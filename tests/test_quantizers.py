@@ -277,7 +277,7 @@ def test_int8_embedding_twins_and_grid(bits, narrow, rng):
     grid on it holds the b-bit grid: 8-bit scale ``s / 2**(8-b)`` (within one float32
     ulp: FakeQuant recomputes it from the range), zero point ``z * 2**(8-b)`` exactly,
     every b-bit integer times ``2**(8-b)`` in range."""
-    from tfmot_ext.quantizers import _int8_embedding_tf
+    from tfmot_ext.fakequant import int8_embedding_range_tf
 
     for symmetric in (True, False):
         q = MinMaxQuantizer(bits, per_channel=True, symmetric=symmetric, narrow_range=narrow)
@@ -286,7 +286,7 @@ def test_int8_embedding_twins_and_grid(bits, narrow, rng):
         lo, hi = q.effective_range(*_np_range_per(x, (1,)))
         r = qmath.nudge(lo, hi, bits, narrow)
         lo8, hi8 = qmath.int8_embedding_range(r.scale, r.zero_point, bits, narrow)
-        tf_lo8, tf_hi8 = _int8_embedding_tf(tf.constant(lo), tf.constant(hi), bits, narrow)
+        tf_lo8, tf_hi8 = int8_embedding_range_tf(tf.constant(lo), tf.constant(hi), bits, narrow)
         np.testing.assert_array_equal(tf_lo8.numpy(), lo8)
         np.testing.assert_array_equal(tf_hi8.numpy(), hi8)
         r8 = qmath.nudge(lo8, hi8, 8, narrow)

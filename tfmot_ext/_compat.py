@@ -14,7 +14,9 @@ with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -33,6 +35,7 @@ __all__ = [
     "interpreter_ops",
     "is_graph_network",
     "keras",
+    "live_code_deserialization",
     "own_trainable_weights",
     "tf",
     "tfmot",
@@ -90,6 +93,22 @@ def own_trainable_weights(layer: Any) -> list[Any] | None:
     weights first in a QuantizeWrapper's order (quantizers.py ``_keep_weight_order``).
     """
     return getattr(layer, "_trainable_weights", None)
+
+
+@contextlib.contextmanager
+def live_code_deserialization() -> Iterator[None]:
+    """Let tf_keras rebuild ``Lambda`` layers from the config of a model in memory.
+
+    Private class (``serialization_lib.SafeModeScope``): tfmot's ``quantize_apply``
+    rebuilds the model from its config, and tf_keras's safe mode refuses the
+    marshalled bytecode of a Lambda's Python function there. That bytecode is the
+    user's own live code, taken from the model in this process by ``get_config``, not
+    read from a file; files are never loaded under this scope.
+    """
+    from tf_keras.src.saving import serialization_lib
+
+    with serialization_lib.SafeModeScope(safe_mode=False):
+        yield
 
 
 def is_graph_network(model: Any) -> bool:

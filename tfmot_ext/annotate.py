@@ -27,7 +27,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfmot_ext._compat import QuantizeWrapper, check_keras2, is_graph_network, keras, tf, tfmot
+from tfmot_ext._compat import (
+    QuantizeWrapper,
+    check_keras2,
+    is_graph_network,
+    keras,
+    live_code_deserialization,
+    tf,
+    tfmot,
+)
 from tfmot_ext.configs import (
     LayerQuantizeConfig,
     default_config_for,
@@ -35,17 +43,17 @@ from tfmot_ext.configs import (
     output_only_config,
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
-from tfmot_ext.graph import (
-    FLOAT_FOR_CONVERTER,
-    TENSOR_ADDS,
-    TensorOp,
-    batchnorm_as_depthwise,
-    layer_classes,
-    prepare,
-)
+from tfmot_ext.graph import FLOAT_FOR_CONVERTER, TensorOp, layer_classes
 from tfmot_ext.quantizers import weight_quantizer
 from tfmot_ext.records import inbound_layer_names
-from tfmot_ext.rules import AT_INPUT_SCALE_LAYERS, PASS_THROUGH_LAYERS, PASS_THROUGH_OPS, relu_kind
+from tfmot_ext.rewrites import batchnorm_as_depthwise, prepare
+from tfmot_ext.rules import (
+    AT_INPUT_SCALE_LAYERS,
+    PASS_THROUGH_LAYERS,
+    PASS_THROUGH_OPS,
+    TF_ADD_OPS,
+    relu_kind,
+)
 from tfmot_ext.scheme import FoldingScheme
 from tfmot_ext.scope import quantize_scope
 from tfmot_ext.summary import format_summary, summarize
@@ -177,7 +185,7 @@ def _check_model(model: Any) -> None:
 
 
 def _prepared(model: Any, policy: Sequence[Rule] | None = None) -> Any:
-    """``model`` checked and prepared (:func:`tfmot_ext.graph.prepare`); a layer whose
+    """``model`` checked and prepared (:func:`tfmot_ext.rewrites.prepare`); a layer whose
     first matching rule of ``policy`` gives a config is kept whole, for that config: a
     SeparableConv2D is not split (deployed with the tensor between its two TFLite ops
     calibrated by the converter), an unfusable activation not split off (the rule's
@@ -221,13 +229,19 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
         UnsupportedLayerError: a layer nothing can quantize, with ``unsupported="error"``.
         ConfigError: a config naming an attribute its layer lacks.
     """
-    model = _prepared(model, policy)
+    return _plan(_prepared(model, policy), policy, unsupported, strict)
+
+
+def _plan(model: Any, policy: Sequence[Rule] | None, unsupported: str,
+          strict: bool) -> dict[str, Any]:
+    """:func:`plan` of a model :func:`_prepared` already."""
     if unsupported not in UNSUPPORTED_MODES:
         raise PolicyError(f"unsupported={unsupported!r} must be one of {UNSUPPORTED_MODES}")
     rules = _validate_policy(policy)
     used = [False] * len(rules)
     registry = _registry()
     decisions: dict[str, Any] = {}
+    user_skips: set[str] = set()  # "skip" asked by a rule or by unsupported="skip"
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
@@ -236,6 +250,8 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
             if rule.matches(layer):
                 used[i] = True
                 choice = rule.config_for(layer)
+                if isinstance(choice, str) and choice == "skip":
+                    user_skips.add(layer.name)
                 break
         if choice == "default":
             choice = default_config_for(layer)
@@ -251,11 +267,16 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
                 if not isinstance(layer, keras.Model) and registry.supports(layer):
                     decisions[layer.name] = None
                     continue
-                choice = builtin_choice(layer) or _unsupported(layer, unsupported)
+                choice = builtin_choice(layer)
+                if choice is None:
+                    choice = _unsupported(layer, unsupported)
+                    if isinstance(choice, str) and choice == "skip":
+                        user_skips.add(layer.name)
         if isinstance(choice, LayerQuantizeConfig):
             choice.validate_for(layer)
         decisions[layer.name] = choice
     _fuse_chains(model, decisions, unsupported)
+    _quantize_skipped_boundaries(model, decisions, user_skips)
     if strict:
         for rule, u in zip(rules, used):
             if not u:
@@ -267,6 +288,36 @@ def plan(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: str =
 
 
 _PENDING = "__pending__"
+
+
+def _quantize_skipped_boundaries(model: Any, decisions: dict[str, Any],
+                                 user_skips: set[str]) -> None:
+    """A layer the user skipped between quantized layers (a float island: an SSD-style
+    custom layer between two convolutions) stays float, but its output, which a quantized
+    layer reads, gets a trained range (:func:`~tfmot_ext.configs.output_only_config`):
+    without one the converter calibrates that boundary itself, and the consumer's int32
+    bias and requantization are not the ones extraction can give (measured: a Conv2D
+    after a skipped custom layer with bias and scales DIFF, 3 LSB at the output).
+    Pass-through layers and a float front (a skipped layer fed by float layers or the
+    model input, as in tfmot's "quantize only the Dense layers" recipe, deployed with
+    dynamic-range quantization) are left as they are."""
+    before = dict(decisions)
+    cons = consumers(model)
+    producers: dict[str, list[str]] = {}
+    for name, outs in cons.items():
+        for c in outs:
+            producers.setdefault(c, []).append(name)
+    inputs = {la.name for la in model.layers if isinstance(la, keras.layers.InputLayer)}
+    for name in sorted(user_skips):
+        if _keeps_input_scale(model.get_layer(name)):
+            continue
+        fed_quantized = any(before.get(p, "skip") != "skip" and p not in inputs
+                            for p in producers.get(name, []))
+        quantized = [c for c in cons.get(name, []) if before.get(c, "skip") != "skip"]
+        if fed_quantized and quantized:
+            decisions[name] = output_only_config()
+            logger.info("layer '%s' is skipped (float) but feeds the quantized %s: its output "
+                        "is quantized", name, quantized)
 
 
 def _is_relu_like(layer: Any) -> bool:
@@ -337,7 +388,7 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
     # tfmot's AddReLUQuantize transform does for an Add layer)
     for name, cfg in list(decisions.items()):
         layer, nxt = by_name[name], single(name)
-        if (isinstance(layer, TensorOp) and layer.function in TENSOR_ADDS
+        if (isinstance(layer, TensorOp) and layer.function in TF_ADD_OPS
                 and isinstance(cfg, LayerQuantizeConfig) and not cfg.weights
                 and nxt is not None and _is_relu_like(nxt)
                 and decisions.get(nxt.name) in (_PENDING, None)):
@@ -400,13 +451,13 @@ def builtin_choice(layer: Any) -> Any:
     LayerNormalization, a BatchNormalization no Conv/Dense precedes, activations,
     keras.applications' ``CustomScaleLayer``/``LayerScale``); 8-bit per-tensor
     weights for an Embedding table (its output is the table's rows, at its scale);
-    the output range of an ``Identity`` that :func:`tfmot_ext.graph.range_after_float_layers`
+    the output range of an ``Identity`` that :func:`tfmot_ext.rewrites.range_after_float_layers`
     put after such a float layer; None for anything else (a user's custom layer:
     ``unsupported`` decides).
     """
     if isinstance(layer, TensorOp):
         return "skip" if layer.function in PASS_THROUGH_OPS else output_only_config()
-    if isinstance(layer, L.Identity):  # graph.range_after_float_layers: the float
+    if isinstance(layer, L.Identity):  # rewrites.range_after_float_layers: the float
         # layer's output range; any other Identity passes its input's scale through
         ups = [la for node in layer.inbound_nodes
                for la in tf.nest.flatten(node.inbound_layers)]
@@ -452,8 +503,13 @@ def annotate(model: Any, policy: Sequence[Rule] | None = None, *, unsupported: s
         unsupported: ``"error"``, ``"skip"`` or ``"output_only"`` for layers nothing covers.
         strict: raise if a rule matches no layer.
     """
-    model = _prepared(model, policy)
-    decisions = plan(model, policy, unsupported=unsupported, strict=strict)
+    return _annotate(_prepared(model, policy), policy, unsupported, strict)
+
+
+def _annotate(model: Any, policy: Sequence[Rule] | None, unsupported: str,
+              strict: bool) -> Any:
+    """:func:`annotate` of a model :func:`_prepared` already."""
+    decisions = _plan(model, policy, unsupported, strict)
     annotate_layer = tfmot.quantization.keras.quantize_annotate_layer
 
     def clone(layer: Any) -> Any:
@@ -478,7 +534,7 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
         scheme: a tfmot ``QuantizeScheme``; default :class:`tfmot_ext.scheme.FoldingScheme`
             (BatchNorm folded into the preceding Conv2D/DepthwiseConv2D/Dense, a
             BatchNormalization after none of them folded into a 1x1 depthwise put in
-            front of it, :func:`tfmot_ext.graph.batchnorm_as_depthwise`; otherwise
+            front of it, :func:`tfmot_ext.rewrites.batchnorm_as_depthwise`; otherwise
             tfmot's 8-bit scheme minus its transform that drops custom configs). Pass
             :class:`tfmot_ext.scheme.DefaultScheme` to keep BatchNorm unfolded.
         unsupported: what to do with layers nothing can quantize (see :func:`annotate`).
@@ -493,14 +549,16 @@ def quantize(model: Any, policy: Sequence[Rule] | None = None, scheme: Any = Non
     model = _prepared(model, policy)
     if scheme is None or isinstance(scheme, FoldingScheme):
         model = batchnorm_as_depthwise(model)  # folded: a trained per-channel affine
-    annotated = annotate(model, policy, unsupported=unsupported, strict=strict)
+    annotated = _annotate(model, policy, unsupported, strict)  # prepared once, above
     if scheme is None:
         # tf_keras does not serialize BatchNormalization(synchronized=True): pass the names
         scheme = FoldingScheme(synchronized=[
             la.name for la in model.layers
             if isinstance(la, keras.layers.BatchNormalization)
             and getattr(la, "synchronized", False)])
-    with quantize_scope(layer_classes(model), custom_objects or {}):
+    # a Lambda layer is rebuilt from the in-memory model's config: the user's own code
+    with quantize_scope(layer_classes(model), custom_objects or {}), \
+            live_code_deserialization():
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
     if logger.isEnabledFor(logging.INFO):
         logger.info("quantized model '%s':\n%s", model.name, format_summary(summarize(qat)))

@@ -19,7 +19,7 @@ import numpy as np
 from tfmot_ext.errors import TfmotExtError, UnsupportedModelError
 from tfmot_ext.rules import passes_input_scale
 
-__all__ = ["main"]
+__all__ = ["custom_objects_from", "main"]
 
 logger = logging.getLogger("tfmot_ext.cli")
 
@@ -42,23 +42,54 @@ def _load_data(path: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _live(path: str) -> Any:
+def custom_objects_from(specs: Sequence[str]) -> dict[str, Any]:
+    """The objects named by ``--custom-objects MODULE:ATTR`` options, by name.
+
+    Each imports ``MODULE`` (running its code: the user's own, asked for by name) and
+    takes ``ATTR``: a dict of name -> class/function is merged in, anything else is
+    added under its name.
+    """
+    import importlib
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        module, _, attr = spec.partition(":")
+        if not module or not attr:
+            raise UnsupportedModelError(
+                f"--custom-objects {spec!r}: write MODULE:ATTR, e.g. my_layers:AnchorBoxes "
+                "or my_layers:CUSTOM_OBJECTS (a dict)")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            raise UnsupportedModelError(
+                f"--custom-objects {spec!r}: {type(e).__name__}: {e}; the module must be "
+                "importable (on PYTHONPATH or installed)") from e
+        if isinstance(obj, dict):
+            out.update(obj)
+        else:
+            out[attr.split(".")[-1]] = obj
+    return out
+
+
+def _live(path: str, custom: Sequence[str] = ()) -> Any:
     from tfmot_ext.scope import load_qat_model
 
     logger.info("loading %s ...", path)
-    return load_qat_model(path)
+    return load_qat_model(path, custom_objects_from(custom))
 
 
-def _params(path: str) -> Any:
+def _params(path: str, custom: Sequence[str] = ()) -> Any:
     from tfmot_ext.extract import extract
 
     if os.path.isdir(path):
-        return extract(_live(path))
-    return extract(path)
+        return extract(_live(path, custom))
+    return extract(path)  # an H5 file: read with h5py, no custom code needed
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    params = _params(args.model)
+    params = _params(args.model, args.custom_objects)
     rows = [("layer", "type", "weights", "granularity", "kernel scales", "folded",
              "output", "quantized")]
     for p in params.values():
@@ -85,7 +116,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     from tfmot_ext.export import export
 
-    params = _params(args.model)
+    params = _params(args.model, args.custom_objects)
     kwargs = {"pack_low_bits": True} if args.pack_low_bits else {}
     if kwargs and not args.output.endswith(".h"):
         raise UnsupportedModelError("--pack-low-bits applies to .h output only")
@@ -97,7 +128,7 @@ def _extract(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from tfmot_ext.tflite import save_tflite, to_tflite
 
-    model = _live(args.model)
+    model = _live(args.model, args.custom_objects)
     data = _load_data(args.calib)
     logger.info("converting with %d calibration inputs ...", len(data))
     content = to_tflite(model, data, int8_io=not args.float_io)
@@ -110,26 +141,23 @@ def _convert(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from tfmot_ext.parity import verify
 
-    model = _live(args.model)
+    model = _live(args.model, args.custom_objects)
     with open(args.tflite, "rb") as f:
         content = f.read()
     data = _load_data(args.data)
     logger.info("comparing on %d inputs (%s kernels) ...", len(data), args.kernels)
-    report = verify(model, content, data, kernels=args.kernels)
-    print(report)
-    ok = report.passed(args.min_within_1lsb, require_weights=not args.allow_weight_diff,
-                       require_reference=args.require_reference)
-    print("\nPARITY " + ("OK" if ok else "FAILED") +
-          f" (threshold: >= {args.min_within_1lsb * 100:g} % of output elements within 1 LSB"
-          + ("" if args.allow_weight_diff else ", weights equal")
-          + (", reference bit-exact" if args.require_reference else "") + ")")
-    return 0 if ok else 1
+    report = verify(model, content, data, kernels=args.kernels,
+                    min_within_1lsb=args.min_within_1lsb,
+                    require_weights=not args.allow_weight_diff,
+                    require_reference=args.require_reference)
+    print(report)  # ends with the verdict and its thresholds
+    return 0 if report.passed else 1
 
 
 def _report(args: argparse.Namespace) -> int:
     from tfmot_ext.report import layer_reports, write_html_report
 
-    model = _live(args.model)
+    model = _live(args.model, args.custom_objects)
     data = _load_data(args.data)
     logger.info("measuring %d inputs ...", len(data))
     reports = layer_reports(model, data)
@@ -139,6 +167,13 @@ def _report(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} ({len(reports)} layers); lowest weight SQNR: "
           + ", ".join(f"{r.name} {r.weight_sqnr_db:.1f} dB" for r in worst))
     return 0
+
+
+def _custom_objects_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--custom-objects", action="append", default=[], metavar="MODULE:ATTR",
+                   help="a custom layer class (or a dict of them) the model needs, e.g. "
+                        "my_layers:AnchorBoxes; repeatable. This imports MODULE, so it runs "
+                        "that module's code: name only your own")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="per layer: type, bits, granularity, scales, folded",
                        description="Print how each layer is quantized.")
     s.add_argument("model", help=_MODEL_HELP)
+    _custom_objects_option(s)
     s.set_defaults(func=_inspect)
 
     s = sub.add_parser("extract", help="integer weights, biases, scales -> .npz/.json/.h",
@@ -160,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="OUT.npz, OUT.json or OUT.h")
     s.add_argument("--pack-low-bits", action="store_true",
                    help=".h only: also write kernels of <= 4 bits packed two per byte")
+    _custom_objects_option(s)
     s.set_defaults(func=_extract)
 
     s = sub.add_parser("convert", help="full-integer TFLite conversion",
@@ -170,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="OUT.tflite")
     s.add_argument("--float-io", action="store_true",
                    help="float input/output with QUANTIZE/DEQUANTIZE at the edges")
+    _custom_objects_option(s)
     s.set_defaults(func=_convert)
 
     s = sub.add_parser("verify", help="parity table: QAT vs TFLite vs extraction vs reference",
@@ -185,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also fail unless the integer reference is bit-exact")
     s.add_argument("--allow-weight-diff", action="store_true",
                    help="do not fail on extraction-vs-.tflite weight differences")
+    _custom_objects_option(s)
     s.set_defaults(func=_verify)
 
     s = sub.add_parser("report", help="per-layer SQNR of weights and activations, HTML",
@@ -193,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("model", help=_MODEL_HELP)
     s.add_argument("--data", required=True, help="DATA.npy: inputs to measure on")
     s.add_argument("-o", "--output", required=True, help="report.html")
+    _custom_objects_option(s)
     s.set_defaults(func=_report)
     return p
 

@@ -50,6 +50,7 @@ __all__ = [
     "atomic_path",
     "atomic_write",
     "export",
+    "incomplete_layers",
     "pack_int4",
     "to_c_header",
     "to_encodings",
@@ -180,7 +181,7 @@ def _layer_encoding(p: LayerQuantParams) -> dict[str, Any]:
     return {"name": p.name, "kind": p.kind, "inputs": list(p.inputs),
             "quantized": p.quantized, "folded": p.folded, "activation": p.activation,
             "kernel": kernel, "bias": bias, "input": _tensor(p.input),
-            "output": _tensor(p.output), "requant": requant}
+            "output": _tensor(p.output), "requant": requant, "note": p.note}
 
 
 def to_encodings(params: QuantizedModelParams) -> dict[str, Any]:
@@ -298,6 +299,10 @@ def to_c_header(params: QuantizedModelParams, path: str | os.PathLike[str], *,
                 parts.append(_c_array(f"{base}_{side}_zero_point",
                                       np.asarray(t.zero_point, np.int32)))
         parts.append("\n")
+    for p in params.values():
+        if p.note:  # a layer extraction could not give integers for, and why
+            note = p.note.replace("*/", "* /")
+            parts.append(f"/* {p.name} ({p.kind}): not exported: {note} */\n")
     parts.append(f"#endif  /* {guard} */\n")
     with atomic_write(path, "w") as f:
         f.write("".join(parts))
@@ -307,9 +312,39 @@ _WRITERS: dict[str, Callable[..., None]] = {".npz": to_npz, ".json": to_json,
                                              ".h": to_c_header}
 
 
+def incomplete_layers(params: QuantizedModelParams) -> list[str]:
+    """``layer: what is missing`` for each layer with an integer kernel whose deployment
+    is not known: no input quantization (so no int32 bias) or no output quantization (so
+    no requantization multiplier). Its input or output then comes from a float layer,
+    whose range the converter calibrates itself, so no export of it is complete."""
+    out = []
+    for p in params.values():
+        if p.kernel_int is None:
+            continue
+        missing = [what for what, v in (("input scale", p.input), ("output scale", p.output),
+                                         ("requantization", p.multiplier_q31)) if v is None]
+        if p.bias is not None and p.bias_int is None:
+            missing.append("int32 bias")
+        if missing:
+            out.append(f"{p.name}: no {', '.join(missing)}")
+    return out
+
+
 def export(params: QuantizedModelParams, path: str | os.PathLike[str], **kwargs: Any) -> None:
-    """Write ``params`` in the format given by ``path``'s extension (.npz, .json, .h)."""
+    """Write ``params`` in the format given by ``path``'s extension (.npz, .json, .h).
+
+    Raises:
+        ExportError: an unknown extension, or a quantized layer whose deployment is
+            incomplete (:func:`incomplete_layers`); nothing is written then.
+    """
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in _WRITERS:
         raise ExportError(f"cannot export to '{path}': use a .npz, .json or .h file name")
+    gaps = incomplete_layers(params)
+    if gaps:
+        raise ExportError(
+            f"cannot export {params.source} to '{path}': {'; '.join(gaps)}. The layer's input "
+            "or output comes from a layer left float, whose range the converter would "
+            "calibrate; quantize that layer's output (unsupported='output_only', or a Rule "
+            "with config=tfmot_ext.output_only_config()) and train again")
     _WRITERS[ext](params, path, **kwargs)

@@ -85,7 +85,38 @@ def _records_from_model(model: Any) -> list[LayerRecord]:
         rec = by_name.get(layer.name)
         if rec is not None:
             rec.weights = {short_name(w.name): np.asarray(w.numpy()) for w in layer.weights}
+            _read_live_config(layer, rec)
     return records
+
+
+def _read_live_config(wrapper: Any, rec: LayerRecord) -> None:
+    """A user-written QuantizeConfig (tfmot's guide: ``get_config`` returns ``{}``, so its
+    serialized form says nothing) read from the live object instead: its weight,
+    activation and output quantizers, serialized, as a ``LayerQuantizeConfig`` would
+    hold them. Quantizers of classes tfmot_ext cannot read still get a note."""
+    qc = rec.config.get("quantize_config")
+    if (rec.class_name not in _WRAPPERS or not isinstance(qc, Mapping)
+            or class_name(qc) in KNOWN_CONFIGS):
+        return
+    from tfmot_ext._compat import keras
+    from tfmot_ext.summary import weight_attr_name
+
+    cfg, inner = wrapper.quantize_config, wrapper.layer
+    try:
+        weights = {weight_attr_name(inner, w): keras.utils.serialize_keras_object(q)
+                   for w, q in cfg.get_weights_and_quantizers(inner)}
+        acts = [q for _, q in cfg.get_activations_and_quantizers(inner)]
+        outs = list(cfg.get_output_quantizers(inner))
+    except Exception as e:  # the user's code: report, do not guess
+        logger.warning("%s: its QuantizeConfig %s could not be read (%s)", rec.name,
+                       class_name(qc), e)
+        return
+    rec.config = {**rec.config, "quantize_config": {
+        "class_name": "LayerQuantizeConfig", "read_from": class_name(qc), "config": {
+            "weights": weights,
+            "activations": ({"activation": keras.utils.serialize_keras_object(acts[0])}
+                            if acts else {}),
+            "output": keras.utils.serialize_keras_object(outs[0]) if outs else None}}}
 
 
 
@@ -128,6 +159,11 @@ def _channel_axis(kind: str, attr: str, rank: int, spec: QuantSpec) -> tuple[int
     return qmath.normalize_axis(axis, rank, attr)
 
 
+class _NotInTheModelError(ExtractionError):
+    """A layer whose deployed integers are not in the QAT model (the converter computes
+    them after training): reported float with this reason, the other layers extracted."""
+
+
 class _Parser:
     def __init__(self, records: list[LayerRecord], source: str) -> None:
         self.records = records
@@ -152,7 +188,8 @@ class _Parser:
                 if isinstance(qc, Mapping) and class_name(qc) not in KNOWN_CONFIGS:
                     self.notes[rec.name] = (
                         f"QuantizeConfig '{class_name(qc)}' is not one tfmot_ext can read "
-                        "without its code; the layer is reported with its float weights")
+                        "without its code; the layer is reported with its float weights "
+                        "(extract the live model, tfmot_ext.extract(model), to read it)")
                     logger.warning("%s: %s", self.where(rec.name), self.notes[rec.name])
                 else:
                     try:
@@ -172,6 +209,12 @@ class _Parser:
             return self._out_cache[rec.name]
         try:
             return self._own_output(rec)
+        except _NotInTheModelError as e:
+            # that layer alone is not extractable: reported float, with the reason
+            self.notes[rec.name] = str(e)
+            self._out_cache[rec.name] = None
+            logger.warning("%s: %s", self.where(rec.name), e)
+            return None
         except ExtractionError as e:
             if self.source in str(e):
                 raise
@@ -196,7 +239,7 @@ class _Parser:
                 elif "pre_activation_min" in rec.weights:
                     out = _tensor_quant(wq.activation, rec.weights, "pre_activation")
                 else:
-                    raise ExtractionError(
+                    raise _NotInTheModelError(
                         "its output has no quantizer (no 'post_activation_min'): tfmot's "
                         "default scheme leaves a Conv/Dense followed by BatchNormalization "
                         "unquantized and the BN unfolded, and the converter folds the BN and "
@@ -274,6 +317,11 @@ class _Parser:
         wq = self.wrapper_quant(rec)
         if rec.class_name == "QuantizeLayer":
             return LayerQuantParams(rec.name, kind, inputs, True, output=self.own_output(rec))
+        if wq is not None and rec.class_name in _WRAPPERS:
+            self.own_output(rec)  # a layer whose deployed integers are not in the model:
+            if rec.name in self.notes:  # reported float with the reason, the rest exact
+                return LayerQuantParams(rec.name, kind, inputs, False, weights=floats,
+                                        note=self.notes[rec.name])
         if wq is None:
             if rec.class_name not in ("InputLayer",) and rec.weights:
                 logger.info("%s: not quantized, reported as float", self.where(rec.name))

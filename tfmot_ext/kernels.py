@@ -59,7 +59,13 @@ from tfmot_ext.fixedpoint import (
 )
 from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.qmath import round_half_away
-from tfmot_ext.rules import FIXED_ACTIVATION_RANGES, fused_activation_range, relu_kind
+from tfmot_ext.rules import (
+    FIXED_ACTIVATION_RANGES,
+    TF_ADD_OPS,
+    TF_MUL_OPS,
+    fused_activation_range,
+    relu_kind,
+)
 
 __all__ = [
     "DEPTHWISE_SIMD_CHANNELS",
@@ -403,7 +409,7 @@ def _mean_keepdims(x: IntTensor, out: TensorQuant, call: Call) -> IntTensor:
     ``z_out - round(f32(z_in * s_in) / s_out)``: the input zero point's share rounded on
     its own, so the result can sit one LSB off the rounded mean (measured: 1 LSB on half
     the elements against the QAT model's fake-quantized mean), which is why
-    :func:`tfmot_ext.graph.mean_without_keepdims` avoids this op.
+    :func:`tfmot_ext.rewrites.mean_without_keepdims` avoids this op.
     """
     f32 = np.float32
     if x.values.ndim != 4:
@@ -467,8 +473,7 @@ def _mul(p: LayerQuantParams, xs: list[IntTensor], call: Call) -> IntTensor:
 
 #: TF functions of :class:`tfmot_ext.graph.TensorOp` layers with an integer kernel here:
 #: two tensors, or a tensor and a scalar constant (:func:`constant_operand`).
-_TENSOR_OP_KERNELS = {"__operators__.add": "Add", "math.add": "Add",
-                      "math.add_v2": "Add", "math.multiply": "Multiply"}
+_TENSOR_OP_KERNELS = {**dict.fromkeys(TF_ADD_OPS, "Add"), **dict.fromkeys(TF_MUL_OPS, "Multiply")}
 
 
 def constant_operand(value: float) -> IntTensor:

@@ -29,6 +29,7 @@ from tfmot_ext.rules import EXACT_WEIGHT_BITS
 from tfmot_ext.tflite import (
     WeightTensor,
     _validated,
+    interpreter,
     keras_layout,
     op_outputs,
     weight_tensors,
@@ -98,10 +99,21 @@ class WeightParity:
 
 @dataclass(frozen=True)
 class ParityReport:
-    """Outputs, weights and reference parity of one converted model.
+    """Outputs, weights and reference parity of one converted model, and its verdict.
 
     ``reference`` is None when the reference was not run (``reference=False``) and
     ``reference_error`` says why it could not run (an unsupported layer), else "".
+    The thresholds say what :attr:`passed` requires: every output with at least
+    ``min_within_1lsb`` of its elements within 1 LSB of the QAT model, and, as set,
+    exact weights and a bit-exact reference. ``print(report)`` ends with the verdict
+    and the thresholds:
+
+    >>> import dataclasses
+    >>> r = ParityReport((OutputParity("y", 10, 1.0, 0.1, 1.0, None),), (), None, "builtin")
+    >>> r.passed, str(r).splitlines()[-1]
+    (True, 'PARITY OK (threshold: >= 99.9 % of output elements within 1 LSB, weights equal)')
+    >>> dataclasses.replace(r, min_within_1lsb=1.01).passed
+    False
     """
 
     outputs: tuple[OutputParity, ...]
@@ -109,6 +121,9 @@ class ParityReport:
     reference: tuple[TensorMatch, ...] | None
     kernels: str
     reference_error: str = ""
+    min_within_1lsb: float = 0.999
+    require_weights: bool = True
+    require_reference: bool = False
 
     @property
     def weights_exact(self) -> bool:
@@ -123,22 +138,29 @@ class ParityReport:
         bad = sum(m.mismatched for m in self.reference)
         return 1.0 - bad / size if size else None
 
-    def passed(self, min_within_1lsb: float = 0.999, require_weights: bool = True,
-               require_reference: bool = False) -> bool:
+    @property
+    def passed(self) -> bool:
         """Whether every output has at least ``min_within_1lsb`` of its elements within
-        1 LSB (and, as asked, exact weights and a bit-exact reference)."""
-        ok = all(o.within_1lsb >= min_within_1lsb for o in self.outputs)
-        if require_weights:
+        1 LSB (and, as required, exact weights and a bit-exact reference)."""
+        ok = all(o.within_1lsb >= self.min_within_1lsb for o in self.outputs)
+        if self.require_weights:
             ok = ok and self.weights_exact
-        if require_reference:
+        if self.require_reference:
             ok = ok and self.reference is not None and self.reference_exact_fraction == 1.0 \
                 and all(m.layer is not None for m in self.reference)
         return ok
 
-    def check(self, min_within_1lsb: float = 0.999, require_weights: bool = True,
-              require_reference: bool = False) -> None:
-        """Raise :class:`tfmot_ext.errors.ParityError` (with the table) unless :meth:`passed`."""
-        if not self.passed(min_within_1lsb, require_weights, require_reference):
+    @property
+    def verdict(self) -> str:
+        """``PARITY OK`` or ``PARITY FAILED``, with the thresholds."""
+        return ("PARITY " + ("OK" if self.passed else "FAILED")
+                + f" (threshold: >= {self.min_within_1lsb * 100:g} % of output elements "
+                "within 1 LSB" + (", weights equal" if self.require_weights else "")
+                + (", reference bit-exact" if self.require_reference else "") + ")")
+
+    def check(self) -> None:
+        """Raise :class:`tfmot_ext.errors.ParityError` (with the table) unless :attr:`passed`."""
+        if not self.passed:
             raise ParityError(f"parity check failed:\n{self}")
 
     def __str__(self) -> str:
@@ -174,6 +196,7 @@ class ParityReport:
                                  f"differ, max {m.max_abs_diff} LSB")
         elif self.reference_error:
             lines.append(f"Integer reference: not run ({self.reference_error})")
+        lines.append(self.verdict)
         return "\n".join(lines)
 
 
@@ -277,8 +300,31 @@ def _channel_broadcast(scales: np.ndarray, shape: tuple[int, ...],
     return s.reshape(b)
 
 
+def _check_belongs(model: Any, params: QuantizedModelParams, tflite_bytes: bytes,
+                   weights: list[WeightTensor]) -> None:
+    """Raise :class:`ParityError` when the ``.tflite`` was not converted from ``model``:
+    another input shape, or weighted operators none of which comes from a quantized
+    layer of the model (the converter names each operator's weights after its layer)."""
+    fix = ("convert this model with tfmot_ext.to_tflite(model, data) (or tfmot-ext "
+           "convert) and verify that file")
+    inp = interpreter(tflite_bytes).get_input_details()[0]
+    theirs, ours = tuple(int(d) for d in inp["shape"][1:]), tuple(model.input_shape[1:])
+    if theirs != ours:
+        raise ParityError(f"the .tflite does not belong to model '{model.name}': its input "
+                          f"has shape {theirs}, the model's {ours}; {fix}")
+    layers = [n for n, p in params.items() if p.kernel_int is not None]
+    if layers and weights and not any(f"/{n}/" in w.filter_name for w in weights
+                                      for n in layers):
+        raise ParityError(
+            f"the .tflite does not belong to model '{model.name}': none of its "
+            f"{len(weights)} weighted operators comes from the model's quantized layers "
+            f"({', '.join(layers[:5])}{', ...' if len(layers) > 5 else ''}); {fix}")
+
+
 def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builtin",
-           reference: bool = True, params: QuantizedModelParams | None = None) -> ParityReport:
+           reference: bool = True, params: QuantizedModelParams | None = None,
+           min_within_1lsb: float = 0.999, require_weights: bool = True,
+           require_reference: bool = False) -> ParityReport:
     """Compare a QAT model with its int8 TFLite conversion (see the module docstring).
 
     Args:
@@ -292,13 +338,21 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
             ``"default"`` (XNNPACK; outputs only). See :func:`tfmot_ext.tflite.op_outputs`.
         reference: also run the integer reference and compare every tensor.
         params: the model's extraction, if already at hand.
+        min_within_1lsb, require_weights, require_reference: the thresholds of the
+            report's verdict (:attr:`ParityReport.passed`).
 
     Returns:
-        :class:`ParityReport` (``print`` it for the table).
+        :class:`ParityReport` (``print`` it for the table and the verdict).
+
+    Raises:
+        ParityError: the ``.tflite`` was not converted from ``model`` (another input
+            shape, or none of its weighted operators comes from the model's layers).
     """
     check_keras2(model, "model")
     x = _validated(data, model)
     params = extract(model) if params is None else params
+    tflite_weights = weight_tensors(tflite_bytes)
+    _check_belongs(model, params, tflite_bytes, tflite_weights)
     tfl = op_outputs(tflite_bytes, x, kernels, intermediates=False)
     y = np.asarray(model.predict(x, batch_size=256, verbose=0), np.float64)
     outputs = []
@@ -310,7 +364,7 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
             agree = float((deq.argmax(-1) == y.reshape(deq.shape).argmax(-1)).mean())
         outputs.append(OutputParity(t.name, int(lsb.size), float(lsb.max()), float(lsb.mean()),
                                     float((lsb <= 1.0 + LSB_SLACK).mean()), agree))
-    weights = weight_parity(params, weight_tensors(tflite_bytes))
+    weights = weight_parity(params, tflite_weights)
     matches: tuple[TensorMatch, ...] | None = None
     error = ""
     if reference:
@@ -319,4 +373,5 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
         except IntegerReferenceError as e:
             error = str(e)
             logger.warning("integer reference not run: %s", e)
-    return ParityReport(tuple(outputs), tuple(weights), matches, kernels, error)
+    return ParityReport(tuple(outputs), tuple(weights), matches, kernels, error,
+                        min_within_1lsb, require_weights, require_reference)

@@ -34,6 +34,14 @@ import numpy as np
 from tfmot_ext import qmath
 from tfmot_ext._compat import keras, own_trainable_weights, tf, tfmot
 from tfmot_ext.errors import ConfigError
+from tfmot_ext.fakequant import (
+    batch_range,
+    fake_quant_tf,
+    power_of_two_range_tf,
+    symmetric_range_tf,
+    to_channels_last,
+    widen_range_tf,
+)
 from tfmot_ext.qmath import normalize_axis
 from tfmot_ext.quantspec import (
     FixedRangeSpec,
@@ -52,7 +60,6 @@ __all__ = [
     "QuantizerBase",
     "activation_quantizer",
     "embed_in_int8",
-    "fake_quant_tf",
     "weight_quantizer",
 ]
 
@@ -63,55 +70,6 @@ Axis = int | tuple[int, ...] | None
 
 
 # --------------------------------------------------------------------------- math
-
-
-def _to_channels_last(x: tf.Tensor, axes: tuple[int, ...]) -> tuple[tf.Tensor, Any]:
-    """Move ``axes`` to the end and flatten them into one: returns ``(x2, undo)``."""
-    rank = x.shape.rank
-    perm = [i for i in range(rank) if i not in axes] + list(axes)
-    moved = x if perm == list(range(rank)) else tf.transpose(x, perm)
-    shape = tf.shape(moved)
-    lead = rank - len(axes)
-    flat = moved if len(axes) == 1 else tf.reshape(
-        moved, tf.concat([shape[:lead], [-1]], axis=0)
-    )
-
-    def undo(y: tf.Tensor) -> tf.Tensor:
-        y = y if len(axes) == 1 else tf.reshape(y, shape)
-        if perm == list(range(rank)):
-            return y
-        return tf.transpose(y, np.argsort(perm).tolist())
-
-    return flat, undo
-
-
-def fake_quant_tf(
-    x: tf.Tensor,
-    x_min: tf.Tensor,
-    x_max: tf.Tensor,
-    bits: int,
-    narrow_range: bool,
-    axis: tuple[int, ...] | None,
-    embed: bool = False,
-) -> tf.Tensor:
-    """TensorFlow's FakeQuant, per tensor (``axis=None``) or per channel along ``axis``.
-
-    ``x_min``/``x_max`` are scalars, or vectors of length ``prod(x.shape[a] for a in axis)``.
-    With ``embed`` and ``bits < 8``, followed by an 8-bit FakeQuant on the range of
-    :func:`tfmot_ext.qmath.int8_embedding_range` (the values stay; the converter then
-    stores the ``bits``-bit grid as int8, see :func:`embed_in_int8`).
-    NumPy twin: :func:`tfmot_ext.qmath.fake_quant`.
-    """
-    if axis is None:
-        op, flat, undo = tf.quantization.fake_quant_with_min_max_vars, x, None
-    else:
-        op = tf.quantization.fake_quant_with_min_max_vars_per_channel
-        flat, undo = _to_channels_last(x, axis)
-    y = op(flat, x_min, x_max, num_bits=bits, narrow_range=narrow_range)
-    if embed and bits < 8:
-        lo8, hi8 = _int8_embedding_tf(x_min, x_max, bits, narrow_range)
-        y = op(y, lo8, hi8, num_bits=8, narrow_range=narrow_range)
-    return y if undo is None else undo(y)
 
 
 #: ids of the weight quantizers whose b-bit grid (b < 8, not 4) a conversion embeds in
@@ -138,89 +96,6 @@ def embed_in_int8(quantizers: Iterable[Any]) -> Iterator[None]:
         yield
     finally:
         _EMBED_IDS.reset(token)
-
-
-def _round_half_away_tf(x: tf.Tensor) -> tf.Tensor:
-    """:func:`tfmot_ext.qmath.round_half_away` in TF (exact ties corrected)."""
-    t = tf.where(x >= 0, tf.floor(x), tf.math.ceil(x))
-    tie = tf.abs(x - t) == 0.5
-    return tf.where(tie, t + tf.math.sign(x), tf.round(x))
-
-
-def _int8_embedding_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool) -> tuple[
-        tf.Tensor, tf.Tensor]:
-    """TF twin of ``qmath.int8_embedding_range(*nudge(lo, hi, bits, narrow))`` (float32).
-
-    The b-bit scale is FakeQuant's own, ``(hi - lo) / (quant_max - quant_min)``, as a
-    true division: ``DivNoNan``, which TF's constant folding leaves alone (it rewrites a
-    ``RealDiv`` by a constant into a reciprocal multiply, one ulp away).
-    """
-    quant_min, quant_max = np.float32(int(narrow)), np.float32((1 << bits) - 1)
-    scale = tf.math.divide_no_nan(hi - lo, quant_max - quant_min)
-    zp_from_min = quant_min - tf.math.divide_no_nan(lo, scale)
-    zp_u = tf.clip_by_value(_round_half_away_tf(zp_from_min), quant_min, quant_max)
-    f = np.float32(1 << (8 - bits))
-    s8 = scale / f
-    z8 = (zp_u - np.float32(1 << (bits - 1))) * f
-    qmin8 = np.float32(-127.0 if narrow else -128.0)
-    return (qmin8 - z8) * s8, (np.float32(127.0) - z8) * s8
-
-
-def _batch_range(x: tf.Tensor, axis: tuple[int, ...] | None) -> tuple[tf.Tensor, tf.Tensor]:
-    """Min and max of ``x``, over everything (per tensor) or per flattened channel."""
-    if axis is None:
-        return tf.reduce_min(x), tf.reduce_max(x)
-    flat, _ = _to_channels_last(x, axis)
-    reduce = list(range(flat.shape.rank - 1))
-    return tf.reduce_min(flat, axis=reduce), tf.reduce_max(flat, axis=reduce)
-
-
-def _reciprocal(n: float | np.floating[Any]) -> np.float32:
-    # a constant reciprocal, multiplied: TF's graph optimizers (and so the TFLite
-    # converter's constant folding) rewrite ``x / c`` as ``x * (1 / c)``, so a division
-    # would give eager mode and the deployed model scales one ulp apart
-    return qmath.reciprocal(n)
-
-
-def _symmetric_range_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool) -> tuple[
-    tf.Tensor, tf.Tensor
-]:
-    qmin, qmax = qmath.integer_range(bits, narrow)
-    a = tf.maximum(tf.abs(lo), tf.abs(hi))
-    a = tf.maximum(a, np.float32(qmath.MIN_RANGE / 2))
-    scale = a * _reciprocal(qmax)
-    return scale * np.float32(qmin), scale * np.float32(qmax)
-
-
-def _widen_range_tf(lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    lo = tf.minimum(lo, 0.0)
-    hi = tf.maximum(hi, 0.0)
-    return lo, tf.maximum(hi, lo + np.float32(qmath.MIN_RANGE))
-
-
-def _pow2_ceil_tf(s: tf.Tensor) -> tf.Tensor:
-    bits_ = tf.bitcast(tf.cast(s, tf.float32), tf.int32)
-    exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits_, 23), 0xFF)
-    k = exponent + tf.cast(tf.bitwise.bitwise_and(bits_, 0x7FFFFF) != 0, tf.int32)
-    return tf.bitcast(tf.bitwise.left_shift(k, 23), tf.float32)
-
-
-def _power_of_two_range_tf(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool,
-                           symmetric: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    qmin, qmax = qmath.integer_range(bits, narrow)
-    if symmetric:
-        a = tf.maximum(tf.maximum(tf.abs(lo), tf.abs(hi)), np.float32(qmath.MIN_RANGE / 2))
-        scale = _pow2_ceil_tf(a * _reciprocal(qmax))
-        return scale * np.float32(qmin), scale * np.float32(qmax)
-    lo, hi = _widen_range_tf(lo, hi)
-    quant_min, quant_max = np.float32(int(narrow)), np.float32((1 << bits) - 1)
-    scale = _pow2_ceil_tf((hi - lo) * _reciprocal(quant_max - quant_min))
-    zp = tf.clip_by_value(tf.round(quant_min - lo / scale), quant_min, quant_max)
-    # as qmath.power_of_two_range: double the scale where the rounded grid falls short
-    short = tf.logical_or((quant_min - zp) * scale > lo, (quant_max - zp) * scale < hi)
-    scale = tf.where(short, scale * np.float32(2), scale)
-    zp = tf.clip_by_value(tf.round(quant_min - lo / scale), quant_min, quant_max)
-    return (quant_min - zp) * scale, (quant_max - zp) * scale
 
 
 # --------------------------------------------------------------------------- classes
@@ -389,8 +264,8 @@ class MinMaxQuantizer(QuantizerBase):
     def effective_range_tf(self, lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The range handed to FakeQuant, from the raw tracked one (see class docstring)."""
         if self.symmetric:
-            return _symmetric_range_tf(lo, hi, self.bits, self.narrow_range)
-        return _widen_range_tf(lo, hi)
+            return symmetric_range_tf(lo, hi, self.bits, self.narrow_range)
+        return widen_range_tf(lo, hi)
 
     def effective_range(self, lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
         """NumPy twin of :meth:`effective_range_tf` (bit-exact): the spec's."""
@@ -402,7 +277,7 @@ class MinMaxQuantizer(QuantizerBase):
 
     def _track(self, x: tf.Tensor, weights: dict[str, tf.Variable],
                axes: tuple[int, ...] | None) -> tuple[tf.Tensor, tf.Tensor]:
-        b_lo, b_hi = _batch_range(tf.stop_gradient(x), axes)
+        b_lo, b_hi = batch_range(tf.stop_gradient(x), axes)
         m, big_m = weights["min_var"], weights["max_var"]
         if self.range_tracking == "last_value":
             new_lo, new_hi = b_lo, b_hi
@@ -421,7 +296,7 @@ class MinMaxQuantizer(QuantizerBase):
         if self.range_tracking == "last_value":
             # Weights: the range of the current value, never one optimizer step stale
             # (the stored variables hold the range seen by the last training step).
-            return _batch_range(tf.stop_gradient(x), axes)
+            return batch_range(tf.stop_gradient(x), axes)
         return tf.identity(weights["min_var"]), tf.identity(weights["max_var"])
 
     def __call__(self, inputs: tf.Tensor, training: bool, weights: dict[str, tf.Variable],
@@ -458,7 +333,7 @@ class PowerOfTwoQuantizer(MinMaxQuantizer):
                          ema_decay)
 
     def effective_range_tf(self, lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return _power_of_two_range_tf(lo, hi, self.bits, self.narrow_range, self.symmetric)
+        return power_of_two_range_tf(lo, hi, self.bits, self.narrow_range, self.symmetric)
 
 
 
@@ -593,7 +468,7 @@ class LSQQuantizer(QuantizerBase):
         axes = self.resolved_axis(inputs.shape.rank)
         qn, qp = self.levels()
         step_var = weights["step"]
-        flat, undo = (inputs, None) if axes is None else _to_channels_last(inputs, axes)
+        flat, undo = (inputs, None) if axes is None else to_channels_last(inputs, axes)
         reduce = None if axes is None else list(range(flat.shape.rank - 1))
         init = 2.0 * tf.reduce_mean(tf.abs(tf.stop_gradient(flat)), axis=reduce) / math.sqrt(qp)
         init = tf.maximum(init, np.float32(qmath.MIN_RANGE))

@@ -55,6 +55,8 @@ __all__ = [
     "ROUNDINGS",
     "SAME_SCALE_LAYERS",
     "TFMOT_WRAPPABLE_ACTIVATIONS",
+    "TF_ADD_OPS",
+    "TF_MUL_OPS",
     "TRANSPOSED_KINDS",
     "WEIGHT_ATTRS",
     "channel_axis_of_kind",
@@ -74,7 +76,7 @@ FUSED_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
 #: Activations a Conv/Dense keeps inside the layer in QAT: the fused ones, and softmax,
 #: which tfmot quantizes before (the op's own output, fed to TFLite's SOFTMAX). Any
 #: other (swish, gelu, sigmoid, tanh, ...) is split into an Activation layer
-#: (:func:`tfmot_ext.graph.split_activations`).
+#: (:func:`tfmot_ext.rewrites.split_activations`).
 KEPT_ACTIVATIONS = FUSED_ACTIVATIONS | {"softmax"}
 
 #: Activations tfmot's ``QuantizeAwareActivation`` can wrap (tfmot's rule, not TFLite's:
@@ -176,6 +178,14 @@ NO_RANGE_OF_THEIR_OWN = frozenset({"InputLayer", "Activation", "ReLU", "BatchNor
 PASS_THROUGH_OPS = frozenset({
     "reshape", "transpose", "squeeze", "expand_dims", "identity", "__operators__.getitem",
     "compat.v1.squeeze", "compat.v1.transpose", "image.flip_left_right", "reverse"})
+
+#: TF ops (``TFOpLambda`` functions) that are an addition (TFLite ADD): a two-tensor one of
+#: equal shapes becomes a Keras ``Add`` (:func:`tfmot_ext.rewrites.tensor_adds_as_add`),
+#: a tensor plus a constant runs as ADD with the constant quantized by the converter.
+TF_ADD_OPS = frozenset({"__operators__.add", "math.add", "math.add_v2"})
+
+#: TF ops that are a multiplication (TFLite MUL).
+TF_MUL_OPS = frozenset({"math.multiply"})
 
 #: Operators with one scale for every input and the output (TFLite's CONCATENATION):
 #: the converter propagates the output's scale back to inputs that only feed it, and

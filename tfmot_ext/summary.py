@@ -8,7 +8,7 @@ from typing import Any
 from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, check_keras2, keras
 
 __all__ = ["LayerQuantSummary", "describe_quantizer", "format_summary", "quantizer_bits",
-           "summarize", "weight_quantizers"]
+           "summarize", "weight_attr_name", "weight_quantizers"]
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,17 @@ def weight_quantizers(wrapper: Any) -> tuple[tuple[str, Any], ...]:
     """``(attribute, quantizer)`` for each weight a QuantizeWrapper quantizes; a folded
     layer's own kernel quantizer first, as ``"folded <kernel>"``."""
     inner, cfg = wrapper.layer, wrapper.quantize_config
-    ws = tuple((_attr_name(inner, w), q) for w, q in cfg.get_weights_and_quantizers(inner))
+    ws = tuple((weight_attr_name(inner, w), q)
+               for w, q in cfg.get_weights_and_quantizers(inner))
     folded_q = getattr(inner, "weight_quantizer", None)
     if getattr(inner, "_KERNEL", None) and folded_q is not None:  # a folded layer
         ws = ((f"folded {inner._KERNEL}", folded_q), *ws)
     return ws
 
 
-def _attr_name(layer: Any, tensor: Any) -> str:
+def weight_attr_name(layer: Any, tensor: Any) -> str:
+    """The attribute of ``layer`` holding ``tensor`` (``kernel``, ``bias``, ...), else the
+    variable's short name."""
     for attr in ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
                  "recurrent_kernel", "bias"):
         if getattr(layer, attr, None) is tensor:

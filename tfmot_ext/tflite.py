@@ -22,6 +22,7 @@ import numpy as np
 
 from tfmot_ext import quantizers as _quantizers
 from tfmot_ext._compat import (
+    QuantizeLayer,
     QuantizeWrapper,
     called_weight_quantizers,
     check_keras2,
@@ -30,13 +31,12 @@ from tfmot_ext._compat import (
     tf,
 )
 from tfmot_ext.errors import ConfigError, ConversionError
-from tfmot_ext.rules import EXACT_WEIGHT_BITS
+from tfmot_ext.rules import EXACT_WEIGHT_BITS, WEIGHT_ATTRS
 from tfmot_ext.summary import quantizer_bits, weight_quantizers
 
-__all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops",
-           "interpreter", "keras_layout",
+__all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "keras_layout",
            "op_outputs", "regridded_weights", "run_int8", "save_tflite", "to_tflite",
-           "weight_tensors"]
+           "unset_ranges", "weight_tensors", "wide_activations"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,12 +274,17 @@ def _one_at_a_time(arr: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [arr[i : i + 1]]
 
 
-def run_int8(model_content: bytes, x: np.ndarray, kernels: str = "default") -> np.ndarray:
+def run_int8(model_content: bytes, x: np.ndarray, kernels: str = "builtin") -> np.ndarray:
     """Raw int8 outputs of an int8-I/O model on float inputs ``x``, one input at a time.
 
     Each input is quantized with the model's input scale and zero point the way
-    TFLite's QUANTIZE does (:func:`tfmot_ext.kernels.quantize_input`). ``kernels``
-    as in :func:`op_outputs` (``"default"``: the XNNPACK delegate).
+    TFLite's QUANTIZE does (:func:`tfmot_ext.kernels.quantize_input`). ``kernels`` as
+    in :func:`op_outputs`: by default ``"builtin"``, TFLite's optimized kernels, the
+    ones :func:`tfmot_ext.verify` compares against and
+    ``run_reference(..., rounding="optimized")`` reproduces bit for bit; ``"default"``
+    is the XNNPACK delegate (what ``tf.lite.Interpreter`` runs unless told otherwise),
+    which requantizes some ops in float and so can differ by an LSB
+    (docs/integer_inference.md).
     """
     return op_outputs(model_content, x, kernels, intermediates=False)[0].values
 
@@ -337,6 +342,20 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
     """
     check_keras2(model, "model")
     data = _validated(representative_data, model)
+    wide = wide_activations(model)
+    if wide:
+        raise ConversionError(
+            f"model '{model.name}': {', '.join(wide)} quantize activations at more than 8 "
+            "bits; a full-integer TFLite model has int8 activations (16-bit activations are "
+            "TFLite's 16x8 mode, which tfmot_ext does not convert yet): use "
+            "activation_bits=8 (or at most 8) for these layers")
+    unset = unset_ranges(model)
+    if unset:
+        raise ConversionError(
+            f"model '{model.name}': the ranges of {', '.join(unset)} were never set (the "
+            "quantizers saw no data), so the converter would deploy empty ranges; train the "
+            "QAT model (model.fit), or run it once in training mode on representative data "
+            "(model(x, training=True)), before converting")
     if static_batch is None:
         static_batch = _has_rnn(model)
     weights = [q for layer in model.layers if isinstance(layer, QuantizeWrapper)
@@ -371,6 +390,55 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
             "(docs/extraction.md); use tfmot_ext quantizers (their grid is embedded in "
             "int8) or train at 8 or 4 bits", model.name, ", ".join(regridded))
     return bytes(content)
+
+
+def _range_pairs(layer: Any) -> dict[str, tuple[Any, Any]]:
+    """``prefix -> (min variable, max variable)`` of the activation/output quantizers of
+    a QuantizeWrapper or QuantizeLayer (not its weight quantizers, whose range a
+    ``last_value`` quantizer takes from the weight itself)."""
+    found: dict[str, list[Any]] = {}
+    for w in layer.weights:
+        short = w.name.split("/")[-1].split(":")[0]
+        for end, slot in (("_min", 0), ("_max", 1)):
+            if short.endswith(end):
+                prefix = short[: -len(end)]
+                if prefix.split(".")[-1] not in WEIGHT_ATTRS:
+                    found.setdefault(prefix, [None, None])[slot] = w
+    return {k: (lo, hi) for k, (lo, hi) in found.items() if lo is not None and hi is not None}
+
+
+def unset_ranges(model: Any) -> list[str]:
+    """``layer: quantizer`` for each activation or output range of a QAT model that was
+    never set: both ends still 0 (the initial value), so the quantizer saw no data and
+    the converter would deploy an empty range."""
+    check_keras2(model, "model")
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
+            for prefix, (lo, hi) in _range_pairs(layer).items():
+                if not np.any(lo.numpy()) and not np.any(hi.numpy()):
+                    out.append(f"{layer.name}: {prefix}")
+    return out
+
+
+def wide_activations(model: Any) -> list[str]:
+    """``layer: what (bits)`` for each activation or output quantizer of more than 8 bits
+    (a full-integer TFLite model's activations are int8)."""
+    check_keras2(model, "model")
+    out = []
+    for layer in model.layers:
+        qs: list[tuple[str, Any]] = []
+        if isinstance(layer, QuantizeLayer):
+            qs = [("input", layer.quantizer)]
+        elif isinstance(layer, QuantizeWrapper):
+            cfg, inner = layer.quantize_config, layer.layer
+            qs = [("activation", q) for _, q in cfg.get_activations_and_quantizers(inner)]
+            qs += [("output", q) for q in cfg.get_output_quantizers(inner)]
+        for what, q in qs:
+            bits = quantizer_bits(q) if q is not None else None
+            if bits is not None and bits > 8:
+                out.append(f"{layer.name}: {what} ({bits} bits)")
+    return out
 
 
 def regridded_weights(model: Any) -> list[str]:
