@@ -218,3 +218,153 @@ def test_export_refuses_a_layer_whose_deployment_is_unknown(tmp_path):
     bare = QuantizedModelParams(OrderedDict(conv=dataclasses.replace(p, kernel_int=None)),
                                 (), "test")
     assert incomplete_layers(bare) == []
+
+
+# ------------------------------------------------------------------ rebuild from an export
+# A hardware team's view: only the JSON file, and this interpreter written from the
+# export's own description (convention, rounding, attributes); no tfmot_ext object.
+
+
+def _srdhm(a, b):
+    ab = a.astype(np.int64) * np.int64(b)
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    q = (ab + nudge)
+    return np.where(q >= 0, q >> 31, -((-q) >> 31))  # C division truncates toward zero
+
+
+def _rdbpot(x, e):
+    mask = (np.int64(1) << e) - 1
+    return (x >> e) + ((x & mask) > ((mask >> 1) + (x < 0)))
+
+
+def _mbqm(x, m0, shift, fc=False):
+    m0, shift = np.asarray(m0, np.int64), np.asarray(shift, np.int64)
+    if fc:  # reference FULLY_CONNECTED: one rounding
+        total = 31 - shift
+        return (x * m0 + (np.int64(1) << (total - 1))) >> total
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    return _rdbpot(_srdhm(x * (np.int64(1) << left), m0), right)
+
+
+def _q31(m):
+    q, e = np.frexp(np.float64(m))
+    m0 = np.int64(np.sign(q) * np.floor(np.abs(q) * 2.0**31 + 0.5))
+    if m0 == 2**31:
+        m0, e = m0 // 2, e + 1
+    return m0, e
+
+
+def _same_pad(size, k, stride, dil):
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dil + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _interpret(doc, x):
+    """Run the exported integer network on float inputs ``x``; every layer's int8 tensor."""
+    t, quant = {}, {}
+    for la in doc["layers"]:
+        op, a, ins = la["op"], la["attributes"], la["inputs"]
+        if op == "(input)":
+            continue
+        if op == "QUANTIZE":
+            o = la["output"]
+            q = np.float32(x) / np.float32(o["scale"])
+            q = np.where(q >= 0, np.floor(q + np.float32(0.5)), np.ceil(q - np.float32(0.5)))
+            t[la["name"]] = np.clip(q + o["zero_point"], -128, 127).astype(np.int64)
+            quant[la["name"]] = (o["scale"], o["zero_point"])
+            continue
+        v, (s_in, z_in) = t[ins[0]], quant[ins[0]]
+        want = la["input"]
+        if want is not None and (np.float32(s_in), z_in) != (np.float32(want["scale"]),
+                                                             want["zero_point"]):
+            m0, sh = _q31(np.float64(np.float32(s_in)) / np.float64(np.float32(want["scale"])))
+            v = np.clip(_mbqm(v - z_in, m0, sh) + want["zero_point"], -128, 127)
+            s_in, z_in = want["scale"], want["zero_point"]
+        if op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            k = np.asarray(la["integers"]["kernel"], np.int64).reshape(la["kernel"]["shape"])
+            xs = v - z_in
+            if op == "FULLY_CONNECTED":
+                acc = xs @ k
+            else:
+                (sh, sw), (dh, dw) = a["strides"], a["dilation"]
+                kh, kw = k.shape[:2]
+                if a["padding"] == "same":
+                    ph = _same_pad(xs.shape[1], kh, sh, dh)
+                    pw = _same_pad(xs.shape[2], kw, sw, dw)
+                    xs = np.pad(xs, ((0, 0), ph, pw, (0, 0)))
+                oh = (xs.shape[1] - (kh - 1) * dh - 1) // sh + 1
+                ow = (xs.shape[2] - (kw - 1) * dw - 1) // sw + 1
+                cols = np.stack([xs[:, i * dh:i * dh + (oh - 1) * sh + 1:sh,
+                                     j * dw:j * dw + (ow - 1) * sw + 1:sw]
+                                 for i in range(kh) for j in range(kw)], axis=-1)
+                kk = k.reshape(kh * kw, *k.shape[2:])
+                if op == "CONV_2D":
+                    acc = np.einsum("nhwcp,pco->nhwo", cols, kk)
+                else:
+                    acc = np.einsum("nhwcp,pcm->nhwcm", cols, kk).reshape(*cols.shape[:3], -1)
+            if "bias" in la["integers"]:
+                acc = acc + np.asarray(la["integers"]["bias"], np.int64)
+            r, o = la["requant"], la["output"]
+            y = _mbqm(acc, r["m0"], r["shift"], fc=op == "FULLY_CONNECTED") + o["zero_point"]
+            lo, hi = a["clamp"]
+            t[la["name"]] = np.clip(y, lo, hi)
+            quant[la["name"]] = (o["scale"], o["zero_point"])
+        elif op == "MAX_POOL_2D":
+            (ph_, pw_), (sh, sw) = a["pool_size"], a["strides"]
+            h, w = v.shape[1:3]
+            oh, ow = (h - ph_) // sh + 1, (w - pw_) // sw + 1
+            t[la["name"]] = np.max([v[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
+                                    for i in range(ph_) for j in range(pw_)], axis=0)
+            quant[la["name"]] = (s_in, z_in)
+        elif op == "RESHAPE":
+            t[la["name"]] = v.reshape(len(v), -1)
+            quant[la["name"]] = (s_in, z_in)
+        else:
+            raise AssertionError(f"this test's interpreter has no {op}")
+    return t
+
+
+@pytest.mark.slow
+def test_an_export_alone_rebuilds_the_integer_network(tmp_path):
+    """The JSON export carries the operator graph in execution order, every operator's
+    attributes (strides, padding, dilation, depth multiplier, pool sizes, fused
+    activation and its clamp), the convention and the rounding, and the integers: a
+    NumPy interpreter written from them alone reproduces run_reference bit for bit,
+    tensor by tensor (reference kernels' rounding)."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    inp = keras.Input((12, 12, 2))
+    x = L.ReLU()(L.BatchNormalization(momentum=0.9)(L.Conv2D(4, 3, strides=2, padding="same",
+                                                             use_bias=False)(inp)))
+    x = L.DepthwiseConv2D(3, padding="same", dilation_rate=2, depth_multiplier=2,
+                          activation="relu")(x)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Conv2D(5, 1, activation="relu6")(x)
+    qat = te.quantize(keras.Model(inp, L.Dense(3)(L.Flatten()(x))))
+    data = rng.normal(size=(32, 12, 12, 2)).astype(np.float32)
+    qat.compile("adam", "mse")
+    qat.fit(data, rng.normal(size=(32, 3)), epochs=2, verbose=0)
+    params = te.extract(qat)
+    te.export(params, tmp_path / "model.json")
+    doc = json.loads((tmp_path / "model.json").read_text())
+    assert doc["convention"] == "real = scale * (q - zero_point)" and "reference" in doc[
+        "rounding"]
+    ops = [la["op"] for la in doc["layers"]]
+    assert ops == ["(input)", "QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D",
+                   "CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    dw = doc["layers"][3]["attributes"]
+    assert dw["dilation"] == [2, 2] and dw["depth_multiplier"] == 2 and dw["padding"] == "same"
+    ref = te.run_reference(params, data[:8])
+    mine = _interpret(doc, data[:8])
+    for name, tensor in ref.tensors.items():
+        np.testing.assert_array_equal(mine[name], tensor.values, err_msg=name)
+    # the other formats carry the same graph
+    te.export(params, tmp_path / "model.npz")
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as z:
+        graph = json.loads(z["__encodings__"].tobytes().decode("utf-8"))
+    assert [la["op"] for la in graph["layers"]] == ops
+    te.export(params, tmp_path / "model.h")
+    header = (tmp_path / "model.h").read_text()
+    assert "real = scale * (q - zero_point)" in header and "DEPTHWISE_CONV_2D(" in header
+    assert "_act_min" in header and "_dilation[2] = {\n    2, 2\n}" in header

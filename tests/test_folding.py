@@ -17,6 +17,7 @@ from tfmot_ext.folding import (
     FoldedDepthwiseConv2DBatchNorm,
 )
 from tfmot_ext.scheme import FoldBatchNorm, FoldingScheme, LayoutTransform
+from tfmot_ext.tflite import interpreter
 
 L = keras.layers
 
@@ -299,7 +300,7 @@ def test_mnist_qat_vs_tflite_within_one_lsb(per_channel, bits, mnist):
     qat.fit(x_tr, y_tr, epochs=1, batch_size=64, verbose=0)
     ref = qat.predict(x_te, verbose=0)
     content = convert_int8(qat, x_tr[:100])
-    s_out, z_out = te.interpreter(content).get_output_details()[0]["quantization"]
+    s_out, z_out = interpreter(content).get_output_details()[0]["quantization"]
     got = te.run_int8(content, x_te, kernels="default").astype(np.int32)  # XNNPACK
     expected = np.round(ref / s_out + z_out).astype(np.int32)
     diff = np.abs(got - expected)

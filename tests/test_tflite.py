@@ -9,7 +9,7 @@ from conftest import small_qat
 import tfmot_ext as te
 from tfmot_ext._compat import keras, tfmot
 from tfmot_ext.errors import ConversionError, UnsupportedModelError
-from tfmot_ext.tflite import regridded_weights, unset_ranges, wide_activations
+from tfmot_ext.tflite import interpreter, regridded_weights, unset_ranges, wide_activations
 
 L = keras.layers
 
@@ -25,7 +25,7 @@ def test_full_integer_conversion_has_no_float_ops(qat_and_data, int8_io):
     qat, data = qat_and_data
     content = te.to_tflite(qat, data, int8_io=int8_io)
     assert te.float_ops(content, allow_io=not int8_io) == []
-    interp = te.interpreter(content)
+    interp = interpreter(content)
     assert interp.get_input_details()[0]["dtype"] == (np.int8 if int8_io else np.float32)
     if not int8_io:  # float I/O: the edges are QUANTIZE/DEQUANTIZE, found when not allowed
         assert te.float_ops(content)

@@ -18,6 +18,7 @@ import tfmot_ext as te
 from tfmot_ext._compat import keras
 from tfmot_ext.errors import UnsupportedLayerError
 from tfmot_ext.graph import flatten
+from tfmot_ext.tflite import interpreter
 
 L = keras.layers
 _spec = importlib.util.spec_from_file_location(
@@ -111,7 +112,7 @@ def test_text_model_policy_and_int8_conversion():
     qat.compile("sgd", "mse")
     qat.train_on_batch(x, np.zeros((16, 3), np.float32))
     content = te.to_tflite(qat, x)
-    interp = te.interpreter(content)
+    interp = interpreter(content)
     assert interp.get_input_details()[0]["dtype"] == np.int32
     ops = {d["op_name"] for d in interp._get_ops_details()}
     assert {"GATHER", "BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED"} <= ops
@@ -138,7 +139,7 @@ def test_lstm_model_converts_to_the_integer_sequence_op():
     qat.compile("sgd", "mse")
     qat.train_on_batch(x, np.zeros((16, 2), np.float32))
     content = te.to_tflite(qat, x)
-    ops = {d["op_name"] for d in te.interpreter(content)._get_ops_details()}
+    ops = {d["op_name"] for d in interpreter(content)._get_ops_details()}
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops
     assert te.run_int8(content, x[:4]).shape == (4, 2)
     fc = [w for w in te.verify(qat, content, x[:8]).weights if w.layer == "quant_fc"]

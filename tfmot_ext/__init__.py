@@ -53,11 +53,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "custom_objects": ("scope", "custom_objects"),
     "load_qat_model": ("scope", "load_qat_model"),
     "quantize_scope": ("scope", "quantize_scope"),
+    "calibrate": ("calibrate", "calibrate"),
     # conversion and checks against TFLite
     "to_tflite": ("tflite", "to_tflite"),
     "save_tflite": ("tflite", "save_tflite"),
     "run_int8": ("tflite", "run_int8"),
-    "interpreter": ("tflite", "interpreter"),
     "float_ops": ("tflite", "float_ops"),
     "verify": ("parity", "verify"),
     "ParityReport": ("parity", "ParityReport"),
@@ -110,6 +110,7 @@ sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from tfmot_ext.annotate import Rule, annotate, plan, quantize
+    from tfmot_ext.calibrate import calibrate
     from tfmot_ext.configs import (
         LayerQuantizeConfig,
         conv_config,
@@ -140,4 +141,4 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from tfmot_ext.scheme import DefaultScheme, FoldingScheme
     from tfmot_ext.scope import custom_objects, load_qat_model, quantize_scope
     from tfmot_ext.summary import format_summary, summarize
-    from tfmot_ext.tflite import float_ops, interpreter, run_int8, save_tflite, to_tflite
+    from tfmot_ext.tflite import float_ops, run_int8, save_tflite, to_tflite

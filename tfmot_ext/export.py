@@ -7,14 +7,28 @@ either the previous file or the new one, never a partial file.
 JSON encodings format, version 1 (``docs/extraction.md`` documents every field)::
 
     {"format": "tfmot_ext.encodings", "version": 1, "source": "...",
+     "convention": "real = scale * (q - zero_point)", "rounding": {...},
      "edges": [[src, dst], ...],
-     "layers": [{"name", "kind", "inputs", "quantized", "folded", "activation",
+     "layers": [{"name", "kind", "op" (the TFLite operator), "attributes" (strides,
+                 padding, dilation, groups / depth_multiplier, pool_size, axis, ...,
+                 activation and its int8 "clamp"), "inputs", "quantized", "folded",
+                 "activation", "note",
                  "kernel": {"attr", "shape", "bits", "symmetric", "narrow_range",
                             "axis", "scale", "zero_point", "min", "max"} | null,
                  "bias": {"bits": 32, "scale": [...]} | null,
                  "input": {"scale", "zero_point", "bits", "min", "max"} | null,
                  "output": {...} | null,
-                 "requant": {"multiplier", "m0", "shift"} | null}]}
+                 "requant": {"multiplier", "m0", "shift"} | null,
+                 "integers": {"kernel": [...], "bias": [...]}}],
+     "integers": {"file": "<stem>.npz", ...}  (instead, for large models)}
+
+The layers are in execution order; an implementation runs each ``op`` on its
+``inputs`` (requantizing an input whose producer's quantization differs from the
+layer's ``input``, as TFLite's QUANTIZE does) and needs nothing else
+(``tests/test_export.py`` rebuilds the network from the JSON alone, bit for bit).
+The ``.npz`` holds the same document (without the integers) as UTF-8 bytes under
+``__encodings__``; the C header states the convention, the rounding and the graph in
+a comment and each weighted layer's attributes as constants.
 
 Scales are written with ``repr`` of the float32 value widened to float64, so reading
 them back as float32 gives the same bits.
@@ -41,8 +55,9 @@ from typing import IO, Any
 import numpy as np
 
 from tfmot_ext import qmath
-from tfmot_ext.errors import ExportError
+from tfmot_ext.errors import ExportError, IntegerReferenceError
 from tfmot_ext.params import LayerQuantParams, QuantizedModelParams, TensorQuant
+from tfmot_ext.rules import deployed_kind, fused_activation_range, tflite_op
 
 __all__ = [
     "ENCODINGS_FORMAT",
@@ -58,6 +73,23 @@ __all__ = [
     "to_npz",
     "unpack_int4",
 ]
+
+#: How a stored integer means a real number, in every export.
+CONVENTION = "real = scale * (q - zero_point)"
+
+#: The requantization of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED outputs in
+#: TFLite's two kernel sets (:mod:`tfmot_ext.fixedpoint`, docs/integer_inference.md).
+ROUNDING = {
+    "accumulator": "acc = sum((q_x - z_x) * q_w) + q_b (int32; q_b the int32 bias)",
+    "output": "q_y = clamp(MBQM(acc, m0, shift) + z_y, clamp_min, clamp_max)",
+    "reference": "MBQM(x, m0, s) = RDBPOT(SRDHM(x * 2^max(s, 0), m0), max(-s, 0)); "
+                 "SRDHM(a, b) = floor((a * b + 2^30) / 2^31), INT32_MIN * INT32_MIN "
+                 "saturating to INT32_MAX; RDBPOT(x, e) = x / 2^e rounded half away from "
+                 "zero. FULLY_CONNECTED rounds once: (x * m0 + 2^(30 - s)) >> (31 - s)",
+    "optimized": "SRDHM as in reference, then (y + 2^(r - 1)) >> r with r = max(-s, 0) "
+                 "(ties up), for all three; a depthwise conv's channels after its last "
+                 "full group of 8 round as in reference",
+}
 
 ENCODINGS_FORMAT = "tfmot_ext.encodings"
 ENCODINGS_VERSION = 1
@@ -157,6 +189,65 @@ def _tensor(t: TensorQuant | None) -> dict[str, Any] | None:
             "min": _floats(t.min), "max": _floats(t.max)}
 
 
+def _pair(v: Any, default: int = 1) -> list[int]:
+    if v is None:
+        return [default, default]
+    if isinstance(v, int):
+        return [v, v]
+    return [int(x) for x in v]
+
+
+def op_attributes(p: LayerQuantParams) -> dict[str, Any]:
+    """The attributes an implementation of layer ``p``'s operator needs, from its config.
+
+    Convolutions: ``strides``, ``padding`` ("same"/"valid"), ``dilation``, ``groups`` or
+    ``depth_multiplier``; pooling: ``pool_size``, ``strides``, ``padding``; ``axis``
+    (Concatenate), ``target_shape`` (Reshape), ``padding``/``cropping`` as
+    ``[[top, bottom], [left, right]]``, ``keepdims`` (mean), ``function`` (Activation).
+    A layer with an output quantization and a fused activation also has
+    ``activation`` and ``clamp``: its int8 ``[clamp_min, clamp_max]``
+    (:func:`tfmot_ext.rules.fused_activation_range`).
+
+    >>> from tfmot_ext.params import LayerQuantParams
+    >>> op_attributes(LayerQuantParams("c", "Conv2D", (), True,
+    ...                                config={"strides": [2, 2], "padding": "same"}))
+    {'strides': [2, 2], 'padding': 'same', 'dilation': [1, 1], 'groups': 1}
+    """
+    c, kind = p.config, deployed_kind(p.kind)
+    a: dict[str, Any] = {}
+    if kind in ("Conv2D", "DepthwiseConv2D"):
+        a = {"strides": _pair(c.get("strides")), "padding": str(c.get("padding", "valid")).lower(),
+             "dilation": _pair(c.get("dilation_rate"))}
+        if kind == "Conv2D":
+            a["groups"] = int(c.get("groups", 1) or 1)
+        else:
+            a["depth_multiplier"] = int(c.get("depth_multiplier", 1) or 1)
+    elif kind in ("MaxPooling2D", "AveragePooling2D"):
+        pool = _pair(c.get("pool_size"), 2)
+        a = {"pool_size": pool, "strides": _pair(c.get("strides") or pool),
+             "padding": str(c.get("padding", "valid")).lower()}
+    elif kind == "Concatenate":
+        a = {"axis": int(c.get("axis", -1))}
+    elif kind == "Reshape":
+        a = {"target_shape": list(c.get("target_shape") or [])}
+    elif kind in ("ZeroPadding2D", "Cropping2D"):
+        v = c.get("padding" if kind == "ZeroPadding2D" else "cropping", 1)
+        hw = [[v, v], [v, v]] if isinstance(v, int) else [_pair(x) for x in v]
+        a = {"padding" if kind == "ZeroPadding2D" else "cropping": hw}
+    elif kind == "GlobalAveragePooling2D":
+        a = {"keepdims": bool(c.get("keepdims", False))}
+    elif kind == "Activation":
+        a = {"function": str(c.get("activation"))}
+    if p.output is not None and (p.kernel_int is not None or kind == "Add"):
+        try:
+            lo, hi = fused_activation_range(p.activation, p.output.scale, p.output.zero_point)
+        except IntegerReferenceError:
+            pass  # not a fused activation TFLite knows: no clamp to give
+        else:
+            a.update(activation=p.activation, clamp=[lo, hi])
+    return a
+
+
 def _layer_encoding(p: LayerQuantParams) -> dict[str, Any]:
     kernel = None
     if p.kernel_int is not None and p.kernel_scale is not None:
@@ -178,22 +269,63 @@ def _layer_encoding(p: LayerQuantParams) -> dict[str, Any]:
         requant = {"multiplier": [float(x) for x in np.atleast_1d(p.multiplier)],
                    "m0": _ints(np.atleast_1d(p.multiplier_q31)),
                    "shift": _ints(np.atleast_1d(p.shift))}
-    return {"name": p.name, "kind": p.kind, "inputs": list(p.inputs),
+    return {"name": p.name, "kind": p.kind, "op": tflite_op(p.kind, p.config),
+            "attributes": op_attributes(p), "inputs": list(p.inputs),
             "quantized": p.quantized, "folded": p.folded, "activation": p.activation,
             "kernel": kernel, "bias": bias, "input": _tensor(p.input),
             "output": _tensor(p.output), "requant": requant, "note": p.note}
 
 
-def to_encodings(params: QuantizedModelParams) -> dict[str, Any]:
-    """The JSON-ready encodings document (see module docstring)."""
-    return {"format": ENCODINGS_FORMAT, "version": ENCODINGS_VERSION, "source": params.source,
-            "edges": [list(e) for e in params.edges],
-            "layers": [_layer_encoding(p) for p in params.values()]}
+def _integers(p: LayerQuantParams) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if p.kernel_int is not None:
+        out["kernel"] = p.kernel_int.astype(np.int64).ravel().tolist()
+    if p.bias_int is not None:
+        out["bias"] = p.bias_int.astype(np.int64).ravel().tolist()
+    return out
 
 
-def to_json(params: QuantizedModelParams, path: str | os.PathLike[str]) -> None:
-    """Write the encodings document as indented JSON (atomically)."""
-    text = json.dumps(to_encodings(params), indent=1, allow_nan=False)
+def to_encodings(params: QuantizedModelParams, integers: bool = False) -> dict[str, Any]:
+    """The JSON-ready encodings document (see module docstring): the operator graph in
+    execution order (``layers``, each with its ``op``, ``attributes`` and ``inputs``;
+    ``edges``), every tensor's quantization, the :data:`CONVENTION` and the requantization
+    :data:`ROUNDING`; with ``integers``, each layer's kernel (flat, Keras layout, shape in
+    ``kernel.shape``) and int32 bias under ``"integers"``."""
+    doc: dict[str, Any] = {
+        "format": ENCODINGS_FORMAT, "version": ENCODINGS_VERSION, "source": params.source,
+        "convention": CONVENTION, "rounding": ROUNDING,
+        "edges": [list(e) for e in params.edges],
+        "layers": [_layer_encoding(p) for p in params.values()]}
+    if integers:
+        for entry, p in zip(doc["layers"], params.values()):
+            entry["integers"] = _integers(p)
+    return doc
+
+
+#: Kernels of more elements than this go to a ``.npz`` beside the ``.json``.
+JSON_INLINE_LIMIT = 1 << 20
+
+
+def to_json(params: QuantizedModelParams, path: str | os.PathLike[str],
+            integers: str = "auto") -> None:
+    """Write the encodings document as indented JSON (atomically).
+
+    ``integers``: ``"inline"`` (kernels and int32 biases in the JSON), ``"npz"`` (in
+    ``<stem>.npz`` beside it, written first, named in the JSON's ``"integers"``), or
+    ``"auto"``: inline up to :data:`JSON_INLINE_LIMIT` kernel elements, else ``npz``.
+    """
+    if integers not in ("auto", "inline", "npz"):
+        raise ExportError(f"integers={integers!r}: use 'auto', 'inline' or 'npz'")
+    n = sum(p.kernel_int.size for p in params.quantized_layers()
+            if p.kernel_int is not None)
+    inline = integers == "inline" or (integers == "auto" and n <= JSON_INLINE_LIMIT)
+    doc = to_encodings(params, integers=inline)
+    if not inline:
+        npz = os.path.splitext(os.fspath(path))[0] + ".npz"
+        to_npz(params, npz)
+        doc["integers"] = {"file": os.path.basename(npz),
+                           "keys": "<layer>/kernel_int, <layer>/bias_int (see .npz)"}
+    text = json.dumps(doc, indent=1, allow_nan=False)
     with atomic_write(path, "w") as f:
         f.write(text + "\n")
 
@@ -214,6 +346,9 @@ def _npz_arrays(params: QuantizedModelParams) -> dict[str, np.ndarray]:
         for k, v in p.weights.items():
             if p.kernel_int is None:
                 out[f"{p.name}/float/{k}"] = np.asarray(v)
+    # the operator graph, attributes, convention and rounding, as UTF-8 JSON bytes
+    doc = json.dumps(to_encodings(params), allow_nan=False).encode("utf-8")
+    out["__encodings__"] = np.frombuffer(doc, np.uint8)
     return out
 
 
@@ -268,7 +403,8 @@ def to_c_header(params: QuantizedModelParams, path: str | os.PathLike[str], *,
     pre = _c_ident(prefix)
     guard = f"{pre.upper()}_TFMOT_EXT_H_"
     parts = [f"/* Generated by tfmot_ext from {params.source}. Do not edit. */\n",
-             f"#ifndef {guard}\n#define {guard}\n\n#include <stdint.h>\n\n"]
+             f"#ifndef {guard}\n#define {guard}\n\n#include <stdint.h>\n\n",
+             _c_graph_comment(params)]
     for p in params.quantized_layers():
         assert p.kernel_int is not None and p.kernel_scale is not None
         base = f"{pre}_{_c_ident(p.name)}"
@@ -298,6 +434,7 @@ def to_c_header(params: QuantizedModelParams, path: str | os.PathLike[str], *,
                 parts.append(_c_array(f"{base}_{side}_scale", np.asarray(t.scale, np.float32)))
                 parts.append(_c_array(f"{base}_{side}_zero_point",
                                       np.asarray(t.zero_point, np.int32)))
+        parts.append(_c_attributes(base, op_attributes(p)))
         parts.append("\n")
     for p in params.values():
         if p.note:  # a layer extraction could not give integers for, and why
@@ -306,6 +443,37 @@ def to_c_header(params: QuantizedModelParams, path: str | os.PathLike[str], *,
     parts.append(f"#endif  /* {guard} */\n")
     with atomic_write(path, "w") as f:
         f.write("".join(parts))
+
+
+def _c_graph_comment(params: QuantizedModelParams) -> str:
+    """The convention, the requantization rounding and the operator graph, as a comment."""
+    lines = [f"Convention: {CONVENTION}.", "Requantization (TFLite's kernels):"]
+    lines += [f"  {k}: {v}" for k, v in ROUNDING.items()]
+    lines += ["An input whose producer's (scale, zero_point) differs from the layer's input",
+              "quantization is first requantized to it (TFLite QUANTIZE).",
+              "Operators in execution order (layer: OP(inputs) attributes):"]
+    for p in params.values():
+        attrs = " ".join(f"{k}={v}" for k, v in op_attributes(p).items())
+        lines.append(f"  {p.name}: {tflite_op(p.kind, p.config)}({', '.join(p.inputs)})"
+                     + (f" {attrs}" if attrs else ""))
+    body = "\n".join(f" * {line}".rstrip().replace("*/", "* /") for line in lines)
+    return f"/*\n{body}\n */\n\n"
+
+
+def _c_attributes(base: str, attrs: dict[str, Any]) -> str:
+    """A weighted layer's attributes as C constants (``int32_t``)."""
+    out = []
+    for k, v in attrs.items():
+        if k == "padding" and isinstance(v, str):
+            out.append(_c_array(f"{base}_padding_same", np.asarray(int(v == "same"), np.int32),
+                                "1: TFLite SAME padding, 0: VALID"))
+        elif k == "clamp":
+            out.append(_c_array(f"{base}_act_min", np.asarray(v[0], np.int32),
+                                f"fused {attrs.get('activation', 'linear')}: clamp bounds"))
+            out.append(_c_array(f"{base}_act_max", np.asarray(v[1], np.int32)))
+        elif isinstance(v, (int, list)) and not isinstance(v, bool):
+            out.append(_c_array(f"{base}_{k}", np.asarray(v, np.int32)))
+    return "".join(out)
 
 
 _WRITERS: dict[str, Callable[..., None]] = {".npz": to_npz, ".json": to_json,

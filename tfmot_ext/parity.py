@@ -338,8 +338,10 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
             ``"default"`` (XNNPACK; outputs only). See :func:`tfmot_ext.tflite.op_outputs`.
         reference: also run the integer reference and compare every tensor.
         params: the model's extraction, if already at hand.
-        min_within_1lsb, require_weights, require_reference: the thresholds of the
-            report's verdict (:attr:`ParityReport.passed`).
+        min_within_1lsb: the verdict's threshold: the fraction of every output's
+            elements that must be within 1 LSB (:attr:`ParityReport.passed`).
+        require_weights: the verdict also requires exact weights.
+        require_reference: the verdict also requires a bit-exact integer reference.
 
     Returns:
         :class:`ParityReport` (``print`` it for the table and the verdict).

@@ -110,9 +110,6 @@ logger = logging.getLogger(__name__)
 register = keras.utils.register_keras_serializable(package="tfmot_ext")
 
 
-#: TF functions of a two-tensor ``x + y`` (TFOpLambda's serialized names).
-
-
 def _is_same_shape_tensor_add(layer: Any) -> bool:
     if not (isinstance(layer, TensorOp) and layer.function in TF_ADD_OPS
             and len(layer.inbound_nodes) == 1):

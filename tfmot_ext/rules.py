@@ -54,6 +54,8 @@ __all__ = [
     "PASS_THROUGH_OPS",
     "ROUNDINGS",
     "SAME_SCALE_LAYERS",
+    "TFLITE_ACTIVATION_OPS",
+    "TFLITE_OPS",
     "TFMOT_WRAPPABLE_ACTIVATIONS",
     "TF_ADD_OPS",
     "TF_MUL_OPS",
@@ -65,6 +67,7 @@ __all__ = [
     "output_channels",
     "passes_input_scale",
     "relu_kind",
+    "tflite_op",
 ]
 
 # --------------------------------------------------------------------------- activations
@@ -270,6 +273,38 @@ def output_channels(kind: str, attr: str, shape: tuple[int, ...]) -> int:
     if kind in TRANSPOSED_KINDS:
         return int(shape[-2])
     return int(shape[-1])
+
+
+# --------------------------------------------------------------------------- operators
+
+#: The TFLite builtin operator each Keras layer kind deploys as (a folded layer as the op
+#: it folds into; ``Flatten``/``Reshape`` as RESHAPE, ``GlobalAveragePooling2D`` as MEAN;
+#: a ReLU fused into the op before it deploys as nothing, see :func:`tflite_op`).
+TFLITE_OPS = {
+    "QuantizeLayer": "QUANTIZE", "Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D",
+    "Dense": "FULLY_CONNECTED", "MaxPooling2D": "MAX_POOL_2D",
+    "AveragePooling2D": "AVERAGE_POOL_2D", "GlobalAveragePooling2D": "MEAN", "Add": "ADD",
+    "Multiply": "MUL", "Concatenate": "CONCATENATION", "Flatten": "RESHAPE",
+    "Reshape": "RESHAPE", "ZeroPadding2D": "PAD", "Cropping2D": "STRIDED_SLICE",
+    "ReLU": "RELU", "Dropout": "(none)", "SpatialDropout2D": "(none)", "Identity": "(none)",
+    "InputLayer": "(input)"}
+
+#: Activation layer functions -> their TFLite op.
+TFLITE_ACTIVATION_OPS = {"relu": "RELU", "relu6": "RELU6", "sigmoid": "LOGISTIC",
+                         "tanh": "TANH", "swish": "LOGISTIC+MUL", "silu": "LOGISTIC+MUL",
+                         "linear": "(none)"}
+
+
+def tflite_op(kind: str, config: Mapping[str, Any]) -> str:
+    """The TFLite operator a layer of ``kind`` (with its Keras ``config``) deploys as.
+
+    >>> tflite_op("FoldedConv2DBatchNorm", {}), tflite_op("Activation", {"activation": "tanh"})
+    ('CONV_2D', 'TANH')
+    """
+    kind = deployed_kind(kind)
+    if kind == "Activation":
+        return TFLITE_ACTIVATION_OPS.get(str(config.get("activation")), "?")
+    return TFLITE_OPS.get(kind, "?")
 
 
 # --------------------------------------------------------------------------- converter
