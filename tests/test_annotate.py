@@ -291,3 +291,18 @@ def test_a_skipped_layer_before_a_quantized_conv_deploys_exactly(how, tmp_path):
     report = te.verify(qat, content, x, reference=False)
     assert report.weights_exact and report.passed, report
     te.export(params, tmp_path / "model.h")  # complete: nothing missing
+
+
+def test_a_skipped_layer_with_several_outputs_stays_skipped():
+    """tfmot cannot wrap a multi-output layer (found by review: output_only there made
+    te.quantize fail with tfmot's "Multiple output" error): it stays "skip", warned."""
+
+    class _Split(keras.layers.Layer):
+        def call(self, x):
+            return x * 0.5, x + 1.0
+
+    inp = keras.Input((6,))
+    a, b = _Split(name="split")(L.Dense(4, name="d0")(inp))
+    model = keras.Model(inp, L.Dense(2, name="d1")(L.Concatenate()([a, b])))
+    assert te.plan(model, unsupported="skip")["split"] == "skip"
+    te.quantize(model, unsupported="skip")

@@ -91,3 +91,16 @@ def test_private_names_of_tfmot_keras_and_tflite_are_read_only_in_compat():
                     and attr not in own):
                 offenders.append(f"{path.name}:{node.lineno} {attr}")
     assert offenders == []
+
+
+def test_names_exported_before_the_architecture_change_still_resolve_with_a_warning():
+    import warnings
+
+    for name, (module, attr) in tfmot_ext._MOVED.items():
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            value = getattr(tfmot_ext, name)
+        assert value is getattr(importlib.import_module(f"tfmot_ext.{module}"), attr), name
+        assert any(issubclass(w.category, DeprecationWarning) and module in str(w.message)
+                   for w in seen), name
+    assert len(tfmot_ext.__all__) <= 45 and set(tfmot_ext.__all__) <= set(dir(tfmot_ext))

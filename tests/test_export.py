@@ -368,3 +368,26 @@ def test_an_export_alone_rebuilds_the_integer_network(tmp_path):
     header = (tmp_path / "model.h").read_text()
     assert "real = scale * (q - zero_point)" in header and "DEPTHWISE_CONV_2D(" in header
     assert "_act_min" in header and "_dilation[2] = {\n    2, 2\n}" in header
+
+
+@pytest.mark.slow
+def test_an_embedding_model_exports(tmp_path):
+    """An Embedding deploys as GATHER (its table's rows at the table's scale, no
+    requantization): extraction gives its output that quantization, so the layer after
+    it is complete and matches the .tflite (found by review: the export refused both)."""
+    from tfmot_ext.export import incomplete_layers
+
+    inp = keras.Input((5,), dtype="int32")
+    x = L.Flatten()(L.Embedding(20, 4, name="emb")(inp))
+    qat = te.quantize(keras.Model(inp, L.Dense(2, name="fc")(x)))
+    qat(np.random.default_rng(0).integers(0, 20, (16, 5)), training=True)
+    params = te.extract(qat)
+    emb, fc = params["quant_emb"], params["quant_fc"]
+    assert emb.kernel_int is not None and incomplete_layers(params) == []
+    # the Dense after it reads the table's quantization, as TFLite's GATHER outputs it
+    assert fc.input is not None and fc.input.scale == float(np.float32(emb.kernel_scale))
+    assert fc.bias_int is not None and fc.multiplier_q31 is not None
+    x = np.random.default_rng(1).integers(0, 20, (16, 5)).astype(np.int32)
+    report = te.verify(qat, te.to_tflite(qat, x), x, reference=False)
+    assert report.weights_exact, report
+    te.export(params, tmp_path / "m.h")

@@ -151,6 +151,12 @@ def test_tfmot_default_conv_before_batchnorm_says_why_and_what_to_use(rng, tmp_p
         fc = params["quant_fc"]
         assert fc.kernel_int is not None and fc.input is not None and fc.bias_int is not None
     assert main(["inspect", str(tmp_path / "tfmot.h5")]) == 0
+    # an export would lack a layer that deploys quantized: refused, unless asked for
+    with pytest.raises(te.TfmotExtError, match=r"quant_conv: not extracted.*allow_partial"):
+        te.export(params, tmp_path / "m.h")
+    assert not (tmp_path / "m.h").exists()
+    te.export(params, tmp_path / "m.h", allow_partial=True)
+    assert "quant_conv (Conv2D): not exported" in (tmp_path / "m.h").read_text()
 
 
 @pytest.mark.slow
@@ -530,8 +536,9 @@ def test_a_user_written_tfmot_config_is_extracted_exactly_from_the_live_model(rn
     ("not one tfmot_ext can read without its code", though the code was loaded) and
     ``verify`` called the layer "quantized by the converter". The live model's config
     object is read now: its 4-bit kernel integers, int32 bias and scales equal the
-    .tflite's. From the H5 file alone (``get_config`` is {}) it is reported float, and
-    the note says to extract the live model."""
+    .tflite's. From the H5 file alone (``get_config`` is {}) it is reported float, the
+    note saying how to pass the class; passed (``custom_objects``), the H5 file gives
+    the live model's integers."""
     qk = tfmot.quantization.keras
     inp = keras.Input((20,))
     x = L.Dense(20, activation="relu", name="d1")(inp)
@@ -552,4 +559,11 @@ def test_a_user_written_tfmot_config_is_extracted_exactly_from_the_live_model(rn
     with qk.quantize_scope({"_ModifiedDenseQuantizeConfig": _ModifiedDenseQuantizeConfig}):
         qat.save(tmp_path / "guide.h5")
     from_h5 = extract(tmp_path / "guide.h5")["quant_d2"]
-    assert from_h5.kernel_int is None and "tfmot_ext.extract(model)" in from_h5.note
+    assert from_h5.kernel_int is None and "custom_objects=" in from_h5.note
+    # with the class passed, the H5 file gives the same integers as the live model
+    given = extract(tmp_path / "guide.h5", custom_objects={
+        "_ModifiedDenseQuantizeConfig": _ModifiedDenseQuantizeConfig})["quant_d2"]
+    np.testing.assert_array_equal(given.kernel_int, d2.kernel_int)
+    np.testing.assert_array_equal(given.bias_int, d2.bias_int)
+    np.testing.assert_array_equal(given.multiplier_q31, d2.multiplier_q31)
+    assert given.kernel_scale == d2.kernel_scale and given.bits == 4

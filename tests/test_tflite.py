@@ -171,3 +171,20 @@ def test_verify_says_when_the_tflite_belongs_to_another_model(qat_and_data, rng)
     with pytest.raises(te.TfmotExtError, match=r"input has shape \(4, 4, 2\), the model's "
                                                r"\(6, 6, 2\)"):
         te.verify(qat, te.to_tflite(small, x4), data)
+
+
+def test_a_dead_relu_in_a_trained_model_is_warned_not_refused(rng, caplog):
+    """A trained model whose one ReLU never fires keeps a [0, 0] range; that is not an
+    uncalibrated model (found by review: the conversion was refused)."""
+    inp = keras.Input((6, 6, 2))
+    dead = L.Conv2D(3, 3, activation="relu", name="dead",
+                    bias_initializer=keras.initializers.Constant(-100.0))(inp)
+    live = L.Conv2D(3, 3, activation="relu", name="live")(inp)
+    x = L.Concatenate()([L.Flatten()(dead), L.Flatten()(live)])
+    qat = te.quantize(keras.Model(inp, L.Dense(2, name="fc")(x)))
+    data = rng.normal(size=(8, 6, 6, 2)).astype(np.float32)
+    qat(data, training=True)
+    assert unset_ranges(qat) == ["quant_dead: post_activation"]
+    with caplog.at_level("WARNING", logger="tfmot_ext.tflite"):
+        te.to_tflite(qat, data)
+    assert "quant_dead: post_activation" in caplog.text and "dead ReLU" in caplog.text

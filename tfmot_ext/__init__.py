@@ -16,10 +16,12 @@ also reachable from its module.
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from importlib.metadata import PackageNotFoundError, version
+import importlib as _importlib
+import sys as _sys
+import types as _types
+import warnings as _warnings
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
 #: public name -> (module, attribute)
@@ -73,9 +75,59 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "TfmotExtError": ("errors", "TfmotExtError"),
 }
 
+#: names the package exported before 0.2 (the architecture change): still resolved, with a
+#: DeprecationWarning naming the module to import them from
+_MOVED: dict[str, tuple[str, str]] = {
+    "ConfigError": ("errors", "ConfigError"),
+    "ConversionError": ("errors", "ConversionError"),
+    "ExportError": ("errors", "ExportError"),
+    "ExtractionError": ("errors", "ExtractionError"),
+    "FoldedConv2DBatchNorm": ("folding", "FoldedConv2DBatchNorm"),
+    "FoldedDenseBatchNorm": ("folding", "FoldedDenseBatchNorm"),
+    "FoldedDepthwiseConv2DBatchNorm": ("folding", "FoldedDepthwiseConv2DBatchNorm"),
+    "H5FormatError": ("errors", "H5FormatError"),
+    "IntTensor": ("kernels", "IntTensor"),
+    "IntegerReferenceError": ("errors", "IntegerReferenceError"),
+    "LayerDrift": ("parity", "LayerDrift"),
+    "LayerQuantSummary": ("summary", "LayerQuantSummary"),
+    "LayerReport": ("report", "LayerReport"),
+    "OutputParity": ("parity", "OutputParity"),
+    "ParityError": ("errors", "ParityError"),
+    "PolicyError": ("errors", "PolicyError"),
+    "ReferenceRun": ("reference", "ReferenceRun"),
+    "TensorMatch": ("matching", "TensorMatch"),
+    "TensorOp": ("graph", "TensorOp"),
+    "TensorQuant": ("params", "TensorQuant"),
+    "UNSUPPORTED_MODES": ("annotate", "UNSUPPORTED_MODES"),
+    "UnsupportedLayerError": ("errors", "UnsupportedLayerError"),
+    "UnsupportedModelError": ("errors", "UnsupportedModelError"),
+    "WeightParity": ("parity", "WeightParity"),
+    "atomic_path": ("export", "atomic_path"),
+    "atomic_write": ("export", "atomic_write"),
+    "builtin_choice": ("annotate", "builtin_choice"),
+    "compare_with_tflite": ("matching", "compare_with_tflite"),
+    "flatten": ("graph", "flatten"),
+    "int8_embedded": ("params", "as_deployed"),
+    "interpreter": ("tflite", "interpreter"),
+    "layer_drift": ("parity", "layer_drift"),
+    "op_outputs": ("tflite", "op_outputs"),
+    "output_channel_axis": ("configs", "output_channel_axis"),
+    "pack_int4": ("export", "pack_int4"),
+    "prepare": ("rewrites", "prepare"),
+    "quantize_multiplier": ("fixedpoint", "quantize_multiplier"),
+    "replace_tf_ops": ("graph", "replace_tf_ops"),
+    "requant_multiplier": ("fixedpoint", "requant_multiplier"),
+    "to_c_header": ("export", "to_c_header"),
+    "to_encodings": ("export", "to_encodings"),
+    "to_json": ("export", "to_json"),
+    "to_npz": ("export", "to_npz"),
+    "unpack_int4": ("export", "unpack_int4"),
+    "weight_tensors": ("tflite", "weight_tensors"),
+}
+
 try:
-    __version__ = version("tfmot-ext")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _version("tfmot-ext")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -83,30 +135,36 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first use (PEP 562)."""
+    if name in _MOVED:
+        module, attr = _MOVED[name]
+        _warnings.warn(f"tfmot_ext.{name} moved: import it from tfmot_ext.{module}"
+                       + (f" (as {attr})" if attr != name else ""), DeprecationWarning,
+                       stacklevel=2)
+        return getattr(_importlib.import_module(f"tfmot_ext.{module}"), attr)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'tfmot_ext' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
-    value = getattr(importlib.import_module(f"tfmot_ext.{module}"), attr)
+    value = getattr(_importlib.import_module(f"tfmot_ext.{module}"), attr)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*__all__, "__doc__", "__file__", "__name__", "__path__", "__version__"})
 
 
-class _Package(types.ModuleType):
+class _Package(_types.ModuleType):
     """The package's module type: keeps ``tfmot_ext.annotate``/``extract``/``export`` the
     functions of those names when their submodules are imported (the import system sets
     a submodule as an attribute of its package, which would hide the function)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name, ("", ""))[0] == name:
+        if isinstance(value, _types.ModuleType) and _EXPORTS.get(name, ("", ""))[0] == name:
             value = getattr(value, _EXPORTS[name][1])
         super().__setattr__(name, value)
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from tfmot_ext.annotate import Rule, annotate, plan, quantize

@@ -290,6 +290,14 @@ def _plan(model: Any, policy: Sequence[Rule] | None, unsupported: str,
 _PENDING = "__pending__"
 
 
+def _single_output(layer: Any) -> bool:
+    """Whether ``layer`` is called once and returns one tensor (what tfmot can wrap)."""
+    try:
+        return len(layer.inbound_nodes) == 1 and not isinstance(layer.output, (list, tuple))
+    except (AttributeError, ValueError):
+        return False
+
+
 def _quantize_skipped_boundaries(model: Any, decisions: dict[str, Any],
                                  user_skips: set[str]) -> None:
     """A layer the user skipped between quantized layers (a float island: an SSD-style
@@ -309,7 +317,13 @@ def _quantize_skipped_boundaries(model: Any, decisions: dict[str, Any],
             producers.setdefault(c, []).append(name)
     inputs = {la.name for la in model.layers if isinstance(la, keras.layers.InputLayer)}
     for name in sorted(user_skips):
-        if _keeps_input_scale(model.get_layer(name)):
+        layer = model.get_layer(name)
+        if _keeps_input_scale(layer):
+            continue
+        if not _single_output(layer):  # tfmot cannot wrap it: it stays as it is
+            logger.warning("layer '%s' is skipped and has several outputs: its outputs stay "
+                           "float, so a quantized layer reading them deploys what the "
+                           "converter calibrates (extraction will say which)", name)
             continue
         fed_quantized = any(before.get(p, "skip") != "skip" and p not in inputs
                             for p in producers.get(name, []))

@@ -5,10 +5,15 @@ BatchNorm folded: the model from :func:`tfmot_ext.quantize` is run on the data i
 training mode, so that every quantizer records the range it sees, while
 
 * each folded layer runs frozen (its moving statistics, the float model's, fold into
-  the kernel as deployed; no batch statistics),
+  the kernel as deployed; no batch statistics), and so does every BatchNormalization
+  left unfolded (``trainable = False``: tf_keras then normalizes with the moving
+  statistics),
 * dropout and noise layers are switched off (rate, standard deviation 0),
-* tfmot_ext's moving-average activation quantizers track all values instead (the min
-  and max over the whole data, what the converter's own calibration takes),
+* every activation range starts empty and tracks all values (the min and max over the
+  whole data, what the converter's own calibration takes): tfmot_ext's moving-average
+  quantizers switch to ``all_values``, tfmot's ``MovingAverageQuantizer`` (the registry's,
+  on Add, Concatenate, pooling, ...) runs as its ``AllValuesQuantizer`` (same
+  variables; its ±6 initial range would otherwise dominate),
 
 and afterwards every variable that is not a quantizer's range (kernels, biases,
 BatchNorm statistics, step counters, freeze flags) is restored to its value before:
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, check_keras2, keras
+from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, check_keras2, keras, tfmot
 from tfmot_ext.errors import ConversionError
 from tfmot_ext.folding import FoldedBatchNormBase
 from tfmot_ext.quantizers import MinMaxQuantizer
@@ -65,6 +70,21 @@ def _quantizers(model: Any) -> list[Any]:
     return [q for q in out if q is not None]
 
 
+def _activation_range_vars(layer: Any) -> list[Any]:
+    """The range variables of a wrapper's activation/output quantizers or a
+    QuantizeLayer's (not weight quantizers', which track the weights themselves)."""
+    from tfmot_ext.rules import WEIGHT_ATTRS
+
+    if not isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
+        return []
+    out = []
+    for v in layer.weights:
+        short = v.name.split("/")[-1].split(":")[0]
+        if short.endswith(("_min", "_max")) and short[:-4] not in WEIGHT_ATTRS:
+            out.append(v)
+    return out
+
+
 def _batches(data: Any, batch_size: int) -> list[np.ndarray]:
     x = np.asarray(data, np.float32)
     if x.ndim == 0 or len(x) == 0:
@@ -96,17 +116,29 @@ def calibrate(model: Any, data: Any, *, batch_size: int = 32) -> Any:
         attr = next((a for cls, a in _NOISE if isinstance(inner, cls)), None)
         if attr is not None:
             noise.append((inner, attr, getattr(inner, attr)))
-    tracked = [(q, q.range_tracking) for q in _quantizers(model)
+    quantizers = _quantizers(model)
+    tracked = [(q, q.range_tracking) for q in quantizers
                if isinstance(q, MinMaxQuantizer) and q.range_tracking == "moving_average"]
-    folded = [getattr(la, "layer", la) for la in model.layers
-              if isinstance(getattr(la, "layer", la), FoldedBatchNormBase)]
+    tq = tfmot.quantization.keras.quantizers
+    averaging = [q for q in quantizers if type(q) is tq.MovingAverageQuantizer]
+    inners = [getattr(la, "layer", la) for la in model.layers]
+    folded = [f for f in inners if isinstance(f, FoldedBatchNormBase)]
+    batchnorms = [(b, b.trainable) for b in inners
+                  if isinstance(b, keras.layers.BatchNormalization)]
+    ranges = [v for layer in model.layers for v in _activation_range_vars(layer)]
     try:
         for layer, attr, _ in noise:
             setattr(layer, attr, 0.0)
         for q, _ in tracked:
             q.range_tracking = "all_values"
+        for q in averaging:  # the same min/max variables, all-values updates
+            q.__class__ = tq.AllValuesQuantizer
         for f in folded:
             f.bn_frozen.assign(1)
+        for b, _ in batchnorms:
+            b.trainable = False
+        for v in ranges:  # empty: the data alone sets them
+            v.assign(np.zeros(v.shape, v.dtype.as_numpy_dtype))
         for x in batches:
             model(x, training=True)
     finally:
@@ -114,6 +146,10 @@ def calibrate(model: Any, data: Any, *, batch_size: int = 32) -> Any:
             setattr(layer, attr, value)
         for q, mode in tracked:
             q.range_tracking = mode
+        for q in averaging:
+            q.__class__ = tq.MovingAverageQuantizer
+        for b, trainable in batchnorms:
+            b.trainable = trainable
         for v, value in kept:  # weights, BN statistics, step counters, freeze flags
             v.assign(value)
     logger.info("calibrated '%s' on %d inputs: %d quantizers, %d folded layers frozen for "

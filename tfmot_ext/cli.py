@@ -85,7 +85,8 @@ def _params(path: str, custom: Sequence[str] = ()) -> Any:
 
     if os.path.isdir(path):
         return extract(_live(path, custom))
-    return extract(path)  # an H5 file: read with h5py, no custom code needed
+    # an H5 file: read with h5py; named classes only for user-written QuantizeConfigs
+    return extract(path, custom_objects_from(custom) if custom else None)
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -117,10 +118,10 @@ def _extract(args: argparse.Namespace) -> int:
     from tfmot_ext.export import export
 
     params = _params(args.model, args.custom_objects)
-    kwargs = {"pack_low_bits": True} if args.pack_low_bits else {}
+    kwargs: dict[str, Any] = {"pack_low_bits": True} if args.pack_low_bits else {}
     if kwargs and not args.output.endswith(".h"):
         raise UnsupportedModelError("--pack-low-bits applies to .h output only")
-    export(params, args.output, **kwargs)
+    export(params, args.output, allow_partial=args.allow_partial, **kwargs)
     print(f"wrote {args.output} ({len(params.quantized_layers())} quantized layers)")
     return 0
 
@@ -196,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="OUT.npz, OUT.json or OUT.h")
     s.add_argument("--pack-low-bits", action="store_true",
                    help=".h only: also write kernels of <= 4 bits packed two per byte")
+    s.add_argument("--allow-partial", action="store_true",
+                   help="write what is exact even where a layer's deployment is unknown "
+                        "(each such layer is named in the file, and on stderr)")
     _custom_objects_option(s)
     s.set_defaults(func=_extract)
 

@@ -20,7 +20,7 @@ JSON encodings format, version 1 (``docs/extraction.md`` documents every field):
                  "output": {...} | null,
                  "requant": {"multiplier", "m0", "shift"} | null,
                  "integers": {"kernel": [...], "bias": [...]}}],
-     "integers": {"file": "<stem>.npz", ...}  (instead, for large models)}
+     "integers": {"file": "<stem>.integers.npz", ...}  (instead, for large models)}
 
 The layers are in execution order; an implementation runs each ``op`` on its
 ``inputs`` (requantizing an input whose producer's quantization differs from the
@@ -311,7 +311,7 @@ def to_json(params: QuantizedModelParams, path: str | os.PathLike[str],
     """Write the encodings document as indented JSON (atomically).
 
     ``integers``: ``"inline"`` (kernels and int32 biases in the JSON), ``"npz"`` (in
-    ``<stem>.npz`` beside it, written first, named in the JSON's ``"integers"``), or
+    ``<stem>.integers.npz`` beside it, written first, named in the JSON's ``"integers"``), or
     ``"auto"``: inline up to :data:`JSON_INLINE_LIMIT` kernel elements, else ``npz``.
     """
     if integers not in ("auto", "inline", "npz"):
@@ -321,7 +321,7 @@ def to_json(params: QuantizedModelParams, path: str | os.PathLike[str],
     inline = integers == "inline" or (integers == "auto" and n <= JSON_INLINE_LIMIT)
     doc = to_encodings(params, integers=inline)
     if not inline:
-        npz = os.path.splitext(os.fspath(path))[0] + ".npz"
+        npz = os.path.splitext(os.fspath(path))[0] + ".integers.npz"
         to_npz(params, npz)
         doc["integers"] = {"file": os.path.basename(npz),
                            "keys": "<layer>/kernel_int, <layer>/bias_int (see .npz)"}
@@ -480,14 +480,24 @@ _WRITERS: dict[str, Callable[..., None]] = {".npz": to_npz, ".json": to_json,
                                              ".h": to_c_header}
 
 
+#: The operators that requantize an int32 accumulator: they need an input and an
+#: output quantization (a GATHER, an Embedding's, returns its table's rows as stored).
+_REQUANTIZING = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
+
+
 def incomplete_layers(params: QuantizedModelParams) -> list[str]:
-    """``layer: what is missing`` for each layer with an integer kernel whose deployment
-    is not known: no input quantization (so no int32 bias) or no output quantization (so
-    no requantization multiplier). Its input or output then comes from a float layer,
-    whose range the converter calibrates itself, so no export of it is complete."""
+    """``layer: what is missing`` for each layer whose deployment the export would not
+    describe: a Conv/Depthwise/Dense with an integer kernel but no input quantization (so
+    no int32 bias) or no output quantization (so no requantization multiplier), whose
+    input or output then comes from a float layer the converter calibrates; and a
+    quantized layer extraction reported float with a ``note`` (its deployed integers are
+    not in the model)."""
     out = []
     for p in params.values():
-        if p.kernel_int is None:
+        if p.note and p.kernel_int is None and p.weights:
+            out.append(f"{p.name}: not extracted ({p.note})")
+            continue
+        if p.kernel_int is None or tflite_op(p.kind, p.config) not in _REQUANTIZING:
             continue
         missing = [what for what, v in (("input scale", p.input), ("output scale", p.output),
                                          ("requantization", p.multiplier_q31)) if v is None]
@@ -498,21 +508,31 @@ def incomplete_layers(params: QuantizedModelParams) -> list[str]:
     return out
 
 
-def export(params: QuantizedModelParams, path: str | os.PathLike[str], **kwargs: Any) -> None:
+def export(params: QuantizedModelParams, path: str | os.PathLike[str], *,
+           allow_partial: bool = False, **kwargs: Any) -> None:
     """Write ``params`` in the format given by ``path``'s extension (.npz, .json, .h).
 
+    Args:
+        params: the extraction result.
+        path: the file to write.
+        allow_partial: write even when some layers' deployment is not known
+            (:func:`incomplete_layers`); each is named in the file with its reason.
+        kwargs: options of the format's writer (``pack_low_bits``, ``integers``, ...).
+
     Raises:
-        ExportError: an unknown extension, or a quantized layer whose deployment is
-            incomplete (:func:`incomplete_layers`); nothing is written then.
+        ExportError: an unknown extension, or (unless ``allow_partial``) a layer whose
+            deployment is incomplete (:func:`incomplete_layers`); nothing is written then.
     """
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in _WRITERS:
         raise ExportError(f"cannot export to '{path}': use a .npz, .json or .h file name")
     gaps = incomplete_layers(params)
-    if gaps:
+    if gaps and not allow_partial:
         raise ExportError(
-            f"cannot export {params.source} to '{path}': {'; '.join(gaps)}. The layer's input "
-            "or output comes from a layer left float, whose range the converter would "
-            "calibrate; quantize that layer's output (unsupported='output_only', or a Rule "
-            "with config=tfmot_ext.output_only_config()) and train again")
+            f"cannot export {params.source} to '{path}': {'; '.join(gaps)}"[:3000]
+            + ". A layer whose input or output comes from a layer left float: quantize "
+            "that layer's output (unsupported='output_only', or a Rule with "
+            "config=tfmot_ext.output_only_config()) and train again. To write what is "
+            "exact anyway (each gap named in the file), pass allow_partial=True "
+            "(tfmot-ext extract --allow-partial)")
     _WRITERS[ext](params, path, **kwargs)

@@ -5,7 +5,9 @@ read with ``h5py`` only: the stored model-config JSON gives the graph and the
 quantizer settings, the weight datasets give the values. Nothing stored in the
 file is executed (no ``load_model``, no custom objects, no unpickling; class names
 only select among the quantizers tfmot_ext and tfmot define). Both paths feed the
-same parser, so they give identical results.
+same parser, so they give identical results, except for a user-written QuantizeConfig
+whose stored config says nothing: the live model's config object describes it, an H5
+file needs its class (``custom_objects``).
 
 The arithmetic (Jacob et al. 2017, arXiv 1712.05877, section 2):
 
@@ -19,6 +21,7 @@ The arithmetic (Jacob et al. 2017, arXiv 1712.05877, section 2):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -56,6 +59,7 @@ from tfmot_ext.records import (
     short_name,
 )
 from tfmot_ext.rules import (
+    FOLDABLE_KERNEL_ATTR,
     FOLDED_KINDS,
     KERNEL_RANKS,
     NO_RANGE_OF_THEIR_OWN,
@@ -89,19 +93,58 @@ def _records_from_model(model: Any) -> list[LayerRecord]:
     return records
 
 
+def _user_config(rec: LayerRecord) -> str | None:
+    """The class name of a wrapper's QuantizeConfig that its serialized form does not
+    describe (a user-written one), else None."""
+    qc = rec.config.get("quantize_config")
+    if (rec.class_name not in _WRAPPERS or not isinstance(qc, Mapping)
+            or class_name(qc) in KNOWN_CONFIGS):
+        return None
+    return class_name(qc)
+
+
 def _read_live_config(wrapper: Any, rec: LayerRecord) -> None:
     """A user-written QuantizeConfig (tfmot's guide: ``get_config`` returns ``{}``, so its
     serialized form says nothing) read from the live object instead: its weight,
     activation and output quantizers, serialized, as a ``LayerQuantizeConfig`` would
     hold them. Quantizers of classes tfmot_ext cannot read still get a note."""
-    qc = rec.config.get("quantize_config")
-    if (rec.class_name not in _WRAPPERS or not isinstance(qc, Mapping)
-            or class_name(qc) in KNOWN_CONFIGS):
+    if _user_config(rec) is not None:
+        _describe_config(wrapper.quantize_config, wrapper.layer, rec)
+
+
+def _read_config_with_code(rec: LayerRecord, objects: Mapping[str, Any]) -> None:
+    """A user-written QuantizeConfig of an H5 file, read with its class as the user passed
+    it (``custom_objects``): the config and the wrapped layer are rebuilt from their
+    stored configs (the layer built from its ``build_config``), and asked for their
+    quantizers. Runs the user's class, never code from the file."""
+    name = _user_config(rec)
+    if name is None or name not in objects:
         return
+    from tfmot_ext._compat import keras
+    from tfmot_ext.scope import quantize_scope  # tfmot's objects (its activation wrapper)
+
+    entry = rec.config["quantize_config"]
+    layer_entry = rec.config.get("layer", {})
+    try:
+        cfg = objects[name].from_config(entry.get("config") or {})
+        with quantize_scope(dict(objects)):
+            inner = keras.layers.deserialize(dict(layer_entry))
+        if isinstance(layer_entry, Mapping) and layer_entry.get("build_config"):
+            inner.build_from_config(layer_entry["build_config"])
+    except Exception as e:  # the user's code: report, do not guess
+        logger.warning("%s: its QuantizeConfig %s could not be rebuilt (%s)", rec.name,
+                       name, e)
+        return
+    _describe_config(cfg, inner, rec)
+
+
+def _describe_config(cfg: Any, inner: Any, rec: LayerRecord) -> None:
+    """Replace ``rec``'s serialized QuantizeConfig by a ``LayerQuantizeConfig``-shaped
+    one listing the quantizers the live config object gives for the layer ``inner``."""
     from tfmot_ext._compat import keras
     from tfmot_ext.summary import weight_attr_name
 
-    cfg, inner = wrapper.quantize_config, wrapper.layer
+    qc = rec.config["quantize_config"]
     try:
         weights = {weight_attr_name(inner, w): keras.utils.serialize_keras_object(q)
                    for w, q in cfg.get_weights_and_quantizers(inner)}
@@ -119,9 +162,13 @@ def _read_live_config(wrapper: Any, rec: LayerRecord) -> None:
             "output": keras.utils.serialize_keras_object(outs[0]) if outs else None}}}
 
 
-
 def _tensor_quant(spec: QuantSpec, stored: Mapping[str, np.ndarray], prefix: str) -> TensorQuant:
     lo, hi = spec.stored_range(stored, prefix)
+    return _range_quant(spec, lo, hi, prefix)
+
+
+def _range_quant(spec: QuantSpec, lo: np.ndarray, hi: np.ndarray, prefix: str) -> TensorQuant:
+    """The deployed quantization of a tensor FakeQuant'ed on ``[lo, hi]`` by ``spec``."""
     r = qmath.nudge(lo, hi, spec.bits, spec.narrow_range)
     if np.ndim(r.scale) != 0:
         raise ExtractionError(f"'{prefix}': per-channel activation ranges are not supported")
@@ -189,7 +236,9 @@ class _Parser:
                     self.notes[rec.name] = (
                         f"QuantizeConfig '{class_name(qc)}' is not one tfmot_ext can read "
                         "without its code; the layer is reported with its float weights "
-                        "(extract the live model, tfmot_ext.extract(model), to read it)")
+                        "(extract the live model, tfmot_ext.extract(model), or pass the "
+                        f"class: tfmot_ext.extract(path, custom_objects={{'{class_name(qc)}': "
+                        "cls}) or tfmot-ext extract --custom-objects MODULE:ATTR)")
                     logger.warning("%s: %s", self.where(rec.name), self.notes[rec.name])
                 else:
                     try:
@@ -226,6 +275,13 @@ class _Parser:
             spec = spec_from_config(rec.config.get("quantizer"), self.where(rec.name))
             if spec is not None:  # variables are named "<layer name>_min" / "_max"
                 out = _tensor_quant(spec, rec.weights, rec.name)
+        elif self._inner_kind(rec) == "Embedding" and (wq := self.wrapper_quant(rec)) \
+                and "embeddings" in wq.weights and "embeddings" in rec.weights:
+            # TFLite's GATHER returns rows of the int8 table: the output is at its scale
+            table = np.asarray(rec.weights["embeddings"], np.float32)
+            spec = wq.weights["embeddings"]
+            lo, hi = spec.stored_range(rec.weights, "embeddings", table, None)
+            out = _range_quant(spec, lo, hi, rec.name)
         else:
             wq = self.wrapper_quant(rec)
             if wq is not None and wq.output is not None and not (
@@ -318,8 +374,11 @@ class _Parser:
         if rec.class_name == "QuantizeLayer":
             return LayerQuantParams(rec.name, kind, inputs, True, output=self.own_output(rec))
         if wq is not None and rec.class_name in _WRAPPERS:
-            self.own_output(rec)  # a layer whose deployed integers are not in the model:
-            if rec.name in self.notes:  # reported float with the reason, the rest exact
+            # a layer whose deployed integers are not in the model: reported float with
+            # the reason, the rest exact; any other problem is reported where needed
+            with contextlib.suppress(ExtractionError):
+                self.own_output(rec)
+            if rec.name in self.notes:
                 return LayerQuantParams(rec.name, kind, inputs, False, weights=floats,
                                         note=self.notes[rec.name])
         if wq is None:
@@ -334,7 +393,7 @@ class _Parser:
         if folded:
             act = str(layer_cfg.get("activation", "linear"))
             op_kind = FOLDED_KINDS[kind]
-            short = "depthwise_kernel" if op_kind == "DepthwiseConv2D" else "kernel"
+            short = FOLDABLE_KERNEL_ATTR[op_kind]
             spec_or_none = spec_from_config(layer_cfg.get("weight_quantizer"),
                                             f"{self.where(rec.name)}.weight_quantizer")
             op_cfg = layer_cfg.get("layer_config", {})
@@ -482,12 +541,18 @@ def _check_finite(where: str, what: str, x: np.ndarray) -> None:
         raise ExtractionError(f"{where}: {what} contains NaN or Inf")
 
 
-def extract(model_or_path: Any) -> QuantizedModelParams:
+def extract(model_or_path: Any, custom_objects: Mapping[str, Any] | None = None
+            ) -> QuantizedModelParams:
     """Recover the integer parameters of a QAT model, live or from an H5 checkpoint.
 
     Args:
         model_or_path: a tf_keras QAT model (from ``tfmot_ext.quantize`` or tfmot's
             ``quantize_model``/``quantize_apply``), or the path of one saved as H5.
+        custom_objects: for an H5 file, the classes of user-written QuantizeConfigs
+            (name -> class) whose stored config does not say how they quantize (tfmot's
+            guide's return ``{}`` from ``get_config``): each is rebuilt and asked for its
+            quantizers (this runs those classes: the user's own code, never the
+            file's). A live model needs none: its config objects are asked directly.
 
     Returns:
         :class:`QuantizedModelParams`: layer name -> :class:`LayerQuantParams`.
@@ -501,6 +566,9 @@ def extract(model_or_path: Any) -> QuantizedModelParams:
         path = os.fspath(model_or_path)
         records = records_from_h5(path)
         source = f"'{path}'"
+        if custom_objects:
+            for rec in records:
+                _read_config_with_code(rec, custom_objects)
     else:
         records = _records_from_model(model_or_path)
         source = f"model '{model_or_path.name}'"

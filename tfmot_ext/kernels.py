@@ -61,6 +61,8 @@ from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.qmath import round_half_away
 from tfmot_ext.rules import (
     FIXED_ACTIVATION_RANGES,
+    FOLDED_KINDS,
+    REMOVED_AT_INFERENCE,
     TF_ADD_OPS,
     TF_MUL_OPS,
     fused_activation_range,
@@ -562,13 +564,10 @@ def _identity(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
 
 #: kernel of a one-input layer kind
 Unary = Callable[[LayerQuantParams, IntTensor, Call], IntTensor]
-UNARY: dict[str, Unary] = {
+_OPS: dict[str, Unary] = {
     "Conv2D": lambda p, x, c: _conv(p, x, c, depthwise=False),
-    "FoldedConv2DBatchNorm": lambda p, x, c: _conv(p, x, c, depthwise=False),
     "DepthwiseConv2D": lambda p, x, c: _conv(p, x, c, depthwise=True),
-    "FoldedDepthwiseConv2DBatchNorm": lambda p, x, c: _conv(p, x, c, depthwise=True),
     "Dense": _dense,
-    "FoldedDenseBatchNorm": _dense,
     "ReLU": _relu,
     "Activation": _activation,
     "MaxPooling2D": _max_pool,
@@ -578,10 +577,13 @@ UNARY: dict[str, Unary] = {
     "Cropping2D": _crop,
     "Flatten": _reshape,
     "Reshape": _reshape,
-    "Dropout": _identity,
-    "SpatialDropout2D": _identity,
     "Identity": _requantize_to_layer,
 }
+#: kernel of each one-input layer kind: the ops above, each folded kind as the op it
+#: deploys as, the layers the converter removes as the identity (tfmot_ext.rules)
+UNARY: dict[str, Unary] = {
+    **_OPS, **{k: _OPS[op] for k, op in FOLDED_KINDS.items()},
+    **dict.fromkeys(REMOVED_AT_INFERENCE, _identity)}
 NARY = {"Add": _add, "Concatenate": _concat, "Multiply": _mul, "TensorOp": _tensor_op}
 
 #: Layer kinds the reference executes.

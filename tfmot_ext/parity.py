@@ -13,6 +13,7 @@ review asks, in one :class:`ParityReport`:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -158,10 +159,13 @@ class ParityReport:
                 "within 1 LSB" + (", weights equal" if self.require_weights else "")
                 + (", reference bit-exact" if self.require_reference else "") + ")")
 
-    def check(self) -> None:
-        """Raise :class:`tfmot_ext.errors.ParityError` (with the table) unless :attr:`passed`."""
-        if not self.passed:
-            raise ParityError(f"parity check failed:\n{self}")
+    def check(self, **thresholds: Any) -> None:
+        """Raise :class:`tfmot_ext.errors.ParityError` (with the table) unless :attr:`passed`;
+        ``thresholds`` (``min_within_1lsb``, ``require_weights``, ``require_reference``)
+        judge it on other thresholds than the report's."""
+        report = dataclasses.replace(self, **thresholds) if thresholds else self
+        if not report.passed:
+            raise ParityError(f"parity check failed:\n{report}")
 
     def __str__(self) -> str:
         lines = ["Outputs (QAT model vs TFLite int8):",
@@ -308,8 +312,10 @@ def _check_belongs(model: Any, params: QuantizedModelParams, tflite_bytes: bytes
     fix = ("convert this model with tfmot_ext.to_tflite(model, data) (or tfmot-ext "
            "convert) and verify that file")
     inp = interpreter(tflite_bytes).get_input_details()[0]
-    theirs, ours = tuple(int(d) for d in inp["shape"][1:]), tuple(model.input_shape[1:])
-    if theirs != ours:
+    theirs = tuple(int(d) for d in inp.get("shape_signature", inp["shape"])[1:])
+    ours = () if isinstance(model.input_shape, list) else tuple(model.input_shape[1:])
+    if ours and (len(theirs) != len(ours) or any(  # None / -1: any size
+            a != b for a, b in zip(theirs, ours) if a not in (None, -1) and b not in (None, -1))):
         raise ParityError(f"the .tflite does not belong to model '{model.name}': its input "
                           f"has shape {theirs}, the model's {ours}; {fix}")
     layers = [n for n, p in params.items() if p.kernel_int is not None]

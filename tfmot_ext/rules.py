@@ -3,12 +3,12 @@
 What the TFLite converter and its int8 kernels do with a Keras layer decides what QAT
 must train and what extraction and the integer reference must compute. Each rule is
 written here once, as data or a small pure function, with the source it comes from;
-annotation (:mod:`tfmot_ext.annotate`), the graph rewrites (:mod:`tfmot_ext.graph`),
+annotation (:mod:`tfmot_ext.annotate`), the graph rewrites (:mod:`tfmot_ext.rewrites`),
 BatchNorm folding (:mod:`tfmot_ext.scheme`, :mod:`tfmot_ext.folding`), extraction
 (:mod:`tfmot_ext.extract`), the integer reference (:mod:`tfmot_ext.reference`) and the
-reports read them from here. Imports nothing but the standard library, NumPy and
-:mod:`tfmot_ext.qmath` (no TensorFlow): the deployment half of the package runs
-without it.
+reports read them from here. Imports nothing but the standard library, NumPy,
+:mod:`tfmot_ext.qmath` and :mod:`tfmot_ext.errors` (no TensorFlow): the deployment half
+of the package runs without it.
 
 The rules, by concern:
 
@@ -52,6 +52,7 @@ __all__ = [
     "NO_RANGE_OF_THEIR_OWN",
     "PASS_THROUGH_LAYERS",
     "PASS_THROUGH_OPS",
+    "REMOVED_AT_INFERENCE",
     "ROUNDINGS",
     "SAME_SCALE_LAYERS",
     "TFLITE_ACTIVATION_OPS",
@@ -175,6 +176,12 @@ AT_INPUT_SCALE_LAYERS = frozenset({"AveragePooling1D", "AveragePooling2D",
 #: BatchNormalization folded into its conv, a ReLU fused into it) or are the model's
 #: input: their output has their input's quantization.
 NO_RANGE_OF_THEIR_OWN = frozenset({"InputLayer", "Activation", "ReLU", "BatchNormalization"})
+
+#: Pass-through layers the converter removes (they do nothing at inference): the
+#: integer reference passes their input on unchanged.
+REMOVED_AT_INFERENCE = frozenset({
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+    "GaussianDropout", "AlphaDropout", "ActivityRegularization"})
 
 #: TF ops that only move or select elements: TFLite keeps their input's scale, so
 #: they get no quantizer of their own.

@@ -1,10 +1,12 @@
 """Loading QAT models: the custom objects tfmot_ext registers, and a scope for them.
 
-Every quantizer and config of tfmot_ext is registered with
-``tf_keras.saving.register_keras_serializable(package="tfmot_ext")``, so importing
-tfmot_ext is enough for ``load_model`` to find them. :func:`quantize_scope` adds
-tfmot's own objects (QuantizeWrapper, QuantizeLayer, its quantizers), which is what
-loading a QAT model needs.
+Every quantizer, config and layer of tfmot_ext is registered with
+``tf_keras.saving.register_keras_serializable(package="tfmot_ext")`` when its module is
+imported; ``import tfmot_ext`` alone imports none of them (the training half loads on
+first use), so load with :func:`load_qat_model`, or inside :func:`quantize_scope`,
+which imports them all and adds tfmot's own objects (QuantizeWrapper, QuantizeLayer,
+its quantizers): what loading a QAT model needs. A plain ``tf_keras.models.load_model``
+works after ``import tfmot_ext.scope``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, check_keras2, keras
+from tfmot_ext.rules import WEIGHT_ATTRS
 
 __all__ = ["LayerQuantSummary", "describe_quantizer", "format_summary", "quantizer_bits",
            "summarize", "weight_attr_name", "weight_quantizers"]
@@ -84,8 +85,7 @@ def weight_quantizers(wrapper: Any) -> tuple[tuple[str, Any], ...]:
 def weight_attr_name(layer: Any, tensor: Any) -> str:
     """The attribute of ``layer`` holding ``tensor`` (``kernel``, ``bias``, ...), else the
     variable's short name."""
-    for attr in ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
-                 "recurrent_kernel", "bias"):
+    for attr in (*WEIGHT_ATTRS, "bias"):
         if getattr(layer, attr, None) is tensor:
             return attr
     name = getattr(tensor, "name", "?")

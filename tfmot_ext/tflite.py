@@ -40,12 +40,6 @@ __all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "k
 
 logger = logging.getLogger(__name__)
 
-#: Weight widths the converter stores as trained (integers and scales); a fake-quantized
-#: kernel of any other width below 8 bits it re-grids on the 8-bit scale of the same
-#: range, ``s * qmax_b / 127`` (measured at 2, 3, 5, 6 and 7 bits), unless the
-#: quantizer embeds its grid in int8 (:func:`tfmot_ext.quantizers.embed_in_int8`, what
-#: :func:`to_tflite` does with every tfmot_ext quantizer).
-
 #: Operators allowed to touch float tensors in a full-integer model with float I/O.
 _IO_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
@@ -350,7 +344,13 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
             "TFLite's 16x8 mode, which tfmot_ext does not convert yet): use "
             "activation_bits=8 (or at most 8) for these layers")
     unset = unset_ranges(model)
-    if unset:
+    n_ranges = sum(len(_range_pairs(la)) for la in model.layers
+                   if isinstance(la, (QuantizeWrapper, QuantizeLayer)))
+    if unset and len(unset) < n_ranges:  # trained, but some range is exactly [0, 0]
+        logger.warning(
+            "model '%s': the ranges of %s are [0, 0] (a dead ReLU, or a layer that never "
+            "saw data); they deploy as an empty range", model.name, ", ".join(unset))
+    elif unset:
         raise ConversionError(
             f"model '{model.name}': the ranges of {', '.join(unset)} were never set (the "
             "quantizers saw no data), so the converter would deploy empty ranges; train the "
@@ -408,9 +408,10 @@ def _range_pairs(layer: Any) -> dict[str, tuple[Any, Any]]:
 
 
 def unset_ranges(model: Any) -> list[str]:
-    """``layer: quantizer`` for each activation or output range of a QAT model that was
-    never set: both ends still 0 (the initial value), so the quantizer saw no data and
-    the converter would deploy an empty range."""
+    """``layer: quantizer`` for each activation or output range of a QAT model that is
+    ``[0, 0]``: the initial value, so the quantizer saw no data (or its layer's output is
+    always 0, a dead ReLU), and the converter would deploy an empty range.
+    :func:`to_tflite` refuses a model whose ranges are all unset and warns about some."""
     check_keras2(model, "model")
     out = []
     for layer in model.layers:
