@@ -567,3 +567,54 @@ def test_a_user_written_tfmot_config_is_extracted_exactly_from_the_live_model(rn
     np.testing.assert_array_equal(given.bias_int, d2.bias_int)
     np.testing.assert_array_equal(given.multiplier_q31, d2.multiplier_q31)
     assert given.kernel_scale == d2.kernel_scale and given.bits == 4
+
+
+class _SymmetricQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """A user's quantizer class (not tfmot's): 8-bit narrow FakeQuant on [-a, a], a the
+    weight's largest magnitude in the last training step, kept in two variables of its
+    own naming."""
+
+    def build(self, tensor_shape, name, layer):
+        init = keras.initializers.Constant(0.0)
+        return {"lo": layer.add_weight(f"{name}_lo", shape=(), initializer=init,
+                                       trainable=False),
+                "hi": layer.add_weight(f"{name}_hi", shape=(), initializer=init,
+                                       trainable=False)}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        import tensorflow as tf
+
+        if training:  # the range of the last training step, kept for inference
+            a = tf.reduce_max(tf.abs(inputs))
+            weights["lo"].assign(-a)
+            weights["hi"].assign(a)
+        return tf.quantization.fake_quant_with_min_max_vars(
+            inputs, weights["lo"], weights["hi"], num_bits=8, narrow_range=True)
+
+    def get_config(self):
+        return {"num_bits": 8, "narrow_range": True}
+
+
+class _UserQuantizerConfig(_ModifiedDenseQuantizeConfig):
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, _SymmetricQuantizer())]
+
+
+@pytest.mark.slow
+def test_a_user_quantizer_class_is_read_by_replaying_it(rng):
+    """A user Quantizer subclass keeping its own min/max variables: tfmot_ext cannot know
+    its math, so it replays it on the weight and, where the output is TF's FakeQuant on
+    those variables bit for bit, reads it as that: exact against the .tflite."""
+    qk = tfmot.quantization.keras
+    inp = keras.Input((12,))
+    x = qk.quantize_annotate_layer(L.Dense(8, activation="relu", name="d2"),
+                                   _UserQuantizerConfig())(L.Dense(12, name="d1")(inp))
+    annotated = qk.quantize_annotate_model(keras.Model(inp, L.Dense(3, name="d3")(x)))
+    with qk.quantize_scope({"_UserQuantizerConfig": _UserQuantizerConfig}):
+        qat = qk.quantize_apply(annotated)
+    x = _trained(qat, rng)
+    d2 = extract(qat)["quant_d2"]
+    assert d2.kernel_int is not None and d2.bits == 8 and d2.symmetric
+    report = te.verify(qat, te.to_tflite(qat, x), x, reference=False)
+    (w,) = [w for w in report.weights if w.layer == "quant_d2"]
+    assert w.exact and not w.calibrated

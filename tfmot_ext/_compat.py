@@ -39,6 +39,7 @@ __all__ = [
     "own_trainable_weights",
     "tf",
     "tfmot",
+    "weight_quantizer_entries",
 ]
 
 _qk = tfmot.quantization.keras
@@ -74,7 +75,13 @@ def called_weight_quantizers(wrapper: Any) -> list[Any]:
     quantizers get their axis resolved there). A folded layer's own kernel quantizer
     is not among them.
     """
-    return [entry[1] for entry in getattr(wrapper, "_weight_vars", ())]
+    return [entry[1] for entry in weight_quantizer_entries(wrapper)]
+
+
+def weight_quantizer_entries(wrapper: Any) -> list[tuple[Any, Any, dict[str, Any]]]:
+    """``(weight, quantizer, variables)`` of each weight a built QuantizeWrapper quantizes
+    (private attribute ``_weight_vars``, see :func:`called_weight_quantizers`)."""
+    return [tuple(entry) for entry in getattr(wrapper, "_weight_vars", ())]
 
 
 def interpreter_ops(interp: Any) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from tfmot_ext.params import (
 )
 from tfmot_ext.quantspec import (
     KNOWN_CONFIGS,
+    SPECS,
     QuantSpec,
     TfmotSpec,
     UnknownQuantizerError,
@@ -108,8 +109,20 @@ def _read_live_config(wrapper: Any, rec: LayerRecord) -> None:
     serialized form says nothing) read from the live object instead: its weight,
     activation and output quantizers, serialized, as a ``LayerQuantizeConfig`` would
     hold them. Quantizers of classes tfmot_ext cannot read still get a note."""
-    if _user_config(rec) is not None:
-        _describe_config(wrapper.quantize_config, wrapper.layer, rec)
+    if _user_config(rec) is not None or _has_unknown_quantizer(rec):
+        _describe_config(wrapper.quantize_config, wrapper.layer, rec, wrapper)
+
+
+def _has_unknown_quantizer(rec: LayerRecord) -> bool:
+    """A tfmot_ext LayerQuantizeConfig holding a weight quantizer of a user's class."""
+    qc = rec.config.get("quantize_config")
+    if rec.class_name not in _WRAPPERS or not isinstance(qc, Mapping) or class_name(
+            qc) != "LayerQuantizeConfig":
+        return False
+    weights = (qc.get("config") or {}).get("weights") or {}
+    known = {*SPECS, "LastValueQuantizer", "MovingAverageQuantizer", "AllValuesQuantizer"}
+    return isinstance(weights, Mapping) and any(
+        isinstance(v, Mapping) and class_name(v) not in known for v in weights.values())
 
 
 def _read_config_with_code(rec: LayerRecord, objects: Mapping[str, Any]) -> None:
@@ -138,16 +151,66 @@ def _read_config_with_code(rec: LayerRecord, objects: Mapping[str, Any]) -> None
     _describe_config(cfg, inner, rec)
 
 
-def _describe_config(cfg: Any, inner: Any, rec: LayerRecord) -> None:
+def _replayed(wrapper: Any, index: int, attr: str, rec: LayerRecord) -> dict[str, Any] | None:
+    """A weight quantizer of a class tfmot_ext does not know, read by replaying it: when
+    its inference output on the weight equals TF's FakeQuant on the two range variables
+    it keeps (bit for bit, at the ``num_bits``/``narrow_range`` of its config, 8 and wide
+    by default), it is described as tfmot's LastValueQuantizer on that stored range
+    (the variables are copied under ``<attr>_min``/``_max``); else None."""
+    from tfmot_ext._compat import tf, weight_quantizer_entries
+
+    entries = weight_quantizer_entries(wrapper)  # the config's order (tfmot builds them so)
+    if index >= len(entries) or len(entries[index][2]) != 2:
+        return None
+    weight, q, variables = entries[index]
+    cfg = q.get_config() if hasattr(q, "get_config") else {}
+    bits, narrow = int(cfg.get("num_bits", cfg.get("bits", 8))), bool(cfg.get("narrow_range"))
+    try:
+        got = np.asarray(q(weight, False, variables))  # it may update its variables: first
+        lo, hi = sorted((np.asarray(v.numpy(), np.float32) for v in variables.values()),
+                        key=lambda a: float(np.sum(a)))
+        if lo.shape != hi.shape or lo.ndim > 1 or not np.all(lo <= hi):
+            return None
+        if lo.ndim == 0:
+            want = tf.quantization.fake_quant_with_min_max_vars(
+                weight, lo, hi, num_bits=bits, narrow_range=narrow)
+        else:
+            want = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                weight, lo, hi, num_bits=bits, narrow_range=narrow)
+    except Exception:  # the user's code, or not a FakeQuant: not readable this way
+        return None
+    if not np.array_equal(got, np.asarray(want)):
+        return None
+    rec.weights[f"{attr}_min"], rec.weights[f"{attr}_max"] = lo, hi
+    return {"class_name": "LastValueQuantizer", "config": {
+        "num_bits": bits, "per_axis": lo.ndim == 1,
+        "symmetric": bool(np.all(lo == -hi)), "narrow_range": narrow}}
+
+
+def _describe_config(cfg: Any, inner: Any, rec: LayerRecord, wrapper: Any = None) -> None:
     """Replace ``rec``'s serialized QuantizeConfig by a ``LayerQuantizeConfig``-shaped
-    one listing the quantizers the live config object gives for the layer ``inner``."""
-    from tfmot_ext._compat import keras
+    one listing the quantizers the live config object gives for the layer ``inner``
+    (a weight quantizer of an unknown class replayed, :func:`_replayed`, where the live
+    ``wrapper`` is at hand)."""
+    from tfmot_ext._compat import keras, weight_quantizer_entries
     from tfmot_ext.summary import weight_attr_name
 
     qc = rec.config["quantize_config"]
+
+    def described(i: int, attr: str, q: Any) -> Any:
+        out = keras.utils.serialize_keras_object(q)
+        known = {*SPECS, "LastValueQuantizer", "MovingAverageQuantizer", "AllValuesQuantizer"}
+        if wrapper is not None and isinstance(out, Mapping) and class_name(out) not in known:
+            out = _replayed(wrapper, i, attr, rec) or out
+        return out
+
     try:
-        weights = {weight_attr_name(inner, w): keras.utils.serialize_keras_object(q)
-                   for w, q in cfg.get_weights_and_quantizers(inner)}
+        pairs = list(cfg.get_weights_and_quantizers(inner))
+        names = [weight_attr_name(inner, w) for w, _ in pairs]
+        if wrapper is not None:  # the attribute names of the variables the wrapper holds
+            names = [weight_attr_name(inner, e[0]) for e in weight_quantizer_entries(wrapper)
+                     ][:len(pairs)] or names
+        weights = {a: described(i, a, q) for i, (a, (_, q)) in enumerate(zip(names, pairs))}
         acts = [q for _, q in cfg.get_activations_and_quantizers(inner)]
         outs = list(cfg.get_output_quantizers(inner))
     except Exception as e:  # the user's code: report, do not guess
