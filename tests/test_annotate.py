@@ -306,3 +306,14 @@ def test_a_skipped_layer_with_several_outputs_stays_skipped():
     model = keras.Model(inp, L.Dense(2, name="d1")(L.Concatenate()([a, b])))
     assert te.plan(model, unsupported="skip")["split"] == "skip"
     te.quantize(model, unsupported="skip")
+
+
+def test_a_chain_of_skipped_layers_between_quantized_layers_is_quantized_at_each_step():
+    """Conv -> skipped -> skipped -> Conv: both skipped layers get their output quantized
+    (found by review: only a single skipped layer was handled)."""
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, name="c1")(inp)
+    x = _AnchorBoxes(name="s2")(_AnchorBoxes(name="s1")(x))
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(L.Conv2D(4, 3, name="c2")(x))))
+    plan = te.plan(model, unsupported="skip")
+    assert plan["s1"].output is not None and plan["s2"].output is not None

@@ -306,7 +306,8 @@ def _quantize_skipped_boundaries(model: Any, decisions: dict[str, Any],
     without one the converter calibrates that boundary itself, and the consumer's int32
     bias and requantization are not the ones extraction can give (measured: a Conv2D
     after a skipped custom layer with bias and scales DIFF, 3 LSB at the output).
-    Pass-through layers and a float front (a skipped layer fed by float layers or the
+    A chain of skipped layers is treated the same, layer by layer. Pass-through layers,
+    multi-output layers and a float front (a skipped layer fed by float layers or the
     model input, as in tfmot's "quantize only the Dense layers" recipe, deployed with
     dynamic-range quantization) are left as they are."""
     before = dict(decisions)
@@ -316,22 +317,32 @@ def _quantize_skipped_boundaries(model: Any, decisions: dict[str, Any],
         for c in outs:
             producers.setdefault(c, []).append(name)
     inputs = {la.name for la in model.layers if isinstance(la, keras.layers.InputLayer)}
-    for name in sorted(user_skips):
-        layer = model.get_layer(name)
-        if _keeps_input_scale(layer):
+
+    def reaches_quantized(name: str, seen: frozenset[str] = frozenset()) -> bool:
+        """A consumer is quantized, or is a skipped layer (a chain of them) that reaches
+        one."""
+        for c in cons.get(name, []):
+            if before.get(c, "skip") != "skip":
+                return True
+            if c in user_skips and c not in seen and reaches_quantized(c, seen | {name}):
+                return True
+        return False
+
+    for layer in model.layers:  # execution order: a chain's first layer flips first
+        name = layer.name
+        if name not in user_skips or _keeps_input_scale(layer):
             continue
         if not _single_output(layer):  # tfmot cannot wrap it: it stays as it is
             logger.warning("layer '%s' is skipped and has several outputs: its outputs stay "
                            "float, so a quantized layer reading them deploys what the "
                            "converter calibrates (extraction will say which)", name)
             continue
-        fed_quantized = any(before.get(p, "skip") != "skip" and p not in inputs
+        fed_quantized = any(decisions.get(p, "skip") != "skip" and p not in inputs
                             for p in producers.get(name, []))
-        quantized = [c for c in cons.get(name, []) if before.get(c, "skip") != "skip"]
-        if fed_quantized and quantized:
+        if fed_quantized and reaches_quantized(name):
             decisions[name] = output_only_config()
-            logger.info("layer '%s' is skipped (float) but feeds the quantized %s: its output "
-                        "is quantized", name, quantized)
+            logger.info("layer '%s' is skipped (float) between quantized layers: its output "
+                        "is quantized", name)
 
 
 def _is_relu_like(layer: Any) -> bool:
