@@ -601,10 +601,12 @@ class _UserQuantizerConfig(_ModifiedDenseQuantizeConfig):
 
 
 @pytest.mark.slow
-def test_a_user_quantizer_class_is_read_by_replaying_it(rng):
+def test_a_user_quantizer_class_is_read_by_replaying_it(rng, tmp_path):
     """A user Quantizer subclass keeping its own min/max variables: tfmot_ext cannot know
     its math, so it replays it on the weight and, where the output is TF's FakeQuant on
-    those variables bit for bit, reads it as that: exact against the .tflite."""
+    those variables bit for bit, reads it as that: exact against the .tflite. From an H5
+    file, with the classes passed, the quantizer is replayed on the stored variables
+    and gives the same integers."""
     qk = tfmot.quantization.keras
     inp = keras.Input((12,))
     x = qk.quantize_annotate_layer(L.Dense(8, activation="relu", name="d2"),
@@ -618,3 +620,12 @@ def test_a_user_quantizer_class_is_read_by_replaying_it(rng):
     report = te.verify(qat, te.to_tflite(qat, x), x, reference=False)
     (w,) = [w for w in report.weights if w.layer == "quant_d2"]
     assert w.exact and not w.calibrated
+    objects = {"_UserQuantizerConfig": _UserQuantizerConfig,
+               "_SymmetricQuantizer": _SymmetricQuantizer}
+    with tfmot.quantization.keras.quantize_scope(objects):
+        qat.save(tmp_path / "user.h5")
+    assert extract(tmp_path / "user.h5")["quant_d2"].kernel_int is None  # no classes: float
+    from_h5 = extract(tmp_path / "user.h5", custom_objects=objects)["quant_d2"]
+    np.testing.assert_array_equal(from_h5.kernel_int, d2.kernel_int)
+    np.testing.assert_array_equal(from_h5.bias_int, d2.bias_int)
+    np.testing.assert_array_equal(from_h5.multiplier_q31, d2.multiplier_q31)

@@ -133,20 +133,22 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562)."""
-    if name in _MOVED:
-        module, attr = _MOVED[name]
-        _warnings.warn(f"tfmot_ext.{name} moved: import it from tfmot_ext.{module}"
-                       + (f" (as {attr})" if attr != name else ""), DeprecationWarning,
-                       stacklevel=2)
-        return getattr(_importlib.import_module(f"tfmot_ext.{module}"), attr)
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tfmot_ext' has no attribute {name!r}")
-    module, attr = _EXPORTS[name]
-    value = getattr(_importlib.import_module(f"tfmot_ext.{module}"), attr)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # type checkers see the imports below, not a catch-all
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name's module on first use (PEP 562)."""
+        if name in _MOVED:
+            module, attr = _MOVED[name]
+            _warnings.warn(f"tfmot_ext.{name} moved: import it from tfmot_ext.{module}"
+                           + (f" (as {attr})" if attr != name else ""), DeprecationWarning,
+                           stacklevel=2)
+            return getattr(_importlib.import_module(f"tfmot_ext.{module}"), attr)
+        if name not in _EXPORTS:
+            raise AttributeError(f"module 'tfmot_ext' has no attribute {name!r}")
+        module, attr = _EXPORTS[name]
+        value = getattr(_importlib.import_module(f"tfmot_ext.{module}"), attr)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

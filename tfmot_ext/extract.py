@@ -130,17 +130,21 @@ def _read_config_with_code(rec: LayerRecord, objects: Mapping[str, Any]) -> None
     it (``custom_objects``): the config and the wrapped layer are rebuilt from their
     stored configs (the layer built from its ``build_config``), and asked for their
     quantizers. Runs the user's class, never code from the file."""
-    name = _user_config(rec)
-    if name is None or name not in objects:
-        return
     from tfmot_ext._compat import keras
+    from tfmot_ext.configs import LayerQuantizeConfig
     from tfmot_ext.scope import quantize_scope  # tfmot's objects (its activation wrapper)
 
+    name = _user_config(rec)
+    if name is not None and name not in objects:
+        return
+    if name is None and not _has_unknown_quantizer(rec):
+        return
+    cls = objects[name] if name is not None else LayerQuantizeConfig
     entry = rec.config["quantize_config"]
     layer_entry = rec.config.get("layer", {})
     try:
-        cfg = objects[name].from_config(entry.get("config") or {})
-        with quantize_scope(dict(objects)):
+        with quantize_scope(dict(objects)):  # a user's quantizer class, deserialized
+            cfg = cls.from_config(entry.get("config") or {})
             inner = keras.layers.deserialize(dict(layer_entry))
         if isinstance(layer_entry, Mapping) and layer_entry.get("build_config"):
             inner.build_from_config(layer_entry["build_config"])
@@ -157,12 +161,38 @@ def _replayed(wrapper: Any, index: int, attr: str, rec: LayerRecord) -> dict[str
     it keeps (bit for bit, at the ``num_bits``/``narrow_range`` of its config, 8 and wide
     by default), it is described as tfmot's LastValueQuantizer on that stored range
     (the variables are copied under ``<attr>_min``/``_max``); else None."""
-    from tfmot_ext._compat import tf, weight_quantizer_entries
+    from tfmot_ext._compat import weight_quantizer_entries
 
     entries = weight_quantizer_entries(wrapper)  # the config's order (tfmot builds them so)
-    if index >= len(entries) or len(entries[index][2]) != 2:
+    if index >= len(entries):
         return None
-    weight, q, variables = entries[index]
+    return _replay(*entries[index], attr, rec)
+
+
+def _rebuilt_replay(inner: Any, q: Any, attr: str, rec: LayerRecord) -> dict[str, Any] | None:
+    """:func:`_replayed` for an H5 file: ``q`` builds its variables on the rebuilt layer
+    ``inner``, which take the stored values of the same names, as does the weight."""
+    from tfmot_ext.records import short_name
+
+    weight = getattr(inner, attr, None)
+    if weight is None or attr not in rec.weights:
+        return None
+    try:
+        variables = q.build(weight.shape, attr, inner)
+        for v in (weight, *variables.values()):
+            v.assign(rec.weights[short_name(v.name)])
+    except Exception:  # the user's code, or a variable the file does not hold
+        return None
+    return _replay(weight, q, variables, attr, rec)
+
+
+def _replay(weight: Any, q: Any, variables: Mapping[str, Any], attr: str,
+            rec: LayerRecord) -> dict[str, Any] | None:
+    """The replay of :func:`_replayed` (see there)."""
+    from tfmot_ext._compat import tf
+
+    if len(variables) != 2:
+        return None
     cfg = q.get_config() if hasattr(q, "get_config") else {}
     bits, narrow = int(cfg.get("num_bits", cfg.get("bits", 8))), bool(cfg.get("narrow_range"))
     try:
@@ -200,8 +230,9 @@ def _describe_config(cfg: Any, inner: Any, rec: LayerRecord, wrapper: Any = None
     def described(i: int, attr: str, q: Any) -> Any:
         out = keras.utils.serialize_keras_object(q)
         known = {*SPECS, "LastValueQuantizer", "MovingAverageQuantizer", "AllValuesQuantizer"}
-        if wrapper is not None and isinstance(out, Mapping) and class_name(out) not in known:
-            out = _replayed(wrapper, i, attr, rec) or out
+        if isinstance(out, Mapping) and class_name(out) not in known:
+            out = (_replayed(wrapper, i, attr, rec) if wrapper is not None
+                   else _rebuilt_replay(inner, q, attr, rec)) or out
         return out
 
     try:

@@ -342,7 +342,9 @@ def spec_from_config(d: Any, where: str) -> QuantSpec | None:
             raise ExtractionError(f"{where}: invalid {name} num_bits: {e}") from e
     raise UnknownQuantizerError(
         f"{where}: quantizer class '{name}' is not one tfmot_ext can read (tfmot_ext's "
-        "MinMax/PowerOfTwo/FixedRange/LSQ or tfmot's LastValue/MovingAverage/AllValues)"
+        "MinMax/PowerOfTwo/FixedRange/LSQ or tfmot's LastValue/MovingAverage/AllValues); "
+        "extract the live model or pass the class (custom_objects) to have it replayed, "
+        "or train with tfmot_ext.weight_quantizer(bits) in a tfmot_ext.LayerQuantizeConfig"
     )
 
 
