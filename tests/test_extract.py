@@ -142,7 +142,7 @@ def test_tfmot_default_conv_before_batchnorm_says_why_and_what_to_use(rng, tmp_p
     x = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, name="conv")(inp)))
     qat = tfmot.quantization.keras.quantize_model(
         keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(x))))
-    _trained(qat, rng)
+    x = _trained(qat, rng)
     qat.save(tmp_path / "tfmot.h5")
     for params in (extract(qat), extract(tmp_path / "tfmot.h5")):
         conv = params["quant_conv"]
@@ -157,6 +157,10 @@ def test_tfmot_default_conv_before_batchnorm_says_why_and_what_to_use(rng, tmp_p
     assert not (tmp_path / "m.h").exists()
     te.export(params, tmp_path / "m.h", allow_partial=True)
     assert "quant_conv (Conv2D): not exported" in (tmp_path / "m.h").read_text()
+    # and verify shows the reason on that operator's row
+    text = str(te.verify(qat, te.to_tflite(qat, x), x, reference=False))
+    assert any("quant_conv" in line and "not extracted: " in line
+               for line in text.splitlines()), text
 
 
 @pytest.mark.slow

@@ -81,6 +81,8 @@ class WeightParity:
     ``calibrated``: the operator's weights belong to no quantized layer of the QAT
     model (a layer left float, e.g. inside MultiHeadAttention) and the converter
     quantized them itself; such an operator is listed, not judged (``exact`` is True).
+    ``note``: for such an operator whose layer extraction reported float with a reason
+    (its deployed integers are not in the QAT model), that reason.
     """
 
     op: str
@@ -91,6 +93,7 @@ class WeightParity:
     bias: bool
     bias_scales: bool
     calibrated: bool = False
+    note: str = ""
 
     @property
     def exact(self) -> bool:
@@ -180,6 +183,10 @@ class ParityReport:
         for w in self.weights:
             def f(b: bool) -> str:
                 return "ok" if b else "DIFF"
+            if w.calibrated and w.note:
+                lines.append(f"  {str(w.layer)[:28]:<28} {w.op:<18} {'-':>4}  not extracted: "
+                             f"{w.note}"[:300])
+                continue
             if w.calibrated:
                 lines.append(f"  {'(float in QAT)':<28} {w.op:<18} {'-':>4}  quantized by "
                              "the converter from the representative data")
@@ -255,9 +262,12 @@ def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> 
         names = [n for n, p in params.items()
                  if p.kernel_int is not None and f"/{n}/" in w.filter_name]
         if len(names) != 1:
-            # no quantized layer's name in the tensor's: a layer left float in QAT
-            out.append(WeightParity(w.op, None, None, False, False, False, False,
-                                    calibrated=not names))
+            # no quantized layer's name in the tensor's: a layer left float in QAT, or one
+            # extraction reported float with its reason
+            noted = [p for n, p in params.items() if p.note and f"/{n}/" in w.filter_name]
+            out.append(WeightParity(w.op, noted[0].name if noted else None, None, False,
+                                    False, False, False, calibrated=not names,
+                                    note=noted[0].note if noted else ""))
             continue
         p = params[names[0]]
         assert p.kernel_int is not None and p.kernel_scale is not None
