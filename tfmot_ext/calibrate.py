@@ -33,7 +33,7 @@ from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, check_keras2, kera
 from tfmot_ext.errors import ConversionError
 from tfmot_ext.folding import FoldedBatchNormBase
 from tfmot_ext.quantizers import MinMaxQuantizer
-from tfmot_ext.summary import weight_quantizers
+from tfmot_ext.summary import range_variables, weight_quantizers
 
 __all__ = ["calibrate", "is_range_variable"]
 
@@ -70,21 +70,6 @@ def _quantizers(model: Any) -> list[Any]:
     return [q for q in out if q is not None]
 
 
-def _activation_range_vars(layer: Any) -> list[Any]:
-    """The range variables of a wrapper's activation/output quantizers or a
-    QuantizeLayer's (not weight quantizers', which track the weights themselves)."""
-    from tfmot_ext.rules import WEIGHT_ATTRS
-
-    if not isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
-        return []
-    out = []
-    for v in layer.weights:
-        short = v.name.split("/")[-1].split(":")[0]
-        if short.endswith(("_min", "_max")) and short[:-4] not in WEIGHT_ATTRS:
-            out.append(v)
-    return out
-
-
 def _batches(data: Any, batch_size: int) -> list[np.ndarray]:
     x = np.asarray(data, np.float32)
     if x.ndim == 0 or len(x) == 0:
@@ -110,9 +95,9 @@ def calibrate(model: Any, data: Any, *, batch_size: int = 32) -> Any:
     check_keras2(model, "model")
     batches = _batches(data, batch_size)
     kept = [(v, v.numpy()) for v in model.variables if not is_range_variable(v.name)]
+    inners = [getattr(la, "layer", la) for la in model.layers]
     noise = []
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
+    for inner in inners:
         attr = next((a for cls, a in _NOISE if isinstance(inner, cls)), None)
         if attr is not None:
             noise.append((inner, attr, getattr(inner, attr)))
@@ -121,11 +106,11 @@ def calibrate(model: Any, data: Any, *, batch_size: int = 32) -> Any:
                if isinstance(q, MinMaxQuantizer) and q.range_tracking == "moving_average"]
     tq = tfmot.quantization.keras.quantizers
     averaging = [q for q in quantizers if type(q) is tq.MovingAverageQuantizer]
-    inners = [getattr(la, "layer", la) for la in model.layers]
     folded = [f for f in inners if isinstance(f, FoldedBatchNormBase)]
     batchnorms = [(b, b.trainable) for b in inners
                   if isinstance(b, keras.layers.BatchNormalization)]
-    ranges = [v for layer in model.layers for v in _activation_range_vars(layer)]
+    ranges = [v for layer in model.layers for pair in range_variables(layer).values()
+              for v in pair]
     try:
         for layer, attr, _ in noise:
             setattr(layer, attr, 0.0)
@@ -154,5 +139,5 @@ def calibrate(model: Any, data: Any, *, batch_size: int = 32) -> Any:
             v.assign(value)
     logger.info("calibrated '%s' on %d inputs: %d quantizers, %d folded layers frozen for "
                 "it, %d noise layers off", model.name, sum(len(b) for b in batches),
-                len(_quantizers(model)), len(folded), len(noise))
+                len(quantizers), len(folded), len(noise))
     return model

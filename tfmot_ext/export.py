@@ -56,6 +56,7 @@ import numpy as np
 
 from tfmot_ext import qmath
 from tfmot_ext.errors import ExportError, IntegerReferenceError
+from tfmot_ext.kernels import hw_pairs, pair
 from tfmot_ext.params import LayerQuantParams, QuantizedModelParams, TensorQuant
 from tfmot_ext.rules import deployed_kind, fused_activation_range, tflite_op
 
@@ -189,14 +190,6 @@ def _tensor(t: TensorQuant | None) -> dict[str, Any] | None:
             "min": _floats(t.min), "max": _floats(t.max)}
 
 
-def _pair(v: Any, default: int = 1) -> list[int]:
-    if v is None:
-        return [default, default]
-    if isinstance(v, int):
-        return [v, v]
-    return [int(x) for x in v]
-
-
 def op_attributes(p: LayerQuantParams) -> dict[str, Any]:
     """The attributes an implementation of layer ``p``'s operator needs, from its config.
 
@@ -216,24 +209,24 @@ def op_attributes(p: LayerQuantParams) -> dict[str, Any]:
     c, kind = p.config, deployed_kind(p.kind)
     a: dict[str, Any] = {}
     if kind in ("Conv2D", "DepthwiseConv2D"):
-        a = {"strides": _pair(c.get("strides")), "padding": str(c.get("padding", "valid")).lower(),
-             "dilation": _pair(c.get("dilation_rate"))}
+        a = {"strides": list(pair(c.get("strides"))),
+             "padding": str(c.get("padding", "valid")).lower(),
+             "dilation": list(pair(c.get("dilation_rate")))}
         if kind == "Conv2D":
             a["groups"] = int(c.get("groups", 1) or 1)
         else:
             a["depth_multiplier"] = int(c.get("depth_multiplier", 1) or 1)
     elif kind in ("MaxPooling2D", "AveragePooling2D"):
-        pool = _pair(c.get("pool_size"), 2)
-        a = {"pool_size": pool, "strides": _pair(c.get("strides") or pool),
+        pool = list(pair(c.get("pool_size"), 2))
+        a = {"pool_size": pool, "strides": list(pair(c.get("strides") or pool)),
              "padding": str(c.get("padding", "valid")).lower()}
     elif kind == "Concatenate":
         a = {"axis": int(c.get("axis", -1))}
     elif kind == "Reshape":
         a = {"target_shape": list(c.get("target_shape") or [])}
     elif kind in ("ZeroPadding2D", "Cropping2D"):
-        v = c.get("padding" if kind == "ZeroPadding2D" else "cropping", 1)
-        hw = [[v, v], [v, v]] if isinstance(v, int) else [_pair(x) for x in v]
-        a = {"padding" if kind == "ZeroPadding2D" else "cropping": hw}
+        key, default = ("padding", 1) if kind == "ZeroPadding2D" else ("cropping", 0)
+        a = {key: [list(x) for x in hw_pairs(c.get(key, default))]}  # as the kernels read it
     elif kind == "GlobalAveragePooling2D":
         a = {"keepdims": bool(c.get("keepdims", False))}
     elif kind == "Activation":

@@ -78,6 +78,8 @@ __all__ = [
     "IntTensor",
     "activation_lut",
     "constant_operand",
+    "hw_pairs",
+    "pair",
     "quantize_input",
     "requantize",
 ]
@@ -171,7 +173,8 @@ def _windows(x: np.ndarray, kh: int, kw: int, strides: tuple[int, int],
     return win[:, :: strides[0], :: strides[1], :, :: dilation[0], :: dilation[1]]
 
 
-def _pair(v: Any, default: int = 1) -> tuple[int, int]:
+def pair(v: Any, default: int = 1) -> tuple[int, int]:
+    """A Keras ``int`` or ``(h, w)`` argument (None: ``default``) as ``(h, w)``."""
     if v is None:
         return default, default
     if isinstance(v, int):
@@ -230,7 +233,7 @@ def _conv(p: LayerQuantParams, x: IntTensor, call: Call, depthwise: bool) -> Int
         raise IntegerReferenceError(f"{call.where}: only channels_last is supported")
     k = p.kernel_int.astype(np.int64)
     kh, kw = k.shape[0], k.shape[1]
-    strides, dil = _pair(c.get("strides")), _pair(c.get("dilation_rate"))
+    strides, dil = pair(c.get("strides")), pair(c.get("dilation_rate"))
     xs = x.values.astype(np.int64) - x.zero_point
     xs = _pad_hw(xs, kh, kw, strides, dil, str(c.get("padding", "valid")).lower(), 0)
     win = _windows(xs, kh, kw, strides, dil)  # (N, OH, OW, C, kh, kw)
@@ -347,8 +350,8 @@ def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
 
 def _max_pool(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     c = p.config
-    kh, kw = _pair(c.get("pool_size"), 2)
-    strides = _pair(c.get("strides") or (kh, kw))
+    kh, kw = pair(c.get("pool_size"), 2)
+    strides = pair(c.get("strides") or (kh, kw))
     xs = _pad_hw(x.values.astype(np.int64), kh, kw, strides, (1, 1),
                  str(c.get("padding", "valid")).lower(), -(2**40))
     out = _windows(xs, kh, kw, strides, (1, 1)).max(axis=(-2, -1))
@@ -359,8 +362,8 @@ def _avg_pool(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     """TFLite int8 ``AVERAGE_POOL_2D``: sum of the valid elements, divided by their count
     rounding half away from zero (integer ``(acc +- n/2) / n``)."""
     c = p.config
-    kh, kw = _pair(c.get("pool_size"), 2)
-    strides = _pair(c.get("strides") or (kh, kw))
+    kh, kw = pair(c.get("pool_size"), 2)
+    strides = pair(c.get("strides") or (kh, kw))
     padding = str(c.get("padding", "valid")).lower()
     xs = _pad_hw(x.values.astype(np.int64), kh, kw, strides, (1, 1), padding, 0)
     ones = _pad_hw(np.ones((1, *x.values.shape[1:3], 1), np.int64), kh, kw, strides, (1, 1),
@@ -521,24 +524,24 @@ def _concat(p: LayerQuantParams, xs: list[IntTensor], call: Call) -> IntTensor:
     return IntTensor(np.concatenate(parts, axis=axis), p.output.scale, p.output.zero_point)
 
 
-def _hw_pairs(v: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+def hw_pairs(v: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     """ZeroPadding2D's / Cropping2D's ``int`` or ``(h, w)`` or ``((top, bottom), (left,
     right))`` as the last form."""
     if isinstance(v, int):
         return (v, v), (v, v)
     h, w = v
-    return _pair(h), _pair(w)
+    return pair(h), pair(w)
 
 
 def _zero_pad(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
-    ph, pw = _hw_pairs(p.config.get("padding", 1))
+    ph, pw = hw_pairs(p.config.get("padding", 1))
     out = np.pad(x.values, ((0, 0), ph, pw, (0, 0)), constant_values=x.zero_point)
     return IntTensor(out, x.scale, x.zero_point)
 
 
 def _crop(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     """Cropping2D (channels last): the integers pass unchanged, rows/columns dropped."""
-    (top, bottom), (left, right) = _hw_pairs(p.config.get("cropping", 0))
+    (top, bottom), (left, right) = hw_pairs(p.config.get("cropping", 0))
     h, w = x.values.shape[1:3]
     return IntTensor(x.values[:, top:h - bottom, left:w - right], x.scale, x.zero_point)
 

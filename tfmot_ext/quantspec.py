@@ -26,6 +26,7 @@ from tfmot_ext.records import class_name as _class_name
 
 __all__ = [
     "KNOWN_CONFIGS",
+    "KNOWN_QUANTIZERS",
     "RANGE_TRACKING",
     "SPECS",
     "FixedRangeSpec",
@@ -304,6 +305,8 @@ SPECS: dict[str, type[QuantSpec]] = {
 }
 _TFMOT_QUANTIZERS = frozenset({"LastValueQuantizer", "MovingAverageQuantizer",
                                "AllValuesQuantizer"})
+#: Every quantizer class whose serialized form :func:`spec_from_config` reads.
+KNOWN_QUANTIZERS = frozenset({*SPECS, *_TFMOT_QUANTIZERS})
 
 
 class UnknownQuantizerError(ExtractionError):

@@ -23,6 +23,7 @@ from tfmot_ext.errors import H5FormatError
 __all__ = [
     "MAX_CONFIG_CHARS",
     "MAX_DATASET_ELEMENTS",
+    "WRAPPER_CLASSES",
     "LayerRecord",
     "class_name",
     "inbound_layer_names",
@@ -31,6 +32,10 @@ __all__ = [
     "records_from_h5",
     "short_name",
 ]
+
+
+#: Class names of tfmot's quantize wrappers in a serialized model config.
+WRAPPER_CLASSES = frozenset({"QuantizeWrapper", "QuantizeWrapperV2"})
 
 
 def class_name(d: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ from tfmot_ext._compat import QuantizeLayer, QuantizeWrapper, check_keras2, kera
 from tfmot_ext.rules import WEIGHT_ATTRS
 
 __all__ = ["LayerQuantSummary", "describe_quantizer", "format_summary", "quantizer_bits",
-           "summarize", "weight_attr_name", "weight_quantizers"]
+           "range_variables", "summarize", "weight_attr_name", "weight_quantizers"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,23 @@ def weight_quantizers(wrapper: Any) -> tuple[tuple[str, Any], ...]:
     if getattr(inner, "_KERNEL", None) and folded_q is not None:  # a folded layer
         ws = ((f"folded {inner._KERNEL}", folded_q), *ws)
     return ws
+
+
+def range_variables(layer: Any) -> dict[str, tuple[Any, Any]]:
+    """``prefix -> (min variable, max variable)`` of the activation and output quantizers
+    of a QuantizeWrapper or QuantizeLayer (not its weight quantizers, whose range a
+    ``last_value`` quantizer takes from the weight itself); ``{}`` for another layer."""
+    if not isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
+        return {}
+    found: dict[str, list[Any]] = {}
+    for w in layer.weights:
+        short = w.name.split("/")[-1].split(":")[0]
+        for end, slot in (("_min", 0), ("_max", 1)):
+            if short.endswith(end):
+                prefix = short[: -len(end)]
+                if prefix.split(".")[-1] not in WEIGHT_ATTRS:
+                    found.setdefault(prefix, [None, None])[slot] = w
+    return {k: (lo, hi) for k, (lo, hi) in found.items() if lo is not None and hi is not None}
 
 
 def weight_attr_name(layer: Any, tensor: Any) -> str:

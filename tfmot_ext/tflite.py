@@ -31,8 +31,8 @@ from tfmot_ext._compat import (
     tf,
 )
 from tfmot_ext.errors import ConfigError, ConversionError
-from tfmot_ext.rules import EXACT_WEIGHT_BITS, WEIGHT_ATTRS
-from tfmot_ext.summary import quantizer_bits, weight_quantizers
+from tfmot_ext.rules import EXACT_WEIGHT_BITS
+from tfmot_ext.summary import quantizer_bits, range_variables, weight_quantizers
 
 __all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "keras_layout",
            "op_outputs", "regridded_weights", "run_int8", "save_tflite", "to_tflite",
@@ -344,8 +344,7 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
             "TFLite's 16x8 mode, which tfmot_ext does not convert yet): use "
             "activation_bits=8 (or at most 8) for these layers")
     unset = unset_ranges(model)
-    n_ranges = sum(len(_range_pairs(la)) for la in model.layers
-                   if isinstance(la, (QuantizeWrapper, QuantizeLayer)))
+    n_ranges = sum(len(range_variables(la)) for la in model.layers)
     if unset and len(unset) < n_ranges:  # trained, but some range is exactly [0, 0]
         logger.warning(
             "model '%s': the ranges of %s are [0, 0] (a dead ReLU, or a layer that never "
@@ -392,21 +391,6 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
     return bytes(content)
 
 
-def _range_pairs(layer: Any) -> dict[str, tuple[Any, Any]]:
-    """``prefix -> (min variable, max variable)`` of the activation/output quantizers of
-    a QuantizeWrapper or QuantizeLayer (not its weight quantizers, whose range a
-    ``last_value`` quantizer takes from the weight itself)."""
-    found: dict[str, list[Any]] = {}
-    for w in layer.weights:
-        short = w.name.split("/")[-1].split(":")[0]
-        for end, slot in (("_min", 0), ("_max", 1)):
-            if short.endswith(end):
-                prefix = short[: -len(end)]
-                if prefix.split(".")[-1] not in WEIGHT_ATTRS:
-                    found.setdefault(prefix, [None, None])[slot] = w
-    return {k: (lo, hi) for k, (lo, hi) in found.items() if lo is not None and hi is not None}
-
-
 def unset_ranges(model: Any) -> list[str]:
     """``layer: quantizer`` for each activation or output range of a QAT model that is
     ``[0, 0]``: the initial value, so the quantizer saw no data (or its layer's output is
@@ -415,10 +399,9 @@ def unset_ranges(model: Any) -> list[str]:
     check_keras2(model, "model")
     out = []
     for layer in model.layers:
-        if isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
-            for prefix, (lo, hi) in _range_pairs(layer).items():
-                if not np.any(lo.numpy()) and not np.any(hi.numpy()):
-                    out.append(f"{layer.name}: {prefix}")
+        for prefix, (lo, hi) in range_variables(layer).items():
+            if not np.any(lo.numpy()) and not np.any(hi.numpy()):
+                out.append(f"{layer.name}: {prefix}")
     return out
 
 
