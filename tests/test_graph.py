@@ -176,7 +176,7 @@ def test_dense_on_rank4_deploys_the_trained_integers():
     """Dense on (N, H, W, C) is reshaped to rank 2 around it (same function, bit for bit):
     the converter then keeps its per-tensor trained kernel instead of re-quantizing a
     MatMul per channel; extraction walks through the reshapes to the input scale."""
-    from tfmot_ext.rewrites import dense_to_rank2
+    from tfmot_ext.ranks import dense_to_rank2
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((4, 4, 8))

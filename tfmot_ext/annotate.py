@@ -51,7 +51,9 @@ from tfmot_ext.rules import (
     AT_INPUT_SCALE_LAYERS,
     PASS_THROUGH_LAYERS,
     PASS_THROUGH_OPS,
+    SAME_SCALE_LAYERS,
     TF_ADD_OPS,
+    TFMOT_OUTPUT_QUANTIZED_ACTIVATIONS,
     relu_kind,
 )
 from tfmot_ext.scheme import FoldingScheme
@@ -263,6 +265,8 @@ def _plan(model: Any, policy: Sequence[Rule] | None, unsupported: str,
                 # TFLite runs it at its input's scale (tfmot_ext.rules): nothing, and no
                 # registry output quantizer the converter would serve with a requantize
                 choice = LayerQuantizeConfig()
+            if choice is None and _registry_cannot_quantize(layer):
+                choice = output_only_config()
             if choice is None:
                 if not isinstance(layer, keras.Model) and registry.supports(layer):
                     decisions[layer.name] = None
@@ -418,17 +422,17 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
                 and nxt is not None and _is_relu_like(nxt)
                 and decisions.get(nxt.name) in (_PENDING, None)):
             decisions[name] = no_op_config()
-    # TFLite's CONCATENATION has one scale, which the converter gives to the inputs
-    # it alone consumes: their own output quantizers would clip and round at a scale
-    # that is never deployed, so the Concatenate's quantizer is the only one kept
+    # TFLite's CONCATENATION (MAXIMUM, MINIMUM) has one scale, which the converter gives
+    # to the inputs it alone consumes: their own output quantizers would clip and round
+    # at a scale that is never deployed, so the operator's quantizer is the only one kept
     for name, cfg in list(decisions.items()):
         nxt = single(name)
-        if (isinstance(nxt, keras.layers.Concatenate) and isinstance(cfg, LayerQuantizeConfig)
+        if (type(nxt).__name__ in SAME_SCALE_LAYERS and isinstance(cfg, LayerQuantizeConfig)
                 and (cfg.activations or cfg.output is not None)):
             decisions[name] = (LayerQuantizeConfig(weights=cfg.weights) if cfg.weights
                                else no_op_config())
-            logger.info("layer '%s' feeds only Concatenate '%s': quantized at its scale",
-                        name, nxt.name)
+            logger.info("layer '%s' feeds only %s '%s': quantized at its scale",
+                        name, type(nxt).__name__, nxt.name)
     registry = _registry()
     for name, cfg in list(decisions.items()):
         if cfg == _PENDING:
@@ -447,6 +451,16 @@ def _keeps_input_scale(layer: Any) -> bool:
     return name in PASS_THROUGH_LAYERS or name in AT_INPUT_SCALE_LAYERS
 
 
+def _registry_cannot_quantize(layer: Any) -> bool:
+    """An ``Activation`` whose function tfmot's registry config raises on or leaves
+    unquantized (:data:`tfmot_ext.rules.TFMOT_OUTPUT_QUANTIZED_ACTIVATIONS`; linear and
+    the fixed-grid sigmoid/tanh aside): its output gets tfmot_ext's quantizer."""
+    if not isinstance(layer, L.Activation):
+        return False
+    act = layer.get_config().get("activation")
+    return act not in TFMOT_OUTPUT_QUANTIZED_ACTIVATIONS and act not in ("linear", "softmax")
+
+
 def _registry_quantizes_output(registry: Any, layer: Any) -> bool:
     """Whether tfmot's registry would put an output quantizer on ``layer`` (one it
     supports; the others are :func:`builtin_choice`'s)."""
@@ -458,7 +472,7 @@ def _registry_quantizes_output(registry: Any, layer: Any) -> bool:
 _OUTPUT_QUANTIZED: tuple[type, ...] = (
     L.Multiply, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Rescaling, L.Normalization,
     L.LayerNormalization, L.BatchNormalization, L.UnitNormalization, L.Activation, L.ReLU,
-    L.LeakyReLU, L.PReLU, L.ELU, L.Softmax, L.CenterCrop, L.Resizing)
+    L.LeakyReLU, L.PReLU, L.ELU, L.Softmax, L.CenterCrop)
 #: keras.applications' own helper layers (InceptionResNetV2, ConvNeXt): output quantized.
 _APPLICATION_LAYERS = frozenset({"CustomScaleLayer", "LayerScale"})
 
@@ -481,7 +495,14 @@ def builtin_choice(layer: Any) -> Any:
     ``unsupported`` decides).
     """
     if isinstance(layer, TensorOp):
-        return "skip" if layer.function in PASS_THROUGH_OPS else output_only_config()
+        if layer.function not in PASS_THROUGH_OPS:
+            return output_only_config()
+        # wrapped with no quantizer where it reads the model input (ranks.dense_to_rank2
+        # at the input): else tfmot puts no QuantizeLayer there and the converter
+        # calibrates the input and re-quantizes the next kernel itself
+        ups = [la for node in layer.inbound_nodes for la in tf.nest.flatten(node.inbound_layers)]
+        return (LayerQuantizeConfig() if any(isinstance(u, keras.layers.InputLayer) for u in ups)
+                else "skip")
     if isinstance(layer, L.Identity):  # rewrites.range_after_float_layers: the float
         # layer's output range; any other Identity passes its input's scale through
         ups = [la for node in layer.inbound_nodes

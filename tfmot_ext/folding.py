@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tfmot_ext._compat import keras, tf
+from tfmot_ext.dilation import dilated_conv2d, dilated_depthwise_conv2d
 from tfmot_ext.errors import ConfigError
 from tfmot_ext.rules import FUSED_ACTIVATIONS
 
@@ -398,7 +399,7 @@ class FoldedConv2DBatchNorm(FoldedBatchNormBase):
             return _grouped_conv2d(x, kernel, tuple(strides), padding, tuple(dilations))
         if tuple(dilations) == (1, 1):
             return tf.nn.conv2d(x, kernel, strides=strides, padding=padding)
-        return _dilated_conv2d(x, kernel, tuple(strides), padding, tuple(dilations))
+        return dilated_conv2d(x, kernel, tuple(strides), padding, tuple(dilations))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         conv = keras.layers.Conv2D.from_config({**self.layer_config, "name": "shape_probe"})
@@ -411,32 +412,6 @@ def _grouped_conv2d(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, ...], p
     """A grouped Conv2D, XLA-compiled as Keras's Conv2D does it: TF's CPU kernels have no
     gradient for grouped convolutions; the converter inlines it into one ``CONV_2D``."""
     return tf.nn.conv2d(x, kernel, strides=strides, padding=padding, dilations=dilations)
-
-
-def _dilated_conv2d(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, ...], padding: str,
-                    dilations: tuple[int, ...]) -> tf.Tensor:
-    """A dilated Conv2D whose graph is one native ``Conv2D`` op.
-
-    The converter turns that into TFLite's dilated ``CONV_2D`` (``tf.nn.convolution``
-    would lower it through SpaceToBatch/BatchToSpace, which the converter leaves
-    unfused). TF's CPU kernels have no gradient for a native dilated Conv2D, so the
-    gradient is taken through the equivalent ``tf.nn.convolution``.
-    """
-
-    @tf.custom_gradient
-    def conv(xx: tf.Tensor, kk: tf.Tensor) -> Any:
-        y = tf.nn.conv2d(xx, kk, strides=strides, padding=padding, dilations=dilations)
-
-        def grad(dy: tf.Tensor) -> Any:
-            with tf.GradientTape() as tape:
-                tape.watch([xx, kk])
-                y2 = tf.nn.convolution(xx, kk, strides=strides, padding=padding,
-                                       dilations=dilations)
-            return tape.gradient(y2, [xx, kk], output_gradients=dy)
-
-        return y, grad
-
-    return conv(x, kernel)
 
 
 @register
@@ -460,9 +435,11 @@ class FoldedDepthwiseConv2DBatchNorm(FoldedBatchNormBase):
     def _op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         cfg = self.layer_config
         sh, sw = _conv_arg(cfg, "strides", 2, 1)
-        return tf.nn.depthwise_conv2d(x, kernel, strides=(1, sh, sw, 1),
-                                      padding=str(cfg.get("padding", "valid")).upper(),
-                                      dilations=_conv_arg(cfg, "dilation_rate", 2, 1))
+        padding = str(cfg.get("padding", "valid")).upper()
+        dh, dw = _conv_arg(cfg, "dilation_rate", 2, 1)
+        if (dh, dw) != (1, 1):  # one native op: TFLite's dilated DEPTHWISE_CONV_2D
+            return dilated_depthwise_conv2d(x, kernel, (sh, sw), padding, (dh, dw))
+        return tf.nn.depthwise_conv2d(x, kernel, strides=(1, sh, sw, 1), padding=padding)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         conv = keras.layers.DepthwiseConv2D.from_config(

@@ -77,6 +77,7 @@ __all__ = [
     "Call",
     "IntTensor",
     "activation_lut",
+    "add_sub",
     "constant_operand",
     "hw_pairs",
     "pair",
@@ -251,6 +252,8 @@ def _conv(p: LayerQuantParams, x: IntTensor, call: Call, depthwise: bool) -> Int
     wg = win.reshape(n, oh, ow, groups, cin // groups, kh, kw)
     kg = k.reshape(kh, kw, k.shape[2], groups, k.shape[3] // groups)
     acc = np.einsum("nhwgcij,ijcgo->nhwgo", wg, kg, optimize=True)
+    if groups > 1:  # TFLite runs a grouped CONV_2D with its reference kernel in both
+        call = dataclasses.replace(call, rounding="reference")  # sets (measured)
     return _finish(p, acc.reshape(n, oh, ow, -1), call)
 
 
@@ -342,9 +345,10 @@ def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
                 f"{y.zero_point}; the layer was trained with ({p.output.scale}, "
                 f"{p.output.zero_point})")
         return y
-    if act in ("swish", "silu"):
-        return _mul(dataclasses.replace(p, activation="linear"), [x, _lut(x, "sigmoid")],
-                    call)
+    if act in ("swish", "silu"):  # LOGISTIC (a step TFLite materializes), then MUL
+        sig = _lut(x, "sigmoid")
+        y = _mul(dataclasses.replace(p, activation="linear"), [x, sig], call)
+        return dataclasses.replace(y, steps=(sig,))
     return _relu(p, x, call)
 
 
@@ -395,8 +399,9 @@ def _global_avg_pool(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor
     if p.config.get("keepdims", False) and call.rounding == "optimized":
         return _mean_keepdims(x, p.output, call)
     v = x.values.astype(np.int64) - x.zero_point
-    n = v.shape[1] * v.shape[2]
-    acc = v.sum(axis=(1, 2), keepdims=bool(p.config.get("keepdims", False)))
+    axes = tuple(range(1, v.ndim - 1))  # H, W (L for GlobalAveragePooling1D)
+    n = int(np.prod([v.shape[a] for a in axes]))
+    acc = v.sum(axis=axes, keepdims=bool(p.config.get("keepdims", False)))
     m = f32(f32(x.scale) / (f32(n) * f32(p.output.scale)))
     m0, shift = quantize_multiplier(np.float64(m))
     out = multiply_by_quantized_multiplier(acc, m0, shift) + p.output.zero_point
@@ -429,11 +434,13 @@ def _mean_keepdims(x: IntTensor, out: TensorQuant, call: Call) -> IntTensor:
     return IntTensor(np.clip(q, -128, 127).astype(np.int8), out.scale, out.zero_point)
 
 
-def _add(p: LayerQuantParams, xs: list[IntTensor], call: Call) -> IntTensor:
-    """TFLite int8 ``ADD``: inputs to a common scale ``2 * max(s1, s2)`` with 20 bits of
-    headroom, summed, then to the output scale."""
+def add_sub(p: LayerQuantParams, xs: list[IntTensor], call: Call, subtract: bool = False
+            ) -> IntTensor:
+    """TFLite int8 ``ADD`` (``SUB``): inputs to a common scale ``2 * max(s1, s2)`` with 20
+    bits of headroom, summed (subtracted), then to the output scale."""
     if len(xs) != 2:
-        raise IntegerReferenceError(f"{call.where}: Add of {len(xs)} inputs; TFLite ADD is binary")
+        raise IntegerReferenceError(f"{call.where}: {p.kind} of {len(xs)} inputs; TFLite "
+                                    "ADD/SUB is binary")
     if p.output is None:
         raise IntegerReferenceError(f"{call.where}: output is not quantized")
     a, b = xs
@@ -447,7 +454,7 @@ def _add(p: LayerQuantParams, xs: list[IntTensor], call: Call) -> IntTensor:
         v = (t.values.astype(np.int64) - t.zero_point) * (1 << 20)
         return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(v, m), -sh)
 
-    raw = scaled(a, m1, sh1) + scaled(b, m2, sh2)
+    raw = scaled(a, m1, sh1) + (-1 if subtract else 1) * scaled(b, m2, sh2)
     y = rounding_divide_by_pot(saturating_rounding_doubling_high_mul(raw, mo), -sho)
     y = y + p.output.zero_point
     lo, hi = fused_activation_range(p.activation, p.output.scale, p.output.zero_point,
@@ -587,7 +594,7 @@ _OPS: dict[str, Unary] = {
 UNARY: dict[str, Unary] = {
     **_OPS, **{k: _OPS[op] for k, op in FOLDED_KINDS.items()},
     **dict.fromkeys(REMOVED_AT_INFERENCE, _identity)}
-NARY = {"Add": _add, "Concatenate": _concat, "Multiply": _mul, "TensorOp": _tensor_op}
+NARY = {"Add": add_sub, "Concatenate": _concat, "Multiply": _mul, "TensorOp": _tensor_op}
 
 #: Layer kinds the reference executes.
 SUPPORTED_KINDS = frozenset({*UNARY, *NARY, "InputLayer", "QuantizeLayer"})

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tfmot_ext.kernels import IntTensor
+from tfmot_ext.kernels import IntTensor, requantize
 from tfmot_ext.params import QuantizedModelParams
 from tfmot_ext.reference import ReferenceRun, layer_output, run_reference
 from tfmot_ext.rules import KERNEL_ROUNDING
 
-__all__ = ["TensorMatch", "compare_with_tflite", "match_tensors"]
+__all__ = ["TensorMatch", "compare_with_tflite", "match_tensors", "pair_tensors"]
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,23 @@ def _components(name: str) -> set[str]:
     return {c.split(":")[0] for part in name.split(";") for c in part.split("/")}
 
 
-def match_tensors(ref: ReferenceRun, tensors: list[Any],
-                  params: QuantizedModelParams | None = None,
-                  rounding: str = "reference") -> list[TensorMatch]:
-    """Pair interpreter tensors (:class:`tfmot_ext.tflite.OpTensor`) with reference ones.
+def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal shapes, or the same elements with the batch merged into the first axis (a
+    Dense on a rank-3 tensor runs on ``(N * T, C)``, the interpreter's stacked
+    per-sample outputs are ``(N, T, C)``), or with axes of 1 added (a 1-D pooling runs
+    on ``(N, L, 1, C)``)."""
+    if a.shape == b.shape:
+        return True
+    squeezed = [d for d in a.shape if d != 1] == [d for d in b.shape if d != 1]
+    return (a.size == b.size and a.ndim >= 1 and b.ndim >= 1 and a.shape[-1] == b.shape[-1]
+            and (a.shape[0] != b.shape[0] or squeezed))
 
-    A TFLite tensor's name carries the Keras layer names it was fused from; among
-    those, the latest layer whose reference tensor has the same shape, scale and
-    zero point is its counterpart. The model output is matched to the reference
-    output.
 
-    With ``params``, each matched layer is recomputed from the interpreter's own
-    input tensors where those are matched too, so a difference is attributed to the
-    operator that makes it rather than inherited from an earlier one (with the
-    requantization ``rounding`` of :data:`tfmot_ext.rules.ROUNDINGS`, as the layer
-    deploys: :func:`tfmot_ext.reference.layer_output`).
-    """
+def pair_tensors(ref: ReferenceRun, tensors: list[Any]
+                 ) -> list[tuple[Any, tuple[str, int] | None]]:
+    """Each interpreter tensor with its counterpart ``(layer, k)`` (``k = 0``: the layer's
+    tensor, ``k >= 1``: its ``steps[k - 1]``, ``k = -1``: the layer's tensor requantized
+    to this one's scale) or None, as :func:`match_tensors` describes."""
     order = list(ref.tensors)
     hits: list[tuple[Any, tuple[str, int] | None]] = []
     for i, t in enumerate(tensors):
@@ -72,14 +73,42 @@ def match_tensors(ref: ReferenceRun, tensors: list[Any],
         for n in reversed(cands):
             r = ref.tensors[n]
             for k, c in enumerate((r, *r.steps)):
-                if (c.values.shape == t.values.shape and np.float32(c.scale) == np.float32(
+                if (_same_layout(c.values, t.values) and np.float32(c.scale) == np.float32(
                         t.scale) and c.zero_point == t.zero_point):
                     hit = (n, k)
                     break
             if hit is not None:
                 break
+        if hit is None and t.op == "QUANTIZE":
+            # a requantization the converter inserted (an input of a same-scale operator
+            # that has other consumers): the named layer's tensor moved to this scale
+            hit = next(((n, -1) for n in reversed(cands) if n != ref.output_name
+                        and _same_layout(ref.tensors[n].values, t.values)), None)
         hits.append((t, hit))
-    theirs = {h[0]: IntTensor(t.values, t.scale, t.zero_point)
+    return hits
+
+
+def match_tensors(ref: ReferenceRun, tensors: list[Any],
+                  params: QuantizedModelParams | None = None,
+                  rounding: str = "reference") -> list[TensorMatch]:
+    """Pair interpreter tensors (:class:`tfmot_ext.tflite.OpTensor`) with reference ones.
+
+    A TFLite tensor's name carries the Keras layer names it was fused from; among
+    those, the latest layer whose reference tensor has the same shape, scale and
+    zero point is its counterpart. The model output is matched to the reference
+    output. A converter QUANTIZE that no layer accounts for (an input of a same-scale
+    operator that also feeds other layers) is compared with the named layer's tensor
+    requantized to its scale.
+
+    With ``params``, each matched layer is recomputed from the interpreter's own
+    input tensors where those are matched too, so a difference is attributed to the
+    operator that makes it rather than inherited from an earlier one (with the
+    requantization ``rounding`` of :data:`tfmot_ext.rules.ROUNDINGS`, as the layer
+    deploys: :func:`tfmot_ext.reference.layer_output`).
+    """
+    hits = pair_tensors(ref, tensors)
+    theirs = {h[0]: IntTensor(t.values.reshape(ref.tensors[h[0]].values.shape), t.scale,
+                              t.zero_point)
               for t, h in hits if h is not None and h[1] == 0}
     out = []
     for t, h in hits:
@@ -88,10 +117,15 @@ def match_tensors(ref: ReferenceRun, tensors: list[Any],
             continue
         layer, k = h
         mine = ref.tensors[layer]
-        if params is not None:
-            mine = _isolated(params, ref, theirs, layer, rounding)
-        mine = (mine, *mine.steps)[k]
-        d = np.abs(mine.values.astype(np.int32) - t.values.astype(np.int32))
+        if k == -1:
+            mine = requantize(theirs.get(layer, mine) if params is not None else mine,
+                              t.scale, t.zero_point, rounding)
+        else:
+            if params is not None:
+                mine = _isolated(params, ref, theirs, layer, rounding)
+            mine = (mine, *mine.steps)[k]
+        d = np.abs(mine.values.reshape(t.values.shape).astype(np.int32)
+                   - t.values.astype(np.int32))
         out.append(TensorMatch(t.name, t.op, layer, int(d.size), int((d > 0).sum()),
                                int(d.max()) if d.size else 0))
     return out

@@ -23,10 +23,10 @@ import numpy as np
 from tfmot_ext._compat import check_keras2, keras
 from tfmot_ext.errors import IntegerReferenceError, ParityError
 from tfmot_ext.extract import extract
-from tfmot_ext.matching import TensorMatch, compare_with_tflite
+from tfmot_ext.matching import TensorMatch, compare_with_tflite, pair_tensors
 from tfmot_ext.params import QuantizedModelParams, as_deployed
 from tfmot_ext.reference import run_reference
-from tfmot_ext.rules import EXACT_WEIGHT_BITS
+from tfmot_ext.rules import EXACT_WEIGHT_BITS, KERNEL_ROUNDING
 from tfmot_ext.tflite import (
     WeightTensor,
     _validated,
@@ -36,8 +36,8 @@ from tfmot_ext.tflite import (
     weight_tensors,
 )
 
-__all__ = ["LayerDrift", "OutputParity", "ParityReport", "WeightParity", "layer_drift",
-           "layer_outputs", "verify", "weight_parity"]
+__all__ = ["LayerDrift", "OpDrift", "OutputParity", "ParityReport", "WeightParity",
+           "layer_drift", "layer_outputs", "op_drift", "verify", "weight_parity"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,86 @@ def layer_drift(model: Any, x: Any, params: QuantizedModelParams | None = None
         result.append(LayerDrift(n, params[n].kind, float(lsb.max()), float(lsb.mean()),
                                  float((lsb > 1.0 + LSB_SLACK).mean())))
     return result
+
+
+@dataclass(frozen=True)
+class OpDrift:
+    """The QAT model vs TFLite at one interpreter tensor, the QAT layer (and the layers
+    between it and the nearest matched tensors upstream) computed from the
+    interpreter's own inputs, dequantized: ``|y_qat - (q - z) * s| / s``.
+
+    This is what each deployed operator adds: the end-to-end difference also carries
+    every upstream one, multiplied by the gains after it (one LSB into a convolution
+    with a gain above one is more than one LSB out of it).
+
+    ``on_grid`` says whether the QAT layer's output lies on the tensor's grid (within
+    1e-3 LSB): False where QAT has no range of its own for the tensor (a conv feeding
+    only a MAXIMUM computes in float; the converter puts it on the MAXIMUM's scale,
+    whose clamp commutes with the max), so its drift is not a deployment difference.
+
+    Invariant: ``0 <= max_lsb``; ``within_1lsb`` is a fraction in [0, 1].
+    """
+
+    tensor: str
+    op: str
+    layer: str
+    elements: int
+    max_lsb: float
+    within_1lsb: float
+    on_grid: bool = True
+
+
+def op_drift(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builtin",
+             params: QuantizedModelParams | None = None) -> list[OpDrift]:
+    """Per interpreter tensor that a layer of ``model`` accounts for, the QAT layer's
+    output from the interpreter's inputs vs the interpreter's output (:class:`OpDrift`)."""
+    check_keras2(model, "model")
+    x = _validated(data, model)
+    params = extract(model) if params is None else params
+    ref = run_reference(params, x, KERNEL_ROUNDING.get(kernels, "reference"))
+    q_in = next(t for n, t in ref.tensors.items() if params[n].kind == "QuantizeLayer")
+    hits = pair_tensors(ref, op_outputs(tflite_bytes, q_in.values, kernels))
+    theirs = {h[0]: t for t, h in hits if h is not None and h[1] == 0}
+
+    def deq(n: str) -> np.ndarray:
+        t = theirs[n]
+        v = (t.values.astype(np.float64) - t.zero_point) * np.float32(t.scale)
+        return v.reshape(ref.tensors[n].values.shape).astype(np.float32)
+
+    out = []
+    for n, t in theirs.items():
+        if params[n].kind in ("InputLayer", "QuantizeLayer") or not params[n].inputs:
+            continue
+        y = _qat_from(model, params, ref, {m: deq(m) for m in theirs}, n)
+        y = y.astype(np.float64).reshape(t.values.shape)
+        on_grid = np.abs(y / t.scale - np.round(y / t.scale)) <= 1e-3
+        lsb = np.abs(y - (t.values.astype(np.float64) - t.zero_point) * t.scale) / t.scale
+        out.append(OpDrift(t.name, t.op, n, int(lsb.size), float(lsb.max(initial=0.0)),
+                           float((lsb <= 1.0 + LSB_SLACK).mean()) if lsb.size else 1.0,
+                           bool(on_grid.all())))
+    return out
+
+
+def _qat_from(model: Any, params: QuantizedModelParams, ref: Any,
+              theirs: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The QAT layer ``name`` (and the unmatched layers between it and the nearest
+    matched ones upstream) computed from the interpreter's dequantized tensors."""
+    memo: dict[str, np.ndarray] = {}
+
+    def value(m: str, top: bool) -> np.ndarray:
+        if not top and m in theirs:
+            return theirs[m]
+        if m not in memo:
+            p = params[m]
+            if p.kind in ("InputLayer", "QuantizeLayer") or not p.inputs:
+                memo[m] = ref.tensors[m].dequantize()
+            else:
+                ins = [value(i, False) for i in p.inputs]
+                memo[m] = np.asarray(model.get_layer(m)(ins if len(ins) > 1 else ins[0],
+                                                        training=False))
+        return memo[m]
+
+    return value(name, True)
 
 
 def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> list[WeightParity]:

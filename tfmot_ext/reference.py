@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tfmot_ext.errors import IntegerReferenceError
+from tfmot_ext.extrakernels import MORE_NARY, MORE_UNARY
 from tfmot_ext.kernels import (
     NARY,
     SUPPORTED_KINDS,
@@ -32,7 +33,12 @@ from tfmot_ext.kernels import (
 from tfmot_ext.params import LayerQuantParams, QuantizedModelParams, as_deployed
 from tfmot_ext.rules import ROUNDINGS, passes_input_scale
 
-__all__ = ["ReferenceRun", "layer_output", "run_reference"]
+__all__ = ["KERNELS", "ReferenceRun", "layer_output", "run_reference"]
+
+_UNARY = {**UNARY, **MORE_UNARY}
+_NARY = {**NARY, **MORE_NARY}
+#: Layer kinds the reference executes (:mod:`tfmot_ext.kernels`, :mod:`tfmot_ext.extrakernels`).
+KERNELS = frozenset({*SUPPORTED_KINDS, *_UNARY, *_NARY})
 
 
 @dataclass(frozen=True)
@@ -79,21 +85,21 @@ def layer_output(params: QuantizedModelParams, name: str, inputs: Mapping[str, I
     """
     p = params[name]
     call = Call(f"{params.source}: layer '{name}' ({p.kind})", rounding)
-    if p.kind not in SUPPORTED_KINDS:
+    if p.kind not in KERNELS:
         raise IntegerReferenceError(
             f"{call.where}: the integer reference has no kernel for {p.kind}; supported: "
-            f"{', '.join(sorted(SUPPORTED_KINDS))}")
+            f"{', '.join(sorted(KERNELS))}")
     missing = [i for i in p.inputs if i not in inputs]
     if missing:
         raise IntegerReferenceError(f"{call.where}: its inputs {missing} were not computed "
                                     "(float layers before the model's QuantizeLayer?)")
     args = _converter_requantized(params, p, [inputs[i] for i in p.inputs], rounding)
     deployed = as_deployed(p)
-    if p.kind in NARY:
-        return NARY[p.kind](deployed, args, call)
+    if p.kind in _NARY:
+        return _NARY[p.kind](deployed, args, call)
     if len(args) != 1:
         raise IntegerReferenceError(f"{call.where}: expected one input, got {len(args)}")
-    return UNARY[p.kind](deployed, args[0], call)
+    return _UNARY[p.kind](deployed, args[0], call)
 
 
 def run_reference(params: QuantizedModelParams, x: npt.ArrayLike, rounding: str = "reference"

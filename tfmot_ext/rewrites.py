@@ -83,16 +83,16 @@ from tfmot_ext.graph import (
     insert_after,
     insert_before,
     map_tensor_refs,
-    outer_inputs,
     rebuild,
     replace_tf_ops,
     unique_name,
 )
-from tfmot_ext.rules import KEPT_ACTIVATIONS, TF_ADD_OPS
+from tfmot_ext.ranks import conv1d_as_conv2d, dense_to_rank2
+from tfmot_ext.rules import FOLDED_KINDS, KEPT_ACTIVATIONS, TF_ADD_OPS
 
 __all__ = [
+    "average_as_add",
     "batchnorm_as_depthwise",
-    "dense_to_rank2",
     "mean_without_keepdims",
     "merge_duplicate_activations",
     "normalization_affine",
@@ -146,6 +146,43 @@ def tensor_adds_as_add(model: Any) -> Any:
         return model
     new = _as_add_layers(model, names)
     logger.info("model '%s': %d tensor additions made Add layers", model.name, len(names))
+    return new
+
+
+def _scaled_entry(name: str, factor: float) -> dict[str, Any]:
+    """A :class:`TensorOp` ``x * factor`` config entry (inbound nodes set by the caller)."""
+    op = {"class_name": "TFOpLambda", "config": {"name": name, "trainable": True,
+                                                 "dtype": "float32",
+                                                 "function": "math.multiply"}}
+    return {"class_name": keras.utils.get_registered_name(TensorOp), "name": name,
+            "config": {"name": name, "trainable": True, "dtype": "float32", "op": op,
+                       "first_arg": {"__input__": 0}, "op_kwargs": {"y": float(factor)}}}
+
+
+def average_as_add(model: Any) -> Any:
+    """``model`` with every two-input ``Average`` written as an ``Add`` of the same name
+    then a ``x * 0.5`` :class:`TensorOp` named ``<name>_half``: the same function.
+
+    The converter runs ``Average`` as ADD then MUL by 0.5, and the ADD's int8 output
+    needs a range the QAT model never learned (it quantizes after the average): the
+    converter calibrated it (measured: scale 0.033 for an output of 0.015, the
+    reference unable to replay it). As ``Add`` then ``* 0.5`` both tensors get trained
+    ranges, and the constant is exact on the converter's grid
+    (:func:`tfmot_ext.kernels.constant_operand`)."""
+    names = {la.name for la in model.layers if isinstance(la, keras.layers.Average)
+             and len(la.inbound_nodes) == 1 and len(la.input) == 2}
+    if not names:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    for e in cfg["layers"]:
+        if e["config"]["name"] in names:
+            c = e["config"]
+            _retype(e, "Add", {"name": c["name"], "trainable": c.get("trainable", True),
+                               "dtype": c.get("dtype", "float32")})
+    base = rebuild(model, cfg, model.get_layer)
+    new = insert_after(base, {n: _scaled_entry(f"{n}_half", 0.5) for n in names},
+                       lambda e: None)
+    logger.info("model '%s': %d Average layers written as Add * 0.5", model.name, len(names))
     return new
 
 
@@ -379,59 +416,6 @@ def split_separable(model: Any, keep: Callable[[Any], bool] | None = None) -> An
     return new
 
 
-def _reshape_entry(name: str, src: list[Any], shape: list[int]) -> dict[str, Any]:
-    op = {"class_name": "TFOpLambda", "config": {"name": name, "trainable": True,
-                                                 "dtype": "float32", "function": "reshape"}}
-    return {"class_name": keras.utils.get_registered_name(TensorOp), "name": name,
-            "config": {"name": name, "trainable": True, "dtype": "float32", "op": op,
-                       "first_arg": {"__input__": 0}, "op_kwargs": {"shape": shape}},
-            "inbound_nodes": [[[*src[:3], {}]]]}
-
-
-def dense_to_rank2(model: Any) -> Any:
-    """``model`` with every Dense on a rank > 2 input wrapped in reshapes to rank 2.
-
-    ``Dense`` on ``(N, H, W, C)`` (ConvNeXt's pointwise layers) is a Tensordot, which
-    the converter lowers to a MatMul whose kernel it re-quantizes per output channel,
-    not the per-tensor grid trained; on ``(N*H*W, C)`` it is TFLite's
-    FULLY_CONNECTED with exactly the trained integers. Same function, same weights.
-    """
-    targets: dict[str, tuple[int, ...]] = {}
-    for la in model.layers:
-        if isinstance(la, keras.layers.Dense) and len(la.inbound_nodes) == 1:
-            shape = tuple(la.input_shape)
-            if len(shape) > 2 and all(d is not None for d in shape[1:]):
-                targets[la.name] = shape
-    if not targets:
-        return model
-    cfg = copy.deepcopy(model.get_config())
-    after = {n: f"{n}_rank_restore" for n in targets}
-
-    def redirect(r: list[Any]) -> list[Any]:
-        return [after[r[0]], 0, 0] if r[0] in after else r
-
-    layers: list[dict[str, Any]] = []
-    for e in cfg["layers"]:
-        e["inbound_nodes"] = map_tensor_refs(e.get("inbound_nodes", []), redirect)
-        if e["name"] not in targets:
-            layers.append(e)
-            continue
-        shape = targets[e["name"]]
-        flat = f"{e['name']}_rank2"
-        layers.append(_reshape_entry(flat, outer_inputs(e)[0], [-1, int(shape[-1])]))
-        e["inbound_nodes"] = [[[flat, 0, 0, {}]]]
-        layers.append(e)
-        units = int(e["config"]["units"])
-        layers.append(_reshape_entry(after[e["name"]], [e["name"], 0, 0],
-                                     [-1, *[int(d) for d in shape[1:-1]], units]))
-    cfg["layers"] = layers
-    cfg["output_layers"] = map_tensor_refs(cfg["output_layers"], redirect)
-    new = rebuild(model, cfg, model.get_layer)
-    logger.info("model '%s': %d Dense layers on rank > 2 inputs reshaped to rank 2",
-                model.name, len(targets))
-    return new
-
-
 #: Sigmoid and tanh are split off too: as Activation layers their outputs get the fixed
 #: int8 ranges of TFLite's LOGISTIC / TANH (:func:`tfmot_ext.configs.default_config_for`),
 #: which tfmot's fused activation leaves unquantized in training.
@@ -526,7 +510,9 @@ def range_after_float_layers(model: Any) -> Any:
     return new
 
 
-_FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+#: what a BatchNormalization folds into, by exact class (a Conv2DTranspose is a Conv2D
+#: subclass that does not fold)
+_FOLDABLE = frozenset(FOLDED_KINDS.values())
 
 
 def _is_standalone_batchnorm(la: Any) -> bool:
@@ -538,7 +524,7 @@ def _is_standalone_batchnorm(la: Any) -> bool:
             and la.center and la.scale and shape[-1] is not None):
         return False
     ups = tf.nest.flatten(la.inbound_nodes[0].inbound_layers)
-    return not (len(ups) == 1 and isinstance(ups[0], _FOLDABLE)
+    return not (len(ups) == 1 and type(ups[0]).__name__ in _FOLDABLE
                 and getattr(ups[0].activation, "__name__", "") == "linear")
 
 
@@ -567,9 +553,10 @@ def batchnorm_as_depthwise(model: Any) -> Any:
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
             keep: Callable[[Any], bool] | None = None) -> Any:
     """:func:`flatten`, :func:`replace_tf_ops`, :func:`merge_duplicate_activations`,
-    :func:`tensor_adds_as_add`,
-    :func:`scale_layers_as_add`, :func:`replace_normalization`,
-    :func:`rescaling_as_depthwise`, :func:`dense_to_rank2`,
+    :func:`tensor_adds_as_add`, :func:`average_as_add`, :func:`scale_layers_as_add`,
+    :func:`replace_normalization`,
+    :func:`tfmot_ext.ranks.dense_to_rank2`, :func:`tfmot_ext.ranks.conv1d_as_conv2d`,
+    :func:`rescaling_as_depthwise`,
     :func:`split_separable`, :func:`split_activations`, :func:`mean_without_keepdims`,
     :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
     converter deploys as trained. ``keep(layer)`` true keeps that layer whole (a
@@ -577,8 +564,8 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
     activation not split off."""
     flat = flatten(model, custom_objects)
     if not isinstance(flat, keras.Sequential):
-        flat = dense_to_rank2(rescaling_as_depthwise(replace_normalization(
-            scale_layers_as_add(tensor_adds_as_add(merge_duplicate_activations(
-                replace_tf_ops(flat, custom_objects)))))))
+        flat = rescaling_as_depthwise(conv1d_as_conv2d(dense_to_rank2(replace_normalization(
+            scale_layers_as_add(average_as_add(tensor_adds_as_add(merge_duplicate_activations(
+                replace_tf_ops(flat, custom_objects)))))))))
     return range_after_float_layers(mean_without_keepdims(split_activations(
         split_separable(flat, keep), keep)))

@@ -43,6 +43,7 @@ __all__ = [
     "AT_INPUT_SCALE_LAYERS",
     "EXACT_WEIGHT_BITS",
     "FIXED_ACTIVATION_RANGES",
+    "FLOAT_ONLY_OPS",
     "FOLDABLE_KERNEL_ATTR",
     "FOLDED_KINDS",
     "FUSED_ACTIVATIONS",
@@ -50,6 +51,7 @@ __all__ = [
     "KERNEL_RANKS",
     "KERNEL_ROUNDING",
     "NO_RANGE_OF_THEIR_OWN",
+    "ONE_D_TWINS",
     "PASS_THROUGH_LAYERS",
     "PASS_THROUGH_OPS",
     "REMOVED_AT_INFERENCE",
@@ -57,18 +59,22 @@ __all__ = [
     "SAME_SCALE_LAYERS",
     "TFLITE_ACTIVATION_OPS",
     "TFLITE_OPS",
+    "TFMOT_OUTPUT_QUANTIZED_ACTIVATIONS",
     "TFMOT_WRAPPABLE_ACTIVATIONS",
     "TF_ADD_OPS",
     "TF_MUL_OPS",
     "TRANSPOSED_KINDS",
+    "WEIGHTED_1D",
     "WEIGHT_ATTRS",
     "channel_axis_of_kind",
     "deployed_kind",
     "fused_activation_range",
+    "one_length",
     "output_channels",
     "passes_input_scale",
     "relu_kind",
     "tflite_op",
+    "twin_2d_config",
 ]
 
 # --------------------------------------------------------------------------- activations
@@ -87,6 +93,12 @@ KEPT_ACTIVATIONS = FUSED_ACTIVATIONS | {"softmax"}
 #: another activation needs the layer's output quantized instead).
 TFMOT_WRAPPABLE_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "softmax",
                                          "sigmoid", "tanh"})
+
+#: Activations whose ``Activation`` layer tfmot's registry config quantizes at the output
+#: (tfmot's ``Default8BitActivationQuantizeConfig``); it leaves linear, softmax, sigmoid
+#: and tanh unquantized and raises a ValueError for any other function (elu,
+#: hard_sigmoid, selu, ...), which therefore gets an output quantizer of tfmot_ext's.
+TFMOT_OUTPUT_QUANTIZED_ACTIVATIONS = frozenset({"relu", "swish", "gelu", "relu6"})
 
 #: The int8 output range TFLite fixes for LOGISTIC (scale 1/256, zero point -128) and
 #: TANH (scale 1/128, zero point 0), as a FakeQuant ``[min, max]`` on 256 levels
@@ -158,7 +170,7 @@ PASS_THROUGH_LAYERS = frozenset({
     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
     "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
     "Cropping1D", "Cropping2D", "Cropping3D",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D", "Resizing",
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
     "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
     "Identity",
@@ -197,10 +209,20 @@ TF_ADD_OPS = frozenset({"__operators__.add", "math.add", "math.add_v2"})
 #: TF ops that are a multiplication (TFLite MUL).
 TF_MUL_OPS = frozenset({"math.multiply"})
 
-#: Operators with one scale for every input and the output (TFLite's CONCATENATION):
-#: the converter propagates the output's scale back to inputs that only feed it, and
-#: requantizes the others.
-SAME_SCALE_LAYERS = frozenset({"Concatenate"})
+#: TFLite operators the converter leaves in float in a QAT graph, with the Keras layer
+#: that makes them and what deploys in int8 instead (found by benchmarks/parity_fuzz.py).
+FLOAT_ONLY_OPS: dict[str, str] = {
+    "CAST": "a ReLU with a threshold (Keras computes x * cast(x > threshold)) has no int8 "
+            "TFLite form: use threshold=0",
+    "ELU": "the converter has no int8 ELU for a QAT graph (ELU layer, Activation('elu')): "
+           "use LeakyReLU, ReLU or swish",
+}
+
+#: Operators with one scale for every input and the output (TFLite's CONCATENATION,
+#: MAXIMUM, MINIMUM): the converter propagates the output's scale back to inputs that
+#: only feed it, and requantizes the others (measured for MAXIMUM: with a range of its
+#: own on each input it keeps one input's scale for the output and drops the layer's).
+SAME_SCALE_LAYERS = frozenset({"Concatenate", "Maximum", "Minimum"})
 
 
 def passes_input_scale(kind: str) -> bool:
@@ -327,3 +349,53 @@ ROUNDINGS = ("reference", "optimized")
 
 #: The rounding of each interpreter kernel set (see :func:`tfmot_ext.tflite.op_outputs`).
 KERNEL_ROUNDING = {"reference": "reference", "builtin": "optimized", "default": "optimized"}
+
+
+#: 1-D weighted layers and their 2-D twins on ``(N, 1, L, C)``: TFLite has no 1-D
+#: convolution, the converter runs one as EXPAND_DIMS -> the 2-D op -> squeeze
+#: (:func:`tfmot_ext.ranks.conv1d_as_conv2d` writes them so in the QAT model).
+WEIGHTED_1D = {"Conv1D": "Conv2D", "DepthwiseConv1D": "DepthwiseConv2D",
+               "SeparableConv1D": "SeparableConv2D", "Conv1DTranspose": "Conv2DTranspose"}
+#: Layers a 1-D segment goes on through, 1-D layer -> 2-D twin (None: any rank,
+#: unchanged); the reference runs the 1-D pooling/padding/cropping/up-sampling layers
+#: with their twin's kernel on ``(N, 1, L, C)``.
+ONE_D_TWINS: dict[str, str | None] = {
+    "BatchNormalization": None, "ReLU": None, "Activation": None, "LeakyReLU": None,
+    "ELU": None, "Dropout": None, "Rescaling": None,
+    "MaxPooling1D": "MaxPooling2D", "AveragePooling1D": "AveragePooling2D",
+    "ZeroPadding1D": "ZeroPadding2D", "Cropping1D": "Cropping2D",
+    "UpSampling1D": "UpSampling2D", **WEIGHTED_1D,
+}
+_LENGTH_OPTIONS = {"kernel_size", "strides", "dilation_rate", "pool_size", "size"}
+
+
+def one_length(v: Any) -> int:
+    """A 1-D layer's length option (``k`` or ``(k,)``) as an int."""
+    return int(v[0] if isinstance(v, (list, tuple)) else v)
+
+
+def twin_2d_config(class_name: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The 2-D twin of a 1-D layer's config on ``(N, 1, L, C)``: each length option
+    ``k`` becomes ``(1, k)``, a padding/cropping ``(a, b)`` becomes ``((0, 0), (a, b))``,
+    ``causal`` stays ``causal`` only for Conv1D (handled by the caller), a BN's axis -1.
+
+    >>> twin_2d_config("MaxPooling1D", {"pool_size": 2, "strides": None})
+    ('MaxPooling2D', {'pool_size': (1, 2), 'strides': None})
+    """
+    twin = ONE_D_TWINS.get(class_name)
+    cfg = dict(config)
+    if class_name == "BatchNormalization":
+        cfg["axis"] = -1
+    if twin is None:
+        return class_name, cfg
+    for key in _LENGTH_OPTIONS & set(cfg):
+        if cfg[key] is not None:
+            cfg[key] = (1, one_length(cfg[key]))
+    if "output_padding" in cfg and cfg["output_padding"] is not None:
+        cfg["output_padding"] = (0, one_length(cfg["output_padding"]))
+    for key in ("padding", "cropping"):
+        if key in cfg and not isinstance(cfg[key], str):
+            v = cfg[key]
+            a, b = (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+            cfg[key] = ((0, 0), (a, b))
+    return twin, cfg

@@ -189,7 +189,7 @@ class FoldBatchNorm(_Transform):
         self.synchronized = frozenset(synchronized)
 
     def pattern(self) -> Any:
-        linear = _LayerPattern("Conv2D|DepthwiseConv2D|Dense", config={"activation": "linear"})
+        linear = _LayerPattern("(Conv2D|DepthwiseConv2D|Dense)$", config={"activation": "linear"})
         bn = _LayerPattern("BatchNormalization", inputs=[linear])
         if not self.with_activation:
             return bn

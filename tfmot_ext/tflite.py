@@ -30,8 +30,9 @@ from tfmot_ext._compat import (
     keras,
     tf,
 )
+from tfmot_ext.dilation import native_dilations
 from tfmot_ext.errors import ConfigError, ConversionError
-from tfmot_ext.rules import EXACT_WEIGHT_BITS
+from tfmot_ext.rules import EXACT_WEIGHT_BITS, FLOAT_ONLY_OPS
 from tfmot_ext.summary import quantizer_bits, range_variables, weight_quantizers
 
 __all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "keras_layout",
@@ -152,8 +153,9 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
     for i in range(len(x)):
         interp.set_tensor(inp["index"], np.asarray(x[i : i + 1], in_type))
         interp.invoke()
-        for t in wanted:
-            rows[t].append(interp.get_tensor(t)[0].copy())
+        for t in wanted:  # a tensor with the batch merged in (a Dense on (T, C) runs
+            v = interp.get_tensor(t)  # on (T, C)) is kept whole: (N, T, C) when stacked
+            rows[t].append((v[0] if v.shape[:1] == (1,) else v).copy())
     out = []
     for t in wanted:
         s, z = details[t]["quantization"]
@@ -363,7 +365,7 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
     try:
         # sub-8-bit weights other than 4-bit deploy on their trained grid, embedded in
         # int8 (quantizers.embed_in_int8), instead of being re-gridded by the converter
-        with _quiet(), _quantizers.embed_in_int8(weights):
+        with _quiet(), _quantizers.embed_in_int8(weights), native_dilations(model):
             conv = _converter(model, static_batch)
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.representative_dataset = lambda: _one_at_a_time(data)
@@ -377,9 +379,11 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
                               ) from e
     left = float_ops(content, allow_io=not int8_io)
     if left:
+        known = sorted({op.split(":")[0] for op in left} & set(FLOAT_ONLY_OPS))
         raise ConversionError(
             f"model '{model.name}': full-integer conversion left float operators {left}; "
-            "quantize the layers they come from (or check unsupported='skip' layers)")
+            + ("; ".join(f"{op}: {FLOAT_ONLY_OPS[op]}" for op in known) if known else
+               "quantize the layers they come from (or check unsupported='skip' layers)"))
     regridded = regridded_weights(model)
     if regridded:
         logger.warning(

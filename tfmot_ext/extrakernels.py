@@ -1,0 +1,302 @@
+"""More of TFLite's int8 kernels in NumPy: transposed convolution, element-wise,
+reductions and data movement.
+
+The same contract as :mod:`tfmot_ext.kernels` (a layer's
+:class:`~tfmot_ext.params.LayerQuantParams`, its int8 inputs, a
+:class:`~tfmot_ext.kernels.Call`; an int8 :class:`~tfmot_ext.kernels.IntTensor` out):
+
+* ``TRANSPOSE_CONV``: every input pixel scatters ``(q_x - z_x) * w`` into the output
+  window it reaches (int32), the output cropped by TFLite's padding
+  ``floor(max(0, (H - 1) s + k - H_out) / 2)``, then bias and per-channel
+  requantization as a convolution's (the optimized kernel rounds channels in SIMD
+  groups of 8 as the optimized depthwise does);
+* ``SUB``: ``ADD``'s arithmetic with the second input negated;
+* ``MAXIMUM``/``MINIMUM``: the converter gives inputs and output one scale (a QUANTIZE
+  in front of an input at another scale), then the integers' max/min;
+* ``LEAKY_RELU``: ``q - z_x`` requantized to the output with ``M = s_x / s_y`` where it
+  is >= 0, with ``M = s_x * alpha / s_y`` where it is < 0 (float32 products, as
+  TFLite's ``Prepare``), plus ``z_y``;
+* ``GELU``: a 256-entry table like LOGISTIC's (:func:`tfmot_ext.kernels.activation_lut`);
+* ``REDUCE_MAX`` (global max pooling): the integers' max, at the input's scale;
+* the 1-D pooling, padding, cropping and up-sampling layers: their 2-D twin's kernel on
+  ``(N, 1, L, C)`` (:data:`tfmot_ext.rules.ONE_D_TWINS`), what TFLite runs;
+* ``RESIZE_NEAREST_NEIGHBOR`` for ``UpSampling2D(interpolation="nearest")`` (each
+  integer repeated) and ``Resizing(interpolation="nearest")``
+  (:func:`nearest_indices`); ``TRANSPOSE`` (``Permute``); a reshape ``TensorOp``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from tfmot_ext.errors import IntegerReferenceError
+from tfmot_ext.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from tfmot_ext.kernels import (
+    NARY,
+    UNARY,
+    Call,
+    IntTensor,
+    _check_weighted,
+    _finish,
+    add_sub,
+    pair,
+    requantize,
+)
+from tfmot_ext.params import LayerQuantParams
+from tfmot_ext.qmath import round_half_away
+from tfmot_ext.rules import ONE_D_TWINS, twin_2d_config
+
+__all__ = ["MORE_NARY", "MORE_UNARY", "deconv_output_length", "gelu_lut", "leaky_relu",
+           "nearest_indices", "transpose_conv_accumulator"]
+
+
+def deconv_output_length(size: int, k: int, padding: str, stride: int,
+                         output_padding: int | None = None) -> int:
+    """Keras's output length of a transposed convolution (``conv_utils``).
+
+    >>> deconv_output_length(4, 3, "same", 2), deconv_output_length(4, 2, "valid", 3)
+    (8, 12)
+    """
+    if output_padding is None:
+        return size * stride + (max(k - stride, 0) if padding == "valid" else 0)
+    pad = k // 2 if padding == "same" else 0
+    return (size - 1) * stride + k - 2 * pad + output_padding
+
+
+def transpose_conv_accumulator(xs: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
+                               padding: str, output_padding: Any = None) -> np.ndarray:
+    """TFLite's int8 ``TRANSPOSE_CONV`` accumulator (``reference_integer_ops``).
+
+    ``xs``: the input minus its zero point ``(N, H, W, I)``; ``kernel``: Keras's
+    ``(kh, kw, O, I)`` integers. Every input pixel ``(y, x)`` adds ``xs[y, x] @ w[i, j].T``
+    at output ``(y s_h - p_h + i, x s_w - p_w + j)``; the output is Keras's size
+    (:func:`deconv_output_length`) and ``p = floor(max(0, (H - 1) s + k - H_out) / 2)``.
+    """
+    k = kernel.astype(np.int64)
+    kh, kw = k.shape[:2]
+    sh, sw = strides
+    oph, opw = (None, None) if output_padding is None else pair(output_padding)
+    n, h, w, _ = xs.shape
+    out_h = deconv_output_length(h, kh, padding, sh, oph)
+    out_w = deconv_output_length(w, kw, padding, sw, opw)
+    pad_h = max(0, (h - 1) * sh + kh - out_h) // 2
+    pad_w = max(0, (w - 1) * sw + kw - out_w) // 2
+    buf = np.zeros((n, max((h - 1) * sh + kh, pad_h + out_h),
+                    max((w - 1) * sw + kw, pad_w + out_w), k.shape[2]), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            buf[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw] += np.einsum(
+                "nhwc,oc->nhwo", xs.astype(np.int64), k[i, j])
+    return buf[:, pad_h:pad_h + out_h, pad_w:pad_w + out_w]
+
+
+def _transpose_conv(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    _check_weighted(p, x, call.where)
+    assert p.kernel_int is not None
+    c = p.config
+    if pair(c.get("dilation_rate")) != (1, 1):
+        raise IntegerReferenceError(f"{call.where}: dilated transposed convolutions have no "
+                                    "kernel in the reference")
+    acc = transpose_conv_accumulator(x.values.astype(np.int64) - x.zero_point, p.kernel_int,
+                                     pair(c.get("strides")),
+                                     str(c.get("padding", "valid")).lower(),
+                                     c.get("output_padding"))
+    # the optimized kernel requantizes channels in SIMD groups of 8 (ties up) and the
+    # rest with the scalar MultiplyByQuantizedMultiplier (ties away from zero), as the
+    # optimized depthwise does (measured: 3 channels all scalar, 8 channels all grouped)
+    return _finish(p, acc, call, depthwise=True)
+
+
+def _output_scale(p: LayerQuantParams, xs: list[IntTensor], call: Call) -> tuple[float, int]:
+    if p.output is not None:
+        return p.output.scale, p.output.zero_point
+    return xs[0].scale, xs[0].zero_point
+
+
+def _max_min(p: LayerQuantParams, xs: list[IntTensor], call: Call, fn: Any) -> IntTensor:
+    """MAXIMUM / MINIMUM of two (or, chained, more) tensors at one scale."""
+    s, z = _output_scale(p, xs, call)
+    vals = [requantize(t, s, z, call.rounding).values for t in xs]
+    out = vals[0]
+    for v in vals[1:]:
+        out = fn(out, v)
+    return IntTensor(np.asarray(out, np.int8), s, z)
+
+
+def leaky_relu(x: IntTensor, alpha: float, scale: float, zero_point: int) -> IntTensor:
+    """TFLite's int8 ``LEAKY_RELU`` (``reference_ops::QuantizeLeakyRelu``; both kernel
+    sets run it).
+
+    ``d = q - z_x``; ``q_y = clamp(z_y + MBQM(d, M_id), -128, 127)`` where ``d >= 0``,
+    ``z_y + MBQM(d, M_alpha)`` where ``d < 0``, with ``M_id = f32(s_x / s_y)`` and
+    ``M_alpha = f32(f32(s_x * alpha) / s_y)``.
+
+    >>> t = leaky_relu(IntTensor(np.array([-10, 0, 10], np.int8), 0.1, 0), 0.5, 0.1, 0)
+    >>> t.values.tolist()
+    [-5, 0, 10]
+    """
+    f32 = np.float32
+    m_id = quantize_multiplier(np.float64(f32(f32(x.scale) / f32(scale))))
+    m_alpha = quantize_multiplier(np.float64(f32(f32(f32(x.scale) * f32(alpha)) / f32(scale))))
+    d = x.values.astype(np.int64) - x.zero_point
+    pos = multiply_by_quantized_multiplier(d, *m_id)
+    neg = multiply_by_quantized_multiplier(d, *m_alpha)
+    y = np.where(d >= 0, pos, neg) + zero_point
+    return IntTensor(np.clip(y, -128, 127).astype(np.int8), scale, zero_point)
+
+
+def _leaky(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    c = p.config
+    if p.kind == "LeakyReLU":
+        alpha = float(c.get("alpha", 0.3))
+    else:  # ReLU(negative_slope=a): tf.nn.leaky_relu without a cap or threshold
+        if c.get("max_value") is not None or c.get("threshold"):
+            raise IntegerReferenceError(
+                f"{call.where}: ReLU with a negative slope and a cap or threshold has no "
+                "TFLite int8 kernel in the reference")
+        alpha = float(c.get("negative_slope", 0.0))
+    s, z = _output_scale(p, [x], call)
+    return leaky_relu(x, alpha, s, z)
+
+
+def gelu_lut(in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int,
+             approximate: bool = False) -> np.ndarray:
+    """TFLite's int8 ``GELU`` table: ``t[q + 128] = clamp(round_half_away(f(d) / s_y) +
+    z_y)`` with ``d = f32(s_x * (q - z_x))`` and ``f(v) = 0.5 v (1 + erf(v / sqrt 2))``
+    (``approximate``: ``0.5 v (1 + tanh(sqrt(2 / pi) (v + 0.044715 v^3)))``) in float32.
+
+    >>> int(gelu_lut(0.1, 0, 0.1, 0)[0 + 128]), int(gelu_lut(0.1, 0, 0.1, 0)[100 + 128])
+    (0, 100)
+    """
+    f32 = np.float32
+    q = np.arange(-128, 128, dtype=np.int32)
+    d = (f32(in_scale) * (q - in_zero_point).astype(f32)).astype(f32)
+    if approximate:
+        inner = f32(math.sqrt(2 / math.pi)) * (d + f32(0.044715) * d * d * d)
+        y = (f32(0.5) * d * (f32(1) + np.tanh(inner.astype(f32)))).astype(f32)
+    else:
+        erf = np.array([math.erf(float(v) * math.sqrt(0.5)) for v in d], np.float32)
+        y = (f32(0.5) * d * (f32(1) + erf)).astype(f32)
+    r = round_half_away((y * (f32(1) / f32(out_scale))).astype(f32))
+    return np.clip(r.astype(np.int64) + out_zero_point, -128, 127).astype(np.int8)
+
+
+def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    """An Activation layer: gelu as TFLite's GELU table, others as
+    :mod:`tfmot_ext.kernels` runs them."""
+    if p.config.get("activation") != "gelu":
+        return UNARY["Activation"](p, x, call)
+    s, z = _output_scale(p, [x], call)
+    table = gelu_lut(x.scale, x.zero_point, s, z)
+    return IntTensor(table[x.values.astype(np.int64) + 128], s, z)
+
+
+def _relu(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    if p.config.get("negative_slope"):
+        return _leaky(p, x, call)
+    return UNARY["ReLU"](p, x, call)
+
+
+def _global_max(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    """``REDUCE_MAX`` over the spatial axes (keep-dims as configured), at the input's
+    scale, then requantized to the layer's output if it has its own."""
+    axes = tuple(range(1, x.values.ndim - 1))
+    out = IntTensor(x.values.max(axis=axes, keepdims=bool(p.config.get("keepdims", False))),
+                    x.scale, x.zero_point)
+    if p.output is None:
+        return out
+    return requantize(out, p.output.scale, p.output.zero_point, call.rounding)
+
+
+def _as_2d(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    """A 1-D layer by its 2-D twin's kernel on ``(N, 1, L, C)``."""
+    twin, cfg = twin_2d_config(p.kind, dict(p.config))
+    kernel = MORE_UNARY.get(str(twin)) or UNARY.get(str(twin))
+    if kernel is None:
+        raise IntegerReferenceError(f"{call.where}: no kernel for {p.kind}'s 2-D twin {twin}")
+    v = x.values
+    y = kernel(dataclasses.replace(p, kind=str(twin), config=cfg),
+               dataclasses.replace(x, values=v[:, None]), call)
+    # the steps TFLite materializes: the input expanded to 4-D, the 2-D op's own
+    return dataclasses.replace(y, values=y.values[:, 0], steps=(x, *(
+        dataclasses.replace(s, values=s.values[:, 0]) for s in y.steps)))
+
+
+def _upsampling(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    """UpSampling2D, nearest: RESIZE_NEAREST_NEIGHBOR to ``(f_h H, f_w W)`` picks row
+    ``floor(i / f_h)`` (no half-pixel centres), i.e. each integer repeated."""
+    if str(p.config.get("interpolation", "nearest")) != "nearest":
+        raise IntegerReferenceError(f"{call.where}: the reference has no RESIZE_BILINEAR "
+                                    "kernel yet (UpSampling2D(interpolation='bilinear'))")
+    size = p.config.get("size", (2, 2))
+    fh, fw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    v = np.repeat(np.repeat(x.values, fh, axis=1), fw, axis=2)
+    return IntTensor(v, x.scale, x.zero_point)
+
+
+def nearest_indices(size_in: int, size_out: int, half_pixel_centers: bool = True
+                    ) -> np.ndarray:
+    """TFLite's ``RESIZE_NEAREST_NEIGHBOR`` source index of each output index (float32,
+    ``align_corners=False``): ``min(floor((i + 0.5) * in / out), in - 1)`` with half-pixel
+    centres (what Keras's ``Resizing`` converts to), ``floor(i * in / out)`` without.
+
+    >>> nearest_indices(4, 8).tolist(), nearest_indices(5, 3).tolist()
+    ([0, 0, 1, 1, 2, 2, 3, 3], [0, 2, 4])
+    """
+    f32 = np.float32
+    scale = f32(f32(size_in) / f32(size_out))
+    offset = f32(0.5) if half_pixel_centers else f32(0.0)
+    i = (np.arange(size_out, dtype=np.float32) + offset) * scale
+    return np.clip(np.floor(i.astype(np.float32)).astype(np.int64), 0, size_in - 1)
+
+
+def _resizing(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    """Resizing(interpolation="nearest"): RESIZE_NEAREST_NEIGHBOR, integers moved."""
+    c = p.config
+    if str(c.get("interpolation", "bilinear")) != "nearest" or c.get("crop_to_aspect_ratio"):
+        raise IntegerReferenceError(
+            f"{call.where}: the reference has no RESIZE_BILINEAR kernel yet (only "
+            "Resizing(interpolation='nearest') without crop_to_aspect_ratio)")
+    hi = nearest_indices(x.values.shape[1], int(c["height"]))
+    wi = nearest_indices(x.values.shape[2], int(c["width"]))
+    return IntTensor(x.values[:, hi][:, :, wi], x.scale, x.zero_point)
+
+
+def _permute(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    dims = [int(d) for d in p.config.get("dims", ())]
+    return IntTensor(np.transpose(x.values, (0, *dims)), x.scale, x.zero_point)
+
+
+def _tensor_op(p: LayerQuantParams, xs: list[IntTensor], call: Call) -> IntTensor:
+    """A TensorOp: ``reshape`` moves the integers; the others as
+    :mod:`tfmot_ext.kernels` runs them."""
+    op = p.config.get("op", {})
+    fn = op.get("config", {}).get("function") if isinstance(op, dict) else None
+    shape = p.config.get("op_kwargs", {}).get("shape")
+    if fn == "reshape" and len(xs) == 1 and isinstance(shape, (list, tuple)):
+        x = xs[0]
+        return IntTensor(x.values.reshape([int(d) for d in shape]), x.scale, x.zero_point)
+    return NARY["TensorOp"](p, xs, call)
+
+
+#: one-input layer kinds this module runs (on top of :data:`tfmot_ext.kernels.UNARY`)
+MORE_UNARY = {
+    "Conv2DTranspose": _transpose_conv,
+    "LeakyReLU": _leaky, "ReLU": _relu, "Activation": _activation,
+    "GlobalMaxPooling1D": _global_max, "GlobalMaxPooling2D": _global_max,
+    "GlobalAveragePooling1D": UNARY["GlobalAveragePooling2D"],
+    "UpSampling2D": _upsampling, "Permute": _permute, "Resizing": _resizing,
+    **{k: _as_2d for k, twin in ONE_D_TWINS.items() if twin is not None and twin in
+       {"MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "Cropping2D", "UpSampling2D"}},
+}
+#: several-input layer kinds this module runs
+MORE_NARY = {
+    "Subtract": lambda p, xs, c: add_sub(p, xs, c, subtract=True),
+    "Maximum": lambda p, xs, c: _max_min(p, xs, c, np.maximum),
+    "Minimum": lambda p, xs, c: _max_min(p, xs, c, np.minimum),
+    "TensorOp": _tensor_op,
+}
