@@ -425,8 +425,16 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
     # TFLite's CONCATENATION (MAXIMUM, MINIMUM) has one scale, which the converter gives
     # to the inputs it alone consumes: their own output quantizers would clip and round
     # at a scale that is never deployed, so the operator's quantizer is the only one kept
-    for name, cfg in list(decisions.items()):
+    def through_reshapes(name: str) -> Any:
+        """The sole consumer, past reshapes read by one layer (ranks.conv1d_as_conv2d's
+        reshape back to 1-D: the converter propagates the scale through them)."""
         nxt = single(name)
+        while isinstance(nxt, keras.layers.Reshape) and single(nxt.name) is not None:
+            nxt = single(nxt.name)
+        return nxt
+
+    for name, cfg in list(decisions.items()):
+        nxt = through_reshapes(name)
         if (type(nxt).__name__ in SAME_SCALE_LAYERS and isinstance(cfg, LayerQuantizeConfig)
                 and (cfg.activations or cfg.output is not None)):
             decisions[name] = (LayerQuantizeConfig(weights=cfg.weights) if cfg.weights

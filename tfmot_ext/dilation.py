@@ -94,6 +94,8 @@ def native_dilations(model: Any) -> Iterator[int]:
     changed: list[tuple[Any, str]] = []
     for outer in model.layers:
         layer = getattr(outer, "layer", outer)  # a QuantizeWrapper's wrapped layer
+        # a grouped Conv2D computes through Keras's cached XLA function instead: it
+        # keeps the space-to-batch form (a named limitation, docs/parity_matrix.md)
         if type(layer) is keras.layers.Conv2D and _dilated(layer) and layer.groups == 1:
             layer.convolution_op = functools.partial(_conv_op, layer)
             changed.append((layer, "convolution_op"))

@@ -285,8 +285,12 @@ class _Parser:
         """
         cons = self.consumers.get(rec.name, [])
         nxt = self.by_name[cons[0]] if len(cons) == 1 else None
-        if nxt is not None and self._inner_kind(nxt) in SAME_SCALE_LAYERS and depth <= 8:
-            cat = self.output_quant(nxt, depth + 1)  # its own, or that of a Concatenate
+        same = nxt  # past reshapes read by one layer (ranks.conv1d_as_conv2d's back to 1-D)
+        while same is not None and self._inner_kind(same) == "Reshape":
+            more = self.consumers.get(same.name, [])
+            same = self.by_name[more[0]] if len(more) == 1 else None
+        if same is not None and self._inner_kind(same) in SAME_SCALE_LAYERS and depth <= 8:
+            cat = self.output_quant(same, depth + 1)  # its own, or that of a Concatenate
             if cat is not None:                      # it alone feeds (InceptionV3's mixed9_0)
                 return cat
         q = self.own_output(rec)

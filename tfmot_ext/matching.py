@@ -46,15 +46,35 @@ def _components(name: str) -> set[str]:
 
 
 def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal shapes, or the same elements with the batch merged into the first axis (a
-    Dense on a rank-3 tensor runs on ``(N * T, C)``, the interpreter's stacked
-    per-sample outputs are ``(N, T, C)``), or with axes of 1 added (a 1-D pooling runs
-    on ``(N, L, 1, C)``)."""
+    """Equal shapes, or as many elements with the same channels last: the batch merged
+    into the first axis (a Dense on a rank-3 tensor runs on ``(N * T, C)``, the
+    interpreter's stacked per-sample outputs are ``(N, T, C)``), axes of 1 added (a 1-D
+    pooling runs on ``(N, L, 1, C)``), spatial axes merged (an element-wise op the
+    converter moved before a reshape)."""
     if a.shape == b.shape:
         return True
-    squeezed = [d for d in a.shape if d != 1] == [d for d in b.shape if d != 1]
-    return (a.size == b.size and a.ndim >= 1 and b.ndim >= 1 and a.shape[-1] == b.shape[-1]
-            and (a.shape[0] != b.shape[0] or squeezed))
+    return a.size == b.size and a.ndim >= 1 and b.ndim >= 1 and a.shape[-1] == b.shape[-1]
+
+
+def _best_equal(ref: ReferenceRun, t: Any, names: list[str]
+                ) -> tuple[tuple[str, int] | None, int]:
+    """Among ``names`` (in order of preference), the tensor (or step) with ``t``'s layout,
+    scale and zero point whose integers differ from ``t``'s on the fewest elements (the
+    converter can move an element-wise op across a reshape, and two LOGISTICs share the
+    fixed output scale: the name alone can point at the wrong one), and that count
+    (``(None, -1)`` when none qualifies)."""
+    best: tuple[int, tuple[str, int]] | None = None
+    for n in names:
+        if best is not None and best[0] == 0:
+            break
+        r = ref.tensors[n]
+        for k, c in enumerate((r, *r.steps)):
+            if (_same_layout(c.values, t.values) and np.float32(c.scale) == np.float32(
+                    t.scale) and c.zero_point == t.zero_point):
+                bad = int((c.values.reshape(t.values.shape) != t.values).sum())
+                if best is None or bad < best[0]:
+                    best = (bad, (n, k))
+    return (None, -1) if best is None else (best[1], best[0])
 
 
 def pair_tensors(ref: ReferenceRun, tensors: list[Any]
@@ -69,21 +89,24 @@ def pair_tensors(ref: ReferenceRun, tensors: list[Any]
         cands = [n for n in order if n in comps]
         if i == len(tensors) - 1 or not cands:
             cands = [*cands, ref.output_name]
-        hit: tuple[str, int] | None = None
-        for n in reversed(cands):
-            r = ref.tensors[n]
-            for k, c in enumerate((r, *r.steps)):
-                if (_same_layout(c.values, t.values) and np.float32(c.scale) == np.float32(
-                        t.scale) and c.zero_point == t.zero_point):
-                    hit = (n, k)
-                    break
-            if hit is not None:
-                break
-        if hit is None and t.op == "QUANTIZE":
+        taken = {h[0] for _, h in hits if h is not None and h[1] == 0}
+        last = max((order.index(n) for n in taken), default=-1)
+        later = [n for n in order[last + 1:] if n not in taken and n not in cands]
+        hit, bad = _best_equal(ref, t, list(reversed(cands)))
+        if bad != 0 and t.op not in ("QUANTIZE", "RESHAPE"):
+            # a name without layer names (a grouped conv runs in Keras's XLA function),
+            # or naming another layer (an element-wise op moved across a reshape): the
+            # layers after the last matched one are candidates too
+            hit2, bad2 = _best_equal(ref, t, later)
+            if hit2 is not None and (hit is None or bad2 < bad):
+                hit = hit2
+        if hit is None and t.op in ("QUANTIZE", "RESHAPE"):
             # a requantization the converter inserted (an input of a same-scale operator
-            # that has other consumers): the named layer's tensor moved to this scale
-            hit = next(((n, -1) for n in reversed(cands) if n != ref.output_name
-                        and _same_layout(ref.tensors[n].values, t.values)), None)
+            # that has other consumers), or a reshape of one: the named layer's tensor
+            # moved to this scale
+            named = [n for n in cands if n != ref.output_name] or order[:1]  # or the input
+            hit = next(((n, -1) for n in reversed(named)
+                        if _same_layout(ref.tensors[n].values, t.values)), None)
         hits.append((t, hit))
     return hits
 
@@ -95,10 +118,11 @@ def match_tensors(ref: ReferenceRun, tensors: list[Any],
 
     A TFLite tensor's name carries the Keras layer names it was fused from; among
     those, the latest layer whose reference tensor has the same shape, scale and
-    zero point is its counterpart. The model output is matched to the reference
+    zero point is its counterpart (a name with no layer name in it: the next layer after
+    the last matched one that has those). The model output is matched to the reference
     output. A converter QUANTIZE that no layer accounts for (an input of a same-scale
-    operator that also feeds other layers) is compared with the named layer's tensor
-    requantized to its scale.
+    operator that also feeds other layers), or a RESHAPE of one, is compared with the
+    named layer's tensor requantized to its scale.
 
     With ``params``, each matched layer is recomputed from the interpreter's own
     input tensors where those are matched too, so a difference is attributed to the

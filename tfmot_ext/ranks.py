@@ -19,7 +19,9 @@ against 3). :func:`conv1d_as_conv2d` writes each 1-D segment as its 2-D twin on
 (each kernel gains a leading axis of 1), deployed as RESHAPE -> CONV_2D (per channel, the
 trained integers) -> RESHAPE.
 
-A ``Rescaling`` on a rank-2 or rank-3 tensor starts a segment too (in 4-D it becomes
+An ``UpSampling1D`` starts a segment too (RESIZE_NEAREST_NEIGHBOR in 2-D; in 1-D Keras's
+``repeat_elements`` converts to SPLIT and CONCATENATION), a ``Rescaling`` on a rank-2
+or rank-3 tensor as well (in 4-D it becomes
 :func:`tfmot_ext.rewrites.rescaling_as_depthwise`'s fixed 1x1 depthwise), and so does a
 BatchNormalization on a rank-2 or rank-3 tensor that no Conv/Dense feeds alone: on
 ``(N, 1, L, C)`` (``(N, 1, 1, C)``) it becomes the folded per-channel affine of
@@ -75,6 +77,8 @@ def _starts_segment(la: Any, consumers: dict[str, list[str]], model: Any) -> boo
         return _static(la.input_shape)
     if cls == "Rescaling":  # in 4-D, rewrites.rescaling_as_depthwise's trained affine
         return _static(la.input_shape, (2, 3))
+    if cls == "UpSampling1D":  # else repeat_elements: SPLIT/CONCATENATION, not a RESIZE
+        return _static(la.input_shape)
     if cls != "BatchNormalization" or not _static(la.input_shape, (2, 3)):
         return False
     axis = la.axis if isinstance(la.axis, (list, tuple)) else [la.axis]
@@ -157,8 +161,10 @@ def conv1d_as_conv2d(model: Any) -> Any:
     layers: list[dict[str, Any]] = []
     for e in cfg["layers"]:
         name = e["name"]
+        # every reader of a segment's last layer reads its 1-D form (also the first
+        # layer of a next segment, which then reshapes it to 2-D again)
+        e["inbound_nodes"] = map_tensor_refs(e.get("inbound_nodes", []), redirect)
         if name not in members:
-            e["inbound_nodes"] = map_tensor_refs(e.get("inbound_nodes", []), redirect)
             layers.append(e)
             continue
         if name in first:

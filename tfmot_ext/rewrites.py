@@ -454,19 +454,21 @@ def split_activations(model: Any, keep: Callable[[Any], bool] | None = None) -> 
 
 
 def mean_without_keepdims(model: Any) -> Any:
-    """``model`` with every ``GlobalAveragePooling2D(keepdims=True)`` written as the
-    pooling without keep-dims followed by ``Reshape((1, 1, C))`` named
+    """``model`` with every ``GlobalAveragePooling1D/2D(keepdims=True)`` written as the
+    pooling without keep-dims followed by ``Reshape((1, C))`` / ``((1, 1, C))`` named
     ``<layer>_keepdims``. Same function (module docstring)."""
     targets: dict[str, dict[str, Any]] = {}
     taken: set[str] = set()
     for la in model.layers:
-        if (isinstance(la, keras.layers.GlobalAveragePooling2D) and la.keepdims
+        if (isinstance(la, (keras.layers.GlobalAveragePooling1D,
+                            keras.layers.GlobalAveragePooling2D)) and la.keepdims
                 and la.data_format == "channels_last" and len(la.inbound_nodes) == 1):
             channels = int(la.input_shape[-1])
+            ones = [1] * (len(la.input_shape) - 2)
             targets[la.name] = {"class_name": "Reshape", "config": {
                 "name": unique_name(model, f"{la.name}_keepdims", taken), "trainable": False,
                 "dtype": la.get_config().get("dtype", "float32"),
-                "target_shape": [1, 1, channels]}}
+                "target_shape": [*ones, channels]}}
     if not targets:
         return model
 

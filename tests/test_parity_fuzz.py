@@ -1,0 +1,117 @@
+"""Parity on models nobody here built (issue #19): the named cases users hit, and a
+fixed-seed slice of the random-architecture fuzzer (tests/modelgen.py; the long run is
+``benchmarks/parity_fuzz.py``).
+
+Each model goes through ``te.quantize`` (defaults), training, ``to_tflite`` and the three
+checks of :func:`modelgen.check_model`: exact weights, a bit-exact integer reference
+with both TFLite kernel sets, and every QAT layer within 1 LSB of its TFLite tensor.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from modelgen import ModelSpec, Node, check_model, model_specs, unsupported
+
+pytestmark = pytest.mark.slow
+
+
+def _chain(shape: tuple[int, ...], *layers: tuple[str, dict, tuple[int, ...]]) -> ModelSpec:
+    return ModelSpec(shape, tuple(Node(c, k, i, ()) for c, k, i in layers))
+
+
+def _conv(f: int = 4, **kw: object) -> tuple[str, dict, tuple[int, ...]]:
+    return ("Conv2D", {"filters": f, "kernel_size": 3, "padding": "same", **kw}, (0,))
+
+
+def _conv1d(f: int = 4, **kw: object) -> tuple[str, dict, tuple[int, ...]]:
+    return ("Conv1D", {"filters": f, "kernel_size": 3, "padding": "same", **kw}, (0,))
+
+
+IMG, SEQ = (8, 8, 2), (9, 2)
+#: The cases of issue #19 and the layer options found with the fuzzer, one model each.
+NAMED = {
+    # the seven of the issue
+    "dilated Conv2D": _chain(IMG, _conv(dilation_rate=2)),
+    "dilated DepthwiseConv2D": _chain(IMG, ("DepthwiseConv2D", {
+        "kernel_size": 3, "padding": "same", "dilation_rate": 2}, (0,))),
+    "LeakyReLU after Conv2D": _chain(IMG, _conv(), ("LeakyReLU", {"alpha": 0.2}, (1,))),
+    "Conv2DTranspose + BN": _chain(IMG, ("Conv2DTranspose", {
+        "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same"}, (0,)),
+        ("BatchNormalization", {"momentum": 0.9}, (1,))),
+    "Conv1D + BN + ReLU + MaxPooling1D": _chain(
+        SEQ, _conv1d(), ("BatchNormalization", {"momentum": 0.9}, (1,)), ("ReLU", {}, (2,)),
+        ("MaxPooling1D", {"pool_size": 2}, (3,)), ("Conv1D", {"filters": 3, "kernel_size": 2},
+                                                    (4,))),
+    "Subtract": _chain(IMG, _conv(), ("Conv2D", {"filters": 4, "kernel_size": 1}, (1,)),
+                       ("Subtract", {}, (1, 2))),
+    "Maximum": _chain(IMG, _conv(), ("Conv2D", {"filters": 4, "kernel_size": 1}, (1,)),
+                      ("Maximum", {}, (1, 2))),
+    "GAP at a new scale": _chain(IMG, _conv(activation="relu"),
+                                 ("GlobalAveragePooling2D", {}, (1,)), ("Dense", {"units": 3},
+                                                                        (2,))),
+    # found by the fuzzer
+    "causal dilated Conv1D": _chain(SEQ, _conv1d(padding="causal", dilation_rate=2)),
+    "SeparableConv1D causal": _chain(SEQ, ("SeparableConv1D", {
+        "filters": 3, "kernel_size": 3, "padding": "causal"}, (0,))),
+    "Conv1DTranspose": _chain(SEQ, ("Conv1DTranspose", {
+        "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same"}, (0,))),
+    "grouped Conv2D": _chain((6, 7, 2), ("Conv2D", {"filters": 5, "kernel_size": 1}, (0,)),
+                             ("Conv2D", {"filters": 5, "kernel_size": 1, "groups": 5,
+                                         "activation": "tanh"}, (1,))),
+    "Dense on a sequence, GAP1D": _chain(SEQ, ("Dense", {"units": 4}, (0,)),
+                                         ("Conv1D", {"filters": 4, "kernel_size": 2, "padding": "same"}, (1,)),
+                                         ("Subtract", {}, (1, 2)),
+                                         ("GlobalAveragePooling1D", {}, (3,)),
+                                         ("Dense", {"units": 3}, (4,))),
+    "Average then Concatenate (1-D, 40 elements)": _chain(
+        (10, 2), _conv1d(), ("Conv1D", {"filters": 4, "kernel_size": 1}, (1,)),
+        ("Average", {}, (1, 2)), ("Conv1D", {"filters": 4, "kernel_size": 1,
+                                             "activation": "relu"}, (3,)),
+        ("Concatenate", {}, (3, 4))),
+    "gelu, swish": _chain(IMG, _conv(activation="gelu"), ("Activation", {"activation": "swish"},
+                                                          (1,))),
+    "Resizing nearest, Permute": _chain(IMG, _conv(), ("Resizing", {
+        "height": 5, "width": 12, "interpolation": "nearest"}, (1,)),
+        ("Permute", {"dims": (2, 1, 3)}, (2,)), ("Conv2D", {"filters": 2, "kernel_size": 1},
+                                                 (3,))),
+    "Rescaling on a sequence, standalone BN": _chain(
+        SEQ, ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),
+        ("Dense", {"units": 4, "activation": "relu"}, (1,)),
+        ("BatchNormalization", {"momentum": 0.9}, (2,))),
+}
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+def test_named_case_deploys_exactly(name: str) -> None:
+    out = check_model(NAMED[name])
+    assert out.ok, f"{name}:\n{NAMED[name]}\n{out}"
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, database=None,
+          phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+@given(model_specs(supported_only=True))
+def test_fuzz_slice_deploys_exactly(spec: ModelSpec) -> None:
+    """40 fixed models of the supported grammar: no crash, no typed error, all three
+    checks. The unsupported options (:func:`modelgen.unsupported`) are the next test's."""
+    out = check_model(spec)
+    assert out.ok or out.stage == "invalid", f"{spec}\n{out}"
+
+
+@pytest.mark.parametrize(("layer", "expect"), [
+    (("ELU", {}, (1,)), "ELU: the converter has no int8 ELU"),
+    (("ReLU", {"threshold": 0.5}, (1,)), "CAST: a ReLU with a threshold"),
+    (("PReLU", {}, (1,)), "no kernel for PReLU"),
+    (("UpSampling2D", {"interpolation": "bilinear"}, (1,)), "no RESIZE_BILINEAR kernel"),
+    (("Activation", {"activation": "softmax"}, (1,)), "only ReLU, ReLU6"),
+])
+def test_limitations_are_named_not_silent(layer: tuple[str, dict, tuple[int, ...]],
+                                          expect: str) -> None:
+    """The documented limitations (docs/parity_matrix.md): a typed error naming the
+    layer and the fix, or a reference that says which kernel it lacks; never a pass."""
+    cls, cfg, _ = layer
+    assert unsupported(cls, cfg)
+    out = check_model(_chain(IMG, _conv(), layer))
+    text = out.message + " ".join(detail for _, _, detail in out.findings)
+    assert not out.ok and out.stage in ("error", "check"), out
+    assert expect in text, text
