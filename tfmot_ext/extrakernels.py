@@ -17,6 +17,9 @@ The same contract as :mod:`tfmot_ext.kernels` (a layer's
   is >= 0, with ``M = s_x * alpha / s_y`` where it is < 0 (float32 products, as
   TFLite's ``Prepare``), plus ``z_y``;
 * ``GELU``: a 256-entry table like LOGISTIC's (:func:`tfmot_ext.kernels.activation_lut`);
+* ``MEAN`` (global average pooling, 1-D and 2-D): the sum of ``q - z_x`` requantized
+  with the division folded into the multiplier (:func:`mean_multiplier`), and the
+  optimized kernel's keep-dims form;
 * ``REDUCE_MAX`` (global max pooling): the integers' max, at the input's scale;
 * the 1-D pooling, padding, cropping and up-sampling layers: their 2-D twin's kernel on
   ``(N, 1, L, C)`` (:data:`tfmot_ext.rules.ONE_D_TWINS`), what TFLite runs;
@@ -34,7 +37,11 @@ from typing import Any
 import numpy as np
 
 from tfmot_ext.errors import IntegerReferenceError
-from tfmot_ext.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from tfmot_ext.fixedpoint import (
+    multiply_by_quantized_multiplier,
+    multiply_by_quantized_multiplier_up,
+    quantize_multiplier,
+)
 from tfmot_ext.kernels import (
     NARY,
     UNARY,
@@ -46,12 +53,12 @@ from tfmot_ext.kernels import (
     pair,
     requantize,
 )
-from tfmot_ext.params import LayerQuantParams
+from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.qmath import round_half_away
 from tfmot_ext.rules import ONE_D_TWINS, twin_2d_config
 
 __all__ = ["MORE_NARY", "MORE_UNARY", "deconv_output_length", "gelu_lut", "leaky_relu",
-           "nearest_indices", "transpose_conv_accumulator"]
+           "mean_multiplier", "nearest_indices", "transpose_conv_accumulator"]
 
 
 def deconv_output_length(size: int, k: int, padding: str, stride: int,
@@ -201,6 +208,68 @@ def _relu(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     return UNARY["ReLU"](p, x, call)
 
 
+def mean_multiplier(in_scale: float, out_scale: float, n: int) -> tuple[int, int]:
+    """TFLite's integer ``MEAN`` multiplier (``reference_integer_ops::Mean``): ``(M0, e)``
+    of ``s_in / s_out`` (double), then ``k = min(63 - clz64(n), 32, 31 + e)``,
+    ``M0' = floor(M0 * 2**k / n)``, ``e' = e - k``: the division by ``n`` folded into the
+    multiplier in integers (measured against the interpreter on a GlobalAveragePooling1D:
+    ``quantize_multiplier(s_in / (n s_out))`` was 1 LSB off on 3 % of the outputs).
+
+    >>> mean_multiplier(0.5, 0.5, 4)   # M0 = 2**30, e = 1; k = 2: 2**32 / 4, e' = -1
+    (1073741824, -1)
+    """
+    m0, e = (int(v) for v in quantize_multiplier(np.float64(np.float32(in_scale))
+                                                  / np.float64(np.float32(out_scale))))
+    k = min(int(n).bit_length() - 1, 32, 31 + e)
+    return (m0 << k) // int(n), e - k
+
+
+def _global_avg_pool(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    """TFLite int8 ``MEAN`` over H and W (what GlobalAveragePooling2D converts to).
+
+    ``acc = sum(q_in - z_in)`` over the ``n = H * W`` elements (int32), then one
+    requantization that folds the division in (:func:`mean_multiplier`),
+    ``q_out = clamp(MBQM(acc, M0', e') + z_out, -128, 127)``.
+    """
+    if p.output is None:
+        raise IntegerReferenceError(f"{call.where}: output is not quantized")
+    if p.config.get("keepdims", False) and call.rounding == "optimized":
+        return _mean_keepdims(x, p.output, call)
+    v = x.values.astype(np.int64) - x.zero_point
+    axes = tuple(range(1, v.ndim - 1))  # H, W (L for GlobalAveragePooling1D)
+    n = int(np.prod([v.shape[a] for a in axes]))
+    acc = v.sum(axis=axes, keepdims=bool(p.config.get("keepdims", False)))
+    m0, shift = mean_multiplier(x.scale, p.output.scale, n)
+    out = multiply_by_quantized_multiplier(acc, m0, shift) + p.output.zero_point
+    return IntTensor(np.clip(out, -128, 127).astype(np.int8), p.output.scale,
+                     p.output.zero_point)
+
+
+def _mean_keepdims(x: IntTensor, out: TensorQuant, call: Call) -> IntTensor:
+    """TFLite's optimized int8 ``MEAN`` over H, W of a 4-D tensor with keep-dims
+    (``optimized_integer_ops::Mean``; the reference kernels take the integer path of
+    :func:`_global_avg_pool`, measured).
+
+    ``acc = sum(q_in)`` (raw values), rounded once to ``M = f32(s_in / (n * s_out))``
+    (:func:`multiply_by_quantized_multiplier_up`), plus
+    ``z_out - round(f32(z_in * s_in) / s_out)``: the input zero point's share rounded on
+    its own, so the result can sit one LSB off the rounded mean (measured: 1 LSB on half
+    the elements against the QAT model's fake-quantized mean), which is why
+    :func:`tfmot_ext.rewrites.mean_without_keepdims` avoids this op.
+    """
+    f32 = np.float32
+    if x.values.ndim != 4:
+        raise IntegerReferenceError(f"{call.where}: keep-dims mean of a rank-{x.values.ndim} "
+                                    "tensor")
+    n = x.values.shape[1] * x.values.shape[2]
+    acc = x.values.astype(np.int64).sum(axis=(1, 2), keepdims=True)
+    m0, shift = quantize_multiplier(np.float64(f32(f32(x.scale) / (f32(n) * f32(out.scale)))))
+    share = f32(f32(x.zero_point * f32(x.scale)) / f32(out.scale))
+    share = np.trunc(share + (f32(0.5) if share > 0 else f32(-0.5)))
+    q = multiply_by_quantized_multiplier_up(acc, m0, shift) + out.zero_point - int(share)
+    return IntTensor(np.clip(q, -128, 127).astype(np.int8), out.scale, out.zero_point)
+
+
 def _global_max(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     """``REDUCE_MAX`` over the spatial axes (keep-dims as configured), at the input's
     scale, then requantized to the layer's output if it has its own."""
@@ -288,7 +357,7 @@ MORE_UNARY = {
     "Conv2DTranspose": _transpose_conv,
     "LeakyReLU": _leaky, "ReLU": _relu, "Activation": _activation,
     "GlobalMaxPooling1D": _global_max, "GlobalMaxPooling2D": _global_max,
-    "GlobalAveragePooling1D": UNARY["GlobalAveragePooling2D"],
+    "GlobalAveragePooling1D": _global_avg_pool, "GlobalAveragePooling2D": _global_avg_pool,
     "UpSampling2D": _upsampling, "Permute": _permute, "Resizing": _resizing,
     **{k: _as_2d for k, twin in ONE_D_TWINS.items() if twin is not None and twin in
        {"MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "Cropping2D", "UpSampling2D"}},

@@ -52,12 +52,11 @@ from tfmot_ext.errors import IntegerReferenceError
 from tfmot_ext.fixedpoint import (
     mbqm,
     multiply_by_quantized_multiplier,
-    multiply_by_quantized_multiplier_up,
     quantize_multiplier,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-from tfmot_ext.params import LayerQuantParams, TensorQuant
+from tfmot_ext.params import LayerQuantParams
 from tfmot_ext.qmath import round_half_away
 from tfmot_ext.rules import (
     FIXED_ACTIVATION_RANGES,
@@ -81,7 +80,6 @@ __all__ = [
     "add_sub",
     "constant_operand",
     "hw_pairs",
-    "mean_multiplier",
     "pair",
     "quantize_input",
     "requantize",
@@ -401,68 +399,6 @@ def _trunc_div(a: np.ndarray, b: Any) -> np.ndarray:
     return np.where((a < 0) != (b < 0), -q, q)
 
 
-def mean_multiplier(in_scale: float, out_scale: float, n: int) -> tuple[int, int]:
-    """TFLite's integer ``MEAN`` multiplier (``reference_integer_ops::Mean``): ``(M0, e)``
-    of ``s_in / s_out`` (double), then ``k = min(63 - clz64(n), 32, 31 + e)``,
-    ``M0' = floor(M0 * 2**k / n)``, ``e' = e - k``: the division by ``n`` folded into the
-    multiplier in integers (measured against the interpreter on a GlobalAveragePooling1D:
-    ``quantize_multiplier(s_in / (n s_out))`` was 1 LSB off on 3 % of the outputs).
-
-    >>> mean_multiplier(0.5, 0.5, 4)   # M0 = 2**30, e = 1; k = 2: 2**32 / 4, e' = -1
-    (1073741824, -1)
-    """
-    m0, e = (int(v) for v in quantize_multiplier(np.float64(np.float32(in_scale))
-                                                  / np.float64(np.float32(out_scale))))
-    k = min(int(n).bit_length() - 1, 32, 31 + e)
-    return (m0 << k) // int(n), e - k
-
-
-def _global_avg_pool(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
-    """TFLite int8 ``MEAN`` over H and W (what GlobalAveragePooling2D converts to).
-
-    ``acc = sum(q_in - z_in)`` over the ``n = H * W`` elements (int32), then one
-    requantization that folds the division in (:func:`mean_multiplier`),
-    ``q_out = clamp(MBQM(acc, M0', e') + z_out, -128, 127)``.
-    """
-    if p.output is None:
-        raise IntegerReferenceError(f"{call.where}: output is not quantized")
-    if p.config.get("keepdims", False) and call.rounding == "optimized":
-        return _mean_keepdims(x, p.output, call)
-    v = x.values.astype(np.int64) - x.zero_point
-    axes = tuple(range(1, v.ndim - 1))  # H, W (L for GlobalAveragePooling1D)
-    n = int(np.prod([v.shape[a] for a in axes]))
-    acc = v.sum(axis=axes, keepdims=bool(p.config.get("keepdims", False)))
-    m0, shift = mean_multiplier(x.scale, p.output.scale, n)
-    out = multiply_by_quantized_multiplier(acc, m0, shift) + p.output.zero_point
-    return IntTensor(np.clip(out, -128, 127).astype(np.int8), p.output.scale,
-                     p.output.zero_point)
-
-
-def _mean_keepdims(x: IntTensor, out: TensorQuant, call: Call) -> IntTensor:
-    """TFLite's optimized int8 ``MEAN`` over H, W of a 4-D tensor with keep-dims
-    (``optimized_integer_ops::Mean``; the reference kernels take the integer path of
-    :func:`_global_avg_pool`, measured).
-
-    ``acc = sum(q_in)`` (raw values), rounded once to ``M = f32(s_in / (n * s_out))``
-    (:func:`multiply_by_quantized_multiplier_up`), plus
-    ``z_out - round(f32(z_in * s_in) / s_out)``: the input zero point's share rounded on
-    its own, so the result can sit one LSB off the rounded mean (measured: 1 LSB on half
-    the elements against the QAT model's fake-quantized mean), which is why
-    :func:`tfmot_ext.rewrites.mean_without_keepdims` avoids this op.
-    """
-    f32 = np.float32
-    if x.values.ndim != 4:
-        raise IntegerReferenceError(f"{call.where}: keep-dims mean of a rank-{x.values.ndim} "
-                                    "tensor")
-    n = x.values.shape[1] * x.values.shape[2]
-    acc = x.values.astype(np.int64).sum(axis=(1, 2), keepdims=True)
-    m0, shift = quantize_multiplier(np.float64(f32(f32(x.scale) / (f32(n) * f32(out.scale)))))
-    share = f32(f32(x.zero_point * f32(x.scale)) / f32(out.scale))
-    share = np.trunc(share + (f32(0.5) if share > 0 else f32(-0.5)))
-    q = multiply_by_quantized_multiplier_up(acc, m0, shift) + out.zero_point - int(share)
-    return IntTensor(np.clip(q, -128, 127).astype(np.int8), out.scale, out.zero_point)
-
-
 def add_sub(p: LayerQuantParams, xs: list[IntTensor], call: Call, subtract: bool = False
             ) -> IntTensor:
     """TFLite int8 ``ADD`` (``SUB``): inputs to a common scale ``2 * max(s1, s2)`` with 20
@@ -611,7 +547,6 @@ _OPS: dict[str, Unary] = {
     "Activation": _activation,
     "MaxPooling2D": _max_pool,
     "AveragePooling2D": _avg_pool,
-    "GlobalAveragePooling2D": _global_avg_pool,
     "ZeroPadding2D": _zero_pad,
     "Cropping2D": _crop,
     "Flatten": _reshape,

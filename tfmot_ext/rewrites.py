@@ -173,13 +173,7 @@ def average_as_add(model: Any) -> Any:
              and len(la.inbound_nodes) == 1 and len(la.input) == 2}
     if not names:
         return model
-    cfg = copy.deepcopy(model.get_config())
-    for e in cfg["layers"]:
-        if e["config"]["name"] in names:
-            c = e["config"]
-            _retype(e, "Add", {"name": c["name"], "trainable": c.get("trainable", True),
-                               "dtype": c.get("dtype", "float32")})
-    base = rebuild(model, cfg, model.get_layer)
+    base = _as_add_layers(model, names)
     new = insert_after(base, {n: _scaled_entry(f"{n}_half", 0.5) for n in names},
                        lambda e: None)
     logger.info("model '%s': %d Average layers written as Add * 0.5", model.name, len(names))
