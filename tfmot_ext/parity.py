@@ -29,6 +29,7 @@ from tfmot_ext.reference import run_reference
 from tfmot_ext.rules import EXACT_WEIGHT_BITS, KERNEL_ROUNDING
 from tfmot_ext.tflite import (
     WeightTensor,
+    _resolver,
     _validated,
     interpreter,
     keras_layout,
@@ -401,7 +402,9 @@ def _check_belongs(model: Any, params: QuantizedModelParams, tflite_bytes: bytes
     layer of the model (the converter names each operator's weights after its layer)."""
     fix = ("convert this model with tfmot_ext.to_tflite(model, data) (or tfmot-ext "
            "convert) and verify that file")
-    inp = interpreter(tflite_bytes).get_input_details()[0]
+    # no XNNPACK: its delegate fails to prepare some int8 graphs (a MAXIMUM of 1-channel
+    # tensors, measured) the builtin kernels run
+    inp = interpreter(tflite_bytes, **_resolver("builtin")).get_input_details()[0]
     theirs = tuple(int(d) for d in inp.get("shape_signature", inp["shape"])[1:])
     ours = () if isinstance(model.input_shape, list) else tuple(model.input_shape[1:])
     if ours and (len(theirs) != len(ours) or any(  # None / -1: any size
