@@ -451,15 +451,16 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32) -> Outcome:
         qat = te.quantize(model)
         _train(qat, x, seed + 1)
         tfl = te.to_tflite(qat, x)
+        params = te.extract(qat)  # once: verify and op_drift take it
         findings: list[tuple[str, str, str]] = []
         end_to_end = 0.0
         for kernels in ("builtin", "reference"):
             try:
-                drift = op_drift(qat, tfl, x, kernels=kernels)
+                drift = op_drift(qat, tfl, x, kernels=kernels, params=params)
             except IntegerReferenceError as e:  # no kernel: reported below with the rest
                 drift = []
                 logging.getLogger(__name__).debug("op_drift: %s", e)
-            report = te.verify(qat, tfl, x, kernels=kernels)
+            report = te.verify(qat, tfl, x, kernels=kernels, params=params)
             if kernels == "builtin":
                 for w in report.weights:
                     if not w.exact:

@@ -134,7 +134,8 @@ CASES = [
     _case("GlobalMaxPooling1D", L.GlobalMaxPooling1D, "seq", {"REDUCE_MAX"}, keepdims=True),
     _case("ZeroPadding1D", L.ZeroPadding1D, "seq", {"PAD"}, padding=1),
     _case("Cropping1D", L.Cropping1D, "seq", {"STRIDED_SLICE"}, cropping=1),
-    _case("UpSampling1D", L.UpSampling1D, "seq", {"SPLIT", "CONCATENATION"}, size=2),
+    # 2-D in the QAT model (ranks.conv1d_as_conv2d): RESIZE, not repeat_elements' SPLIT/CONCAT
+    _case("UpSampling1D", L.UpSampling1D, "seq", {"RESIZE_NEAREST_NEIGHBOR"}, size=2),
     _case("SpatialDropout1D", L.SpatialDropout1D, "seq", set(), rate=0.5),
     # 3D kinds, between two Dense on the last axis of a volume
     _case("GlobalMaxPooling3D", L.GlobalMaxPooling3D, "vol", {"REDUCE_MAX"}, keepdims=True),
