@@ -15,6 +15,7 @@ import argparse
 import collections
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,8 +61,10 @@ def run(n: int, start_seed: int, families: list[str] | None, show: bool,
 
 
 def _layer_features(spec: ModelSpec, layer: str) -> set[str]:
+    """The features of the node a finding names (``n3_conv1d``, ``quant_n3_conv1d``,
+    ``quant_n3_conv1d_as_2d``, ``.../n3_conv1d/...``), else none."""
     for i, node in enumerate(spec.nodes, start=1):
-        if layer.startswith(f"n{i}_") or f"/n{i}_" in layer or layer == f"n{i}_{node.cls.lower()}":
+        if re.search(rf"(^|_|/)n{i}_", layer):
             return set(node.features)
     return set()
 

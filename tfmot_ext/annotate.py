@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -43,9 +42,8 @@ from tfmot_ext.configs import (
     output_only_config,
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
-from tfmot_ext.graph import FLOAT_FOR_CONVERTER, TensorOp, layer_classes
+from tfmot_ext.graph import FLOAT_FOR_CONVERTER, TensorOp, consumers, layer_classes
 from tfmot_ext.quantizers import weight_quantizer
-from tfmot_ext.records import inbound_layer_names
 from tfmot_ext.rewrites import batchnorm_as_depthwise, prepare
 from tfmot_ext.rules import (
     AT_INPUT_SCALE_LAYERS,
@@ -60,7 +58,7 @@ from tfmot_ext.scheme import FoldingScheme
 from tfmot_ext.scope import quantize_scope
 from tfmot_ext.summary import format_summary, summarize
 
-__all__ = ["UNSUPPORTED_MODES", "Rule", "annotate", "builtin_choice", "consumers",
+__all__ = ["UNSUPPORTED_MODES", "Rule", "annotate", "builtin_choice",
            "layer_classes", "plan", "quantize"]
 
 logger = logging.getLogger(__name__)
@@ -361,20 +359,6 @@ def _is_fusable(layer: Any) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization) or _is_relu_like(layer)
 
 
-def consumers(model: Any) -> dict[str, list[str]]:
-    """Layer name -> names of the layers consuming its output (from the model config)."""
-    out: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
-    if isinstance(model, keras.Sequential):
-        names = [la.name for la in model.layers]
-        for a, b in itertools.pairwise(names):
-            out[a].append(b)
-        return out
-    for entry in model.get_config()["layers"]:
-        for name in inbound_layer_names(entry):
-            out.setdefault(name, []).append(entry["name"])
-    return out
-
-
 def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> None:
     """Place activation quantizers where TFLite fuses: after Conv/Dense -> [BN] -> [ReLU].
 
@@ -485,6 +469,11 @@ _OUTPUT_QUANTIZED: tuple[type, ...] = (
 _APPLICATION_LAYERS = frozenset({"CustomScaleLayer", "LayerScale"})
 
 
+def _producers(layer: Any) -> list[Any]:
+    """The layers whose outputs ``layer`` reads, over all its calls."""
+    return [la for node in layer.inbound_nodes for la in tf.nest.flatten(node.inbound_layers)]
+
+
 def builtin_choice(layer: Any) -> Any:
     """tfmot_ext's choice for a layer neither a preset nor tfmot's registry covers.
 
@@ -508,13 +497,11 @@ def builtin_choice(layer: Any) -> Any:
         # wrapped with no quantizer where it reads the model input (ranks.dense_to_rank2
         # at the input): else tfmot puts no QuantizeLayer there and the converter
         # calibrates the input and re-quantizes the next kernel itself
-        ups = [la for node in layer.inbound_nodes for la in tf.nest.flatten(node.inbound_layers)]
-        return (LayerQuantizeConfig() if any(isinstance(u, keras.layers.InputLayer) for u in ups)
-                else "skip")
+        return (LayerQuantizeConfig() if any(isinstance(u, keras.layers.InputLayer)
+                                             for u in _producers(layer)) else "skip")
     if isinstance(layer, L.Identity):  # rewrites.range_after_float_layers: the float
         # layer's output range; any other Identity passes its input's scale through
-        ups = [la for node in layer.inbound_nodes
-               for la in tf.nest.flatten(node.inbound_layers)]
+        ups = _producers(layer)
         return (output_only_config() if ups and isinstance(ups[0], FLOAT_FOR_CONVERTER)
                 else "skip")
     if isinstance(layer, L.Embedding):

@@ -50,11 +50,11 @@ from tfmot_ext.kernels import (
     _check_weighted,
     _finish,
     add_sub,
+    lookup_table,
     pair,
     requantize,
 )
 from tfmot_ext.params import LayerQuantParams, TensorQuant
-from tfmot_ext.qmath import round_half_away
 from tfmot_ext.rules import ONE_D_TWINS, twin_2d_config
 
 __all__ = ["MORE_NARY", "MORE_UNARY", "deconv_output_length", "gelu_lut", "leaky_relu",
@@ -172,24 +172,23 @@ def _leaky(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
 
 def gelu_lut(in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int,
              approximate: bool = False) -> np.ndarray:
-    """TFLite's int8 ``GELU`` table: ``t[q + 128] = clamp(round_half_away(f(d) / s_y) +
-    z_y)`` with ``d = f32(s_x * (q - z_x))`` and ``f(v) = 0.5 v (1 + erf(v / sqrt 2))``
+    """TFLite's int8 ``GELU`` table (:func:`tfmot_ext.kernels.lookup_table`) of
+    ``f(v) = 0.5 v (1 + erf(v / sqrt 2))``
     (``approximate``: ``0.5 v (1 + tanh(sqrt(2 / pi) (v + 0.044715 v^3)))``) in float32.
 
     >>> int(gelu_lut(0.1, 0, 0.1, 0)[0 + 128]), int(gelu_lut(0.1, 0, 0.1, 0)[100 + 128])
     (0, 100)
     """
     f32 = np.float32
-    q = np.arange(-128, 128, dtype=np.int32)
-    d = (f32(in_scale) * (q - in_zero_point).astype(f32)).astype(f32)
-    if approximate:
-        inner = f32(math.sqrt(2 / math.pi)) * (d + f32(0.044715) * d * d * d)
-        y = (f32(0.5) * d * (f32(1) + np.tanh(inner.astype(f32)))).astype(f32)
-    else:
+
+    def gelu(d: np.ndarray) -> np.ndarray:
+        if approximate:
+            inner = f32(math.sqrt(2 / math.pi)) * (d + f32(0.044715) * d * d * d)
+            return (f32(0.5) * d * (f32(1) + np.tanh(inner.astype(f32)))).astype(f32)
         erf = np.array([math.erf(float(v) * math.sqrt(0.5)) for v in d], np.float32)
-        y = (f32(0.5) * d * (f32(1) + erf)).astype(f32)
-    r = round_half_away((y * (f32(1) / f32(out_scale))).astype(f32))
-    return np.clip(r.astype(np.int64) + out_zero_point, -128, 127).astype(np.int8)
+        return (f32(0.5) * d * (f32(1) + erf)).astype(f32)
+
+    return lookup_table(gelu, in_scale, in_zero_point, out_scale, out_zero_point)
 
 
 def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
@@ -225,9 +224,9 @@ def mean_multiplier(in_scale: float, out_scale: float, n: int) -> tuple[int, int
 
 
 def _global_avg_pool(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
-    """TFLite int8 ``MEAN`` over H and W (what GlobalAveragePooling2D converts to).
+    """TFLite int8 ``MEAN`` over H and W (L): what GlobalAveragePooling2D (1D) converts to.
 
-    ``acc = sum(q_in - z_in)`` over the ``n = H * W`` elements (int32), then one
+    ``acc = sum(q_in - z_in)`` over the ``n = H * W`` (``L``) elements (int32), then one
     requantization that folds the division in (:func:`mean_multiplier`),
     ``q_out = clamp(MBQM(acc, M0', e') + z_out, -128, 127)``.
     """
@@ -296,15 +295,15 @@ def _as_2d(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
 
 
 def _upsampling(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
-    """UpSampling2D, nearest: RESIZE_NEAREST_NEIGHBOR to ``(f_h H, f_w W)`` picks row
-    ``floor(i / f_h)`` (no half-pixel centres), i.e. each integer repeated."""
+    """UpSampling2D, nearest: RESIZE_NEAREST_NEIGHBOR to ``(f_h H, f_w W)``
+    (:func:`nearest_indices` of an integer factor: row ``i // f_h``, each integer
+    repeated)."""
     if str(p.config.get("interpolation", "nearest")) != "nearest":
         raise IntegerReferenceError(f"{call.where}: the reference has no RESIZE_BILINEAR "
                                     "kernel yet (UpSampling2D(interpolation='bilinear'))")
-    size = p.config.get("size", (2, 2))
-    fh, fw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    v = np.repeat(np.repeat(x.values, fh, axis=1), fw, axis=2)
-    return IntTensor(v, x.scale, x.zero_point)
+    fh, fw = pair(p.config.get("size"), 2)
+    h, w = x.values.shape[1:3]
+    return _resize_nearest(x, h * fh, w * fw)
 
 
 def nearest_indices(size_in: int, size_out: int, half_pixel_centers: bool = True
@@ -330,8 +329,13 @@ def _resizing(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
         raise IntegerReferenceError(
             f"{call.where}: the reference has no RESIZE_BILINEAR kernel yet (only "
             "Resizing(interpolation='nearest') without crop_to_aspect_ratio)")
-    hi = nearest_indices(x.values.shape[1], int(c["height"]))
-    wi = nearest_indices(x.values.shape[2], int(c["width"]))
+    return _resize_nearest(x, int(c["height"]), int(c["width"]))
+
+
+def _resize_nearest(x: IntTensor, height: int, width: int) -> IntTensor:
+    """RESIZE_NEAREST_NEIGHBOR with half-pixel centres: the integers moved, same scale."""
+    hi = nearest_indices(x.values.shape[1], height)
+    wi = nearest_indices(x.values.shape[2], width)
     return IntTensor(x.values[:, hi][:, :, wi], x.scale, x.zero_point)
 
 

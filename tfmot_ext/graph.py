@@ -28,6 +28,7 @@ trained; :func:`tfmot_ext.rewrites.prepare` applies them all.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -36,11 +37,13 @@ import numpy as np
 
 from tfmot_ext._compat import keras, tf
 from tfmot_ext.errors import UnsupportedModelError
+from tfmot_ext.records import inbound_layer_names
 
 __all__ = [
     "FLOAT_FOR_CONVERTER",
     "Fixed",
     "TensorOp",
+    "consumers",
     "flatten",
     "has_nested_models",
     "has_tf_ops",
@@ -52,6 +55,7 @@ __all__ = [
     "outer_inputs",
     "rebuild",
     "replace_tf_ops",
+    "tensor_op_entry",
     "unique_name",
 ]
 
@@ -93,6 +97,20 @@ def map_tensor_refs(obj: Any, fn: Callable[[list[Any]], list[Any]]) -> Any:
     if isinstance(obj, dict):
         return {k: map_tensor_refs(v, fn) for k, v in obj.items()}
     return obj
+
+
+def consumers(model: Any) -> dict[str, list[str]]:
+    """Layer name -> names of the layers consuming its output (from the model config)."""
+    out: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
+    if isinstance(model, keras.Sequential):
+        names = [la.name for la in model.layers]
+        for a, b in itertools.pairwise(names):
+            out[a].append(b)
+        return out
+    for entry in model.get_config()["layers"]:
+        for name in inbound_layer_names(entry):
+            out.setdefault(name, []).append(entry["name"])
+    return out
 
 
 def has_nested_models(model: Any) -> bool:
@@ -454,6 +472,17 @@ def insert_before(model: Any, new_entries: dict[str, dict[str, Any]],
         elif layer.weights and layer.name in originals:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new_model
+
+
+def tensor_op_entry(name: str, function: str, op_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A functional-config entry of a one-input :class:`TensorOp` ``function(x, **op_kwargs)``
+    (``function`` as TFOpLambda names it: ``"reshape"``, ``"math.multiply"``); the caller
+    sets its inbound nodes."""
+    op = {"class_name": "TFOpLambda", "config": {"name": name, "trainable": True,
+                                                 "dtype": "float32", "function": function}}
+    return {"class_name": keras.utils.get_registered_name(TensorOp), "name": name,
+            "config": {"name": name, "trainable": True, "dtype": "float32", "op": op,
+                       "first_arg": {"__input__": 0}, "op_kwargs": op_kwargs}}
 
 
 def unique_name(model: Any, base: str, taken: set[str]) -> str:

@@ -80,6 +80,7 @@ __all__ = [
     "add_sub",
     "constant_operand",
     "hw_pairs",
+    "lookup_table",
     "pair",
     "quantize_input",
     "requantize",
@@ -331,10 +332,19 @@ def activation_lut(fn: str, in_scale: float, in_zero_point: int, out_scale: floa
     if fn not in _LUT_FUNCTIONS:
         raise IntegerReferenceError(f"no lookup table for activation '{fn}'; "
                                     f"supported: {sorted(_LUT_FUNCTIONS)}")
+    return lookup_table(_LUT_FUNCTIONS[fn], in_scale, in_zero_point, out_scale,
+                        out_zero_point)
+
+
+def lookup_table(f: Callable[[np.ndarray], np.ndarray], in_scale: float, in_zero_point: int,
+                 out_scale: float, out_zero_point: int) -> npt.NDArray[np.int8]:
+    """TFLite's int8 table of a float32 function ``f`` (``LUTPopulate``), indexed by
+    ``q + 128``: ``d = f32(s_in * (q - z_in))``,
+    ``t[q + 128] = clamp(round_half_away(f(d) * (1 / s_out)) + z_out, -128, 127)``."""
     f32 = np.float32
     q = np.arange(-128, 128, dtype=np.int32)
     d = (f32(in_scale) * (q - in_zero_point).astype(f32)).astype(f32)
-    y = _LUT_FUNCTIONS[fn](d).astype(f32)
+    y = np.asarray(f(d)).astype(f32)
     r = round_half_away((y * (f32(1) / f32(out_scale))).astype(f32))
     return np.clip(r.astype(np.int64) + out_zero_point, -128, 127).astype(np.int8)
 

@@ -9,8 +9,9 @@ The comparison itself is NumPy; only running the interpreter needs TensorFlow.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +21,9 @@ from tfmot_ext.params import QuantizedModelParams
 from tfmot_ext.reference import ReferenceRun, layer_output, run_reference
 from tfmot_ext.rules import KERNEL_ROUNDING
 
-__all__ = ["TensorMatch", "compare_with_tflite", "match_tensors", "pair_tensors"]
+T = TypeVar("T")
+
+__all__ = ["TensorMatch", "compare_with_tflite", "match_tensors", "pair_tensors", "recompute"]
 
 
 @dataclass(frozen=True)
@@ -83,20 +86,21 @@ def pair_tensors(ref: ReferenceRun, tensors: list[Any]
     tensor, ``k >= 1``: its ``steps[k - 1]``, ``k = -1``: the layer's tensor requantized
     to this one's scale) or None, as :func:`match_tensors` describes."""
     order = list(ref.tensors)
+    position = {n: i for i, n in enumerate(order)}
     hits: list[tuple[Any, tuple[str, int] | None]] = []
+    taken: set[str] = set()  # layers matched to a tensor of their own (k = 0)
+    last = -1                # the latest of them in execution order
     for i, t in enumerate(tensors):
         comps = _components(t.name)
         cands = [n for n in order if n in comps]
         if i == len(tensors) - 1 or not cands:
             cands = [*cands, ref.output_name]
-        taken = {h[0] for _, h in hits if h is not None and h[1] == 0}
-        last = max((order.index(n) for n in taken), default=-1)
-        later = [n for n in order[last + 1:] if n not in taken and n not in cands]
         hit, bad = _best_equal(ref, t, list(reversed(cands)))
         if bad != 0 and t.op not in ("QUANTIZE", "RESHAPE"):
             # a name without layer names (a grouped conv runs in Keras's XLA function),
             # or naming another layer (an element-wise op moved across a reshape): the
             # layers after the last matched one are candidates too
+            later = [n for n in order[last + 1:] if n not in taken and n not in cands]
             hit2, bad2 = _best_equal(ref, t, later)
             if hit2 is not None and (hit is None or bad2 < bad):
                 hit = hit2
@@ -107,6 +111,9 @@ def pair_tensors(ref: ReferenceRun, tensors: list[Any]
             named = [n for n in cands if n != ref.output_name] or order[:1]  # or the input
             hit = next(((n, -1) for n in reversed(named)
                         if _same_layout(ref.tensors[n].values, t.values)), None)
+        if hit is not None and hit[1] == 0:
+            taken.add(hit[0])
+            last = max(last, position[hit[0]])
         hits.append((t, hit))
     return hits
 
@@ -155,26 +162,33 @@ def match_tensors(ref: ReferenceRun, tensors: list[Any],
     return out
 
 
-def _isolated(params: QuantizedModelParams, ref: ReferenceRun, theirs: dict[str, IntTensor],
-              name: str, rounding: str) -> IntTensor:
-    """Recompute layer ``name`` (and the unmatched layers between it and the nearest
-    matched ones upstream) from the interpreter's tensors."""
-    memo: dict[str, IntTensor] = {}
+def recompute(params: QuantizedModelParams, name: str, theirs: Mapping[str, T],
+              source: Callable[[str], T], compute: Callable[[str, dict[str, T]], T]) -> T:
+    """Layer ``name`` (and the unmatched layers between it and the nearest matched ones
+    upstream) recomputed from the interpreter's tensors ``theirs`` (layer name -> value):
+    ``compute(layer, {input: value})`` for each layer on the way, ``source(layer)`` for
+    the model's input layers. The integer reference's isolated comparison and
+    :func:`tfmot_ext.parity.op_drift` (the QAT layers on dequantized tensors) use it."""
+    memo: dict[str, T] = {}
 
-    def value(n: str, top: bool) -> IntTensor:
+    def value(n: str, top: bool) -> T:
         if not top and n in theirs:
             return theirs[n]
-        if n in memo:
-            return memo[n]
-        p = params[n]
-        if p.kind in ("InputLayer", "QuantizeLayer") or not p.inputs:
-            memo[n] = ref.tensors[n]
-        else:
-            memo[n] = layer_output(params, n, {i: value(i, False) for i in p.inputs},
-                                   rounding)
+        if n not in memo:
+            p = params[n]
+            memo[n] = (source(n) if p.kind in ("InputLayer", "QuantizeLayer") or not p.inputs
+                       else compute(n, {i: value(i, False) for i in p.inputs}))
         return memo[n]
 
     return value(name, True)
+
+
+def _isolated(params: QuantizedModelParams, ref: ReferenceRun, theirs: dict[str, IntTensor],
+              name: str, rounding: str) -> IntTensor:
+    """Recompute layer ``name`` with the reference kernels from the interpreter's tensors
+    (:func:`recompute`)."""
+    return recompute(params, name, theirs, lambda n: ref.tensors[n],
+                     lambda n, ins: layer_output(params, n, ins, rounding))
 
 
 def compare_with_tflite(params: QuantizedModelParams, model_content: bytes,

@@ -23,7 +23,7 @@ import numpy as np
 from tfmot_ext._compat import check_keras2, keras
 from tfmot_ext.errors import IntegerReferenceError, ParityError
 from tfmot_ext.extract import extract
-from tfmot_ext.matching import TensorMatch, compare_with_tflite, pair_tensors
+from tfmot_ext.matching import TensorMatch, compare_with_tflite, pair_tensors, recompute
 from tfmot_ext.params import QuantizedModelParams, as_deployed
 from tfmot_ext.reference import run_reference
 from tfmot_ext.rules import EXACT_WEIGHT_BITS, KERNEL_ROUNDING
@@ -300,11 +300,17 @@ def op_drift(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "buil
         v = (t.values.astype(np.float64) - t.zero_point) * np.float32(t.scale)
         return v.reshape(ref.tensors[n].values.shape).astype(np.float32)
 
+    def qat_layer(n: str, ins: dict[str, np.ndarray]) -> np.ndarray:
+        xs = [ins[i] for i in params[n].inputs]
+        return np.asarray(model.get_layer(n)(xs if len(xs) > 1 else xs[0], training=False))
+
+    dequantized = {m: deq(m) for m in theirs}
     out = []
     for n, t in theirs.items():
         if params[n].kind in ("InputLayer", "QuantizeLayer") or not params[n].inputs:
             continue
-        y = _qat_from(model, params, ref, {m: deq(m) for m in theirs}, n)
+        y = recompute(params, n, dequantized, lambda m: ref.tensors[m].dequantize(),
+                      qat_layer)
         y = y.astype(np.float64).reshape(t.values.shape)
         on_grid = np.abs(y / t.scale - np.round(y / t.scale)) <= 1e-3
         lsb = np.abs(y - (t.values.astype(np.float64) - t.zero_point) * t.scale) / t.scale
@@ -312,28 +318,6 @@ def op_drift(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "buil
                            float((lsb <= 1.0 + LSB_SLACK).mean()) if lsb.size else 1.0,
                            bool(on_grid.all())))
     return out
-
-
-def _qat_from(model: Any, params: QuantizedModelParams, ref: Any,
-              theirs: dict[str, np.ndarray], name: str) -> np.ndarray:
-    """The QAT layer ``name`` (and the unmatched layers between it and the nearest
-    matched ones upstream) computed from the interpreter's dequantized tensors."""
-    memo: dict[str, np.ndarray] = {}
-
-    def value(m: str, top: bool) -> np.ndarray:
-        if not top and m in theirs:
-            return theirs[m]
-        if m not in memo:
-            p = params[m]
-            if p.kind in ("InputLayer", "QuantizeLayer") or not p.inputs:
-                memo[m] = ref.tensors[m].dequantize()
-            else:
-                ins = [value(i, False) for i in p.inputs]
-                memo[m] = np.asarray(model.get_layer(m)(ins if len(ins) > 1 else ins[0],
-                                                        training=False))
-        return memo[m]
-
-    return value(name, True)
 
 
 def weight_parity(params: QuantizedModelParams, weights: list[WeightTensor]) -> list[WeightParity]:

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_ext._compat import keras
-from tfmot_ext.graph import TensorOp, map_tensor_refs, outer_inputs, rebuild
+from tfmot_ext._compat import keras, tf
+from tfmot_ext.graph import consumers, map_tensor_refs, outer_inputs, rebuild, tensor_op_entry
 from tfmot_ext.rules import ONE_D_TWINS, WEIGHTED_1D, one_length, twin_2d_config
 
 __all__ = ["conv1d_as_conv2d", "dense_to_rank2"]
@@ -51,22 +51,12 @@ __all__ = ["conv1d_as_conv2d", "dense_to_rank2"]
 logger = logging.getLogger(__name__)
 
 
-def _consumers(model: Any) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {la.name: [] for la in model.layers}
-    for la in model.layers:
-        for node in la.inbound_nodes:
-            for parent in node.inbound_layers if isinstance(node.inbound_layers, list) \
-                    else [node.inbound_layers]:
-                out.setdefault(parent.name, []).append(la.name)
-    return out
-
-
 def _static(shape: Any, ranks: tuple[int, ...] = (3,)) -> bool:
     return isinstance(shape, tuple) and len(shape) in ranks and all(d is not None
                                                                      for d in shape[1:])
 
 
-def _starts_segment(la: Any, consumers: dict[str, list[str]], model: Any) -> bool:
+def _starts_segment(la: Any, cons: dict[str, list[str]]) -> bool:
     """A weighted 1-D layer, or a BatchNormalization on a rank-2/3 tensor that no
     Conv/Dense feeds alone (in 4-D it becomes a folded per-channel affine:
     :func:`tfmot_ext.rewrites.batchnorm_as_depthwise`)."""
@@ -84,33 +74,32 @@ def _starts_segment(la: Any, consumers: dict[str, list[str]], model: Any) -> boo
     axis = la.axis if isinstance(la.axis, (list, tuple)) else [la.axis]
     if list(axis) not in ([-1], [len(la.input_shape) - 1]):
         return False
-    ups = [u for node in la.inbound_nodes for u in (
-        node.inbound_layers if isinstance(node.inbound_layers, list) else [node.inbound_layers])]
+    ups = tf.nest.flatten(la.inbound_nodes[0].inbound_layers)
     return not (len(ups) == 1 and type(ups[0]).__name__ in ("Dense", *WEIGHTED_1D)
-                and len(consumers.get(ups[0].name, [])) == 1
+                and len(cons.get(ups[0].name, [])) == 1
                 and getattr(getattr(ups[0], "activation", None), "__name__", "") == "linear")
 
 
 def _segments(model: Any) -> list[list[Any]]:
-    consumers = _consumers(model)
+    cons = consumers(model)
     outputs = set(model.output_names)
     seen: set[str] = set()
     found = []
     for la in model.layers:
-        if la.name in seen or not _starts_segment(la, consumers, model):
+        if la.name in seen or not _starts_segment(la, cons):
             continue
         seg = [la]
         rank = len(la.input_shape)
         while True:
             last = seg[-1]
-            nxt = consumers.get(last.name, [])
+            nxt = cons.get(last.name, [])
             if len(nxt) != 1 or last.name in outputs:
                 break
             cand = model.get_layer(nxt[0])
-            twin = ONE_D_TWINS.get(type(cand).__name__, "")
-            if (type(cand).__name__ not in ONE_D_TWINS or len(cand.inbound_nodes) != 1
+            kind = type(cand).__name__
+            if (kind not in ONE_D_TWINS or len(cand.inbound_nodes) != 1
                     or not _static(cand.input_shape, (rank,))
-                    or (rank == 2 and twin is not None)
+                    or (rank == 2 and ONE_D_TWINS[kind] is not None)
                     or getattr(cand, "padding", None) == "causal"):
                 break
             seg.append(cand)
@@ -194,11 +183,12 @@ def conv1d_as_conv2d(model: Any) -> Any:
     cfg["layers"] = layers
     cfg["output_layers"] = map_tensor_refs(cfg["output_layers"], redirect)
     weighted = {la.name for seg in segments for la in seg if type(la).__name__ in WEIGHTED_1D}
+    originals = {la.name for la in model.layers}
 
     def source(n: str) -> Any:
         if n in weighted:
             return _Expanded(model.get_layer(n))
-        return model.get_layer(n) if n in {la.name for la in model.layers} else None
+        return model.get_layer(n) if n in originals else None
 
     new = rebuild(model, cfg, source)
     logger.info("model '%s': %d 1-D convolution segments written in 2-D", model.name,
@@ -207,11 +197,7 @@ def conv1d_as_conv2d(model: Any) -> Any:
 
 
 def _reshape_entry(name: str, src: list[Any], shape: list[int]) -> dict[str, Any]:
-    op = {"class_name": "TFOpLambda", "config": {"name": name, "trainable": True,
-                                                 "dtype": "float32", "function": "reshape"}}
-    return {"class_name": keras.utils.get_registered_name(TensorOp), "name": name,
-            "config": {"name": name, "trainable": True, "dtype": "float32", "op": op,
-                       "first_arg": {"__input__": 0}, "op_kwargs": {"shape": shape}},
+    return {**tensor_op_entry(name, "reshape", {"shape": shape}),
             "inbound_nodes": [[[*src[:3], {}]]]}
 
 

@@ -85,6 +85,7 @@ from tfmot_ext.graph import (
     map_tensor_refs,
     rebuild,
     replace_tf_ops,
+    tensor_op_entry,
     unique_name,
 )
 from tfmot_ext.ranks import conv1d_as_conv2d, dense_to_rank2
@@ -149,16 +150,6 @@ def tensor_adds_as_add(model: Any) -> Any:
     return new
 
 
-def _scaled_entry(name: str, factor: float) -> dict[str, Any]:
-    """A :class:`TensorOp` ``x * factor`` config entry (inbound nodes set by the caller)."""
-    op = {"class_name": "TFOpLambda", "config": {"name": name, "trainable": True,
-                                                 "dtype": "float32",
-                                                 "function": "math.multiply"}}
-    return {"class_name": keras.utils.get_registered_name(TensorOp), "name": name,
-            "config": {"name": name, "trainable": True, "dtype": "float32", "op": op,
-                       "first_arg": {"__input__": 0}, "op_kwargs": {"y": float(factor)}}}
-
-
 def average_as_add(model: Any) -> Any:
     """``model`` with every two-input ``Average`` written as an ``Add`` of the same name
     then a ``x * 0.5`` :class:`TensorOp` named ``<name>_half``: the same function.
@@ -174,8 +165,8 @@ def average_as_add(model: Any) -> Any:
     if not names:
         return model
     base = _as_add_layers(model, names)
-    new = insert_after(base, {n: _scaled_entry(f"{n}_half", 0.5) for n in names},
-                       lambda e: None)
+    new = insert_after(base, {n: tensor_op_entry(f"{n}_half", "math.multiply", {"y": 0.5})
+                              for n in names}, lambda e: None)
     logger.info("model '%s': %d Average layers written as Add * 0.5", model.name, len(names))
     return new
 
