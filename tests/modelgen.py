@@ -111,8 +111,6 @@ def unsupported(cls: str, config: dict[str, Any]) -> str | None:
         return "ReLU(threshold): x * cast(x > t), a float CAST (typed ConversionError)"
     if cls == "ReLU" and config.get("negative_slope") and config.get("max_value") is not None:
         return "ReLU(negative_slope, max_value): no integer kernel in the reference yet"
-    if cls == "PReLU":
-        return "PReLU: the converter quantizes alpha itself; no PRELU kernel yet"
     if act == "hard_sigmoid":
         return "hard_sigmoid: lowered to MUL/ADD/MIN/MAX with calibrated ranges; no kernel"
     if act == "softmax":
@@ -231,7 +229,12 @@ def _activation(d: _Draw, i: int) -> int | None:
         return d.add("LeakyReLU", {"alpha": d.draw(st.sampled_from([0.1, 0.2, 0.3]))}, [i],
                      ["LeakyReLU"])
     if kind == "PReLU":
-        return d.add("PReLU", {}, [i], ["PReLU"])
+        cfg = {"alpha_initializer": d.draw(st.sampled_from(["zeros", "random_uniform"]))}
+        feats = ["PReLU"]
+        if d.spatial(i) and d.draw(st.booleans()):
+            cfg["shared_axes"] = list(range(1, d.spatial(i) + 1))
+            feats.append("PReLU shared_axes")
+        return d.add("PReLU", cfg, [i], feats)
     if kind == "ELU":
         return d.add("ELU", {}, [i], ["ELU"])
     if kind == "BatchNormalization":

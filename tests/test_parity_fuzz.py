@@ -76,6 +76,17 @@ NAMED = {
         "height": 5, "width": 12, "interpolation": "nearest"}, (1,)),
         ("Permute", {"dims": (2, 1, 3)}, (2,)), ("Conv2D", {"filters": 2, "kernel_size": 1},
                                                  (3,))),
+    "PReLU, per element and shared": _chain(
+        IMG, _conv(), ("PReLU", {"alpha_initializer": "random_uniform"}, (1,)),
+        ("Conv2D", {"filters": 3, "kernel_size": 1}, (2,)),
+        ("PReLU", {"alpha_initializer": "random_uniform", "shared_axes": [1, 2]}, (3,))),
+    # oneDNN aborted the training step of a 1-channel standalone-BN affine (seed 0, #122)
+    "1-channel Conv1D, ELU-free, standalone BN": _chain(
+        (10, 4), ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),
+        ("Conv1D", {"filters": 1, "kernel_size": 1, "strides": 2, "use_bias": False}, (1,)),
+        ("Conv1D", {"filters": 1, "kernel_size": 1, "activation": "relu"}, (2,)),
+        ("BatchNormalization", {"momentum": 0.9}, (3,)), ("Flatten", {}, (4,)),
+        ("Dense", {"units": 3}, (5,))),
     "Rescaling on a sequence, standalone BN": _chain(
         SEQ, ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),
         ("Dense", {"units": 4, "activation": "relu"}, (1,)),
@@ -102,7 +113,6 @@ def test_fuzz_slice_deploys_exactly(spec: ModelSpec) -> None:
 @pytest.mark.parametrize(("layer", "expect"), [
     (("ELU", {}, (1,)), "ELU: the converter has no int8 ELU"),
     (("ReLU", {"threshold": 0.5}, (1,)), "CAST: a ReLU with a threshold"),
-    (("PReLU", {}, (1,)), "no kernel for PReLU"),
     (("UpSampling2D", {"interpolation": "bilinear"}, (1,)), "no RESIZE_BILINEAR kernel"),
     (("Activation", {"activation": "softmax"}, (1,)), "only ReLU, ReLU6"),
 ])

@@ -507,6 +507,10 @@ def builtin_choice(layer: Any) -> Any:
     if isinstance(layer, L.Embedding):
         # TFLite's GATHER returns rows of the int8 table at the table's scale
         return LayerQuantizeConfig(weights={"embeddings": weight_quantizer(8, per_channel=False)})
+    if isinstance(layer, L.PReLU):
+        # TFLite's PRELU reads an int8 alpha (per tensor, symmetric): QAT trains with it
+        return LayerQuantizeConfig(weights={"alpha": weight_quantizer(8, per_channel=False)},
+                                   output=output_only_config().output)
     if _keeps_input_scale(layer) or isinstance(layer, FLOAT_FOR_CONVERTER):
         return "skip"
     if isinstance(layer, _OUTPUT_QUANTIZED) or type(layer).__name__ in _APPLICATION_LAYERS:

@@ -342,6 +342,8 @@ class _Parser:
             act = _activation_name(layer_cfg)
             op_kind, op_cfg = kind, layer_cfg
             attrs = [a for a in wq.weights if a.split(".")[-1] in WEIGHT_ATTRS]
+            if kind == "PReLU" and "alpha" in wq.weights and "alpha" in rec.weights:
+                return self._prelu(rec, kind, inputs, wq.weights["alpha"], floats)
             if not attrs:
                 out = (self.own_output(rec) if passes_input_scale(kind)
                        else self.output_quant(rec))
@@ -395,6 +397,25 @@ class _Parser:
             bias=None if bias is None else np.asarray(bias, np.float32), bias_int=bias_int,
             bias_scale=bias_scale, input=inp, output=out, multiplier=mult, multiplier_q31=m0,
             shift=shift, weights=floats)
+
+    def _prelu(self, rec: LayerRecord, kind: str, inputs: tuple[str, ...], spec: Any,
+               floats: dict[str, np.ndarray]) -> LayerQuantParams:
+        """A PReLU whose ``alpha`` QAT quantizes (per tensor): TFLite's PRELU reads it as
+        an int8 tensor, ``kernel_*`` here, at the scale the converter derives from the
+        stored range."""
+        alpha = np.asarray(rec.weights["alpha"], np.float32)
+        _check_finite(self.where(rec.name), "alpha", alpha)
+        lo, hi = spec.stored_range(rec.weights, "alpha", alpha, None)
+        r = qmath.nudge(lo, hi, spec.bits, spec.narrow_range)
+        scale64 = qmath.converter_params(lo, hi, spec.bits, spec.narrow_range)[0]
+        return LayerQuantParams(
+            rec.name, kind, inputs, True, bits=spec.bits, symmetric=spec.symmetric,
+            narrow_range=spec.narrow_range, kernel_attr="alpha",
+            kernel_int=qmath.quantize_to_int(alpha, r, dtype=np.int8),
+            kernel_scale=np.asarray(scale64, np.float64).astype(np.float32),
+            kernel_zero_point=np.asarray(r.zero_point, np.int32),
+            fake_quant_scale=np.asarray(r.scale, np.float32), input=self.input_quant(rec),
+            output=self.output_quant(rec), weights=floats)
 
     def _folded_weights(self, rec: LayerRecord, short: str, op_kind: str,
                         cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ The same contract as :mod:`tfmot_ext.kernels` (a layer's
 * ``LEAKY_RELU``: ``q - z_x`` requantized to the output with ``M = s_x / s_y`` where it
   is >= 0, with ``M = s_x * alpha / s_y`` where it is < 0 (float32 products, as
   TFLite's ``Prepare``), plus ``z_y``;
+* ``PRELU``: the same with a per-element int8 alpha (:func:`prelu`);
 * ``GELU``: a 256-entry table like LOGISTIC's (:func:`tfmot_ext.kernels.activation_lut`);
 * ``MEAN`` (global average pooling, 1-D and 2-D): the sum of ``q - z_x`` requantized
   with the division folded into the multiplier (:func:`mean_multiplier`), and the
@@ -57,7 +58,7 @@ from tfmot_ext.kernels import (
 from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.rules import ONE_D_TWINS, twin_2d_config
 
-__all__ = ["MORE_NARY", "MORE_UNARY", "deconv_output_length", "gelu_lut", "leaky_relu",
+__all__ = ["MORE_NARY", "MORE_UNARY", "deconv_output_length", "gelu_lut", "leaky_relu", "prelu",
            "mean_multiplier", "nearest_indices", "transpose_conv_accumulator"]
 
 
@@ -168,6 +169,39 @@ def _leaky(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
         alpha = float(c.get("negative_slope", 0.0))
     s, z = _output_scale(p, [x], call)
     return leaky_relu(x, alpha, s, z)
+
+
+def prelu(x: IntTensor, alpha: IntTensor, scale: float, zero_point: int) -> IntTensor:
+    """TFLite's int8 ``PRELU`` (``reference_ops::Prelu`` / ``BroadcastPrelu4DSlow``, both
+    kernel sets): ``d = q - z_x``; ``q_y = clamp(z_y + MBQM(d, M_1), -128, 127)`` where
+    ``d >= 0``, ``z_y + MBQM(d (q_a - z_a), M_2)`` where ``d < 0``, with
+    ``M_1 = f32(s_x / s_y)`` and ``M_2 = f32(f32(s_x s_a) / s_y)`` (float32 products, as
+    ``PreluPrepare``); ``alpha`` broadcasts over the batch and its shared axes.
+
+    >>> a = IntTensor(np.array([64], np.int8), 0.5 / 64, 0)
+    >>> prelu(IntTensor(np.array([-10, 0, 10], np.int8), 0.1, 0), a, 0.1, 0).values.tolist()
+    [-5, 0, 10]
+    """
+    f32 = np.float32
+    m_1 = quantize_multiplier(np.float64(f32(f32(x.scale) / f32(scale))))
+    m_2 = quantize_multiplier(np.float64(f32(f32(f32(x.scale) * f32(alpha.scale)) / f32(scale))))
+    d = x.values.astype(np.int64) - x.zero_point
+    a = alpha.values.astype(np.int64) - alpha.zero_point
+    pos = multiply_by_quantized_multiplier(d, *m_1)
+    neg = multiply_by_quantized_multiplier(d * a, *m_2)
+    y = np.where(d >= 0, pos, neg) + zero_point
+    return IntTensor(np.clip(y, -128, 127).astype(np.int8), scale, zero_point)
+
+
+def _prelu(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
+    if p.kernel_int is None or p.kernel_scale is None:
+        raise IntegerReferenceError(
+            f"{call.where}: PReLU without a quantized alpha (TFLite's PRELU reads an int8 "
+            "alpha); quantize the model with tfmot_ext.quantize")
+    zp = int(np.ravel(p.kernel_zero_point)[0]) if p.kernel_zero_point is not None else 0
+    alpha = IntTensor(p.kernel_int, float(np.ravel(p.kernel_scale)[0]), zp)
+    s, z = _output_scale(p, [x], call)
+    return prelu(x, alpha, s, z)
 
 
 def gelu_lut(in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int,
@@ -359,7 +393,7 @@ def _tensor_op(p: LayerQuantParams, xs: list[IntTensor], call: Call) -> IntTenso
 #: one-input layer kinds this module runs (on top of :data:`tfmot_ext.kernels.UNARY`)
 MORE_UNARY = {
     "Conv2DTranspose": _transpose_conv,
-    "LeakyReLU": _leaky, "ReLU": _relu, "Activation": _activation,
+    "LeakyReLU": _leaky, "ReLU": _relu, "PReLU": _prelu, "Activation": _activation,
     "GlobalMaxPooling1D": _global_max, "GlobalMaxPooling2D": _global_max,
     "GlobalAveragePooling1D": _global_avg_pool, "GlobalAveragePooling2D": _global_avg_pool,
     "UpSampling2D": _upsampling, "Permute": _permute, "Resizing": _resizing,

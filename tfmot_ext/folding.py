@@ -128,6 +128,12 @@ class FoldedBatchNormBase(keras.layers.Layer):
     def _op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError
 
+    def _train_op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        """The op in a training step: :meth:`_op` unless a subclass has an equal form
+        TF trains more reliably (the inference graph, which the converter reads, keeps
+        :meth:`_op`)."""
+        return self._op(x, kernel)
+
     def _channels(self) -> int:
         raise NotImplementedError
 
@@ -272,7 +278,7 @@ class FoldedBatchNormBase(keras.layers.Layer):
         sf, b = self._scale_factor_and_bias()
         q = self._quantized_kernel(self._scale_kernel(self.kernel, sf), True)
         unscale = tf.where(frozen, tf.ones_like(sf), tf.math.reciprocal(sf))
-        z0 = self._op(x, self._scale_kernel(q, unscale))
+        z0 = self._train_op(x, self._scale_kernel(q, unscale))
 
         def folded() -> tf.Tensor:
             return tf.nn.bias_add(z0, self._folded_bias(sf, b))
@@ -316,13 +322,13 @@ class FoldedBatchNormBase(keras.layers.Layer):
         sf, b = self._scale_factor_and_bias()
         q = self._quantized_kernel(self._scale_kernel(self.kernel, sf), True)
         if frozen:
-            return tf.nn.bias_add(self._op(x, q), self._folded_bias(sf, b))
+            return tf.nn.bias_add(self._train_op(x, q), self._folded_bias(sf, b))
         stale = tf.debugging.Assert(
             tf.equal(self.bn_frozen, 0),
             [f"{self.name} was frozen (freeze_batch_norm) after this training step was "
              "traced; retrace it: model.make_train_function(force=True), or re-create "
              "the tf.function of a custom training loop"])
-        z0 = self._op(x, self._scale_kernel(q, tf.math.reciprocal(sf)))
+        z0 = self._train_op(x, self._scale_kernel(q, tf.math.reciprocal(sf)))
         out, mean, var = self._batch_statistics(z0, b)
         if self.bias is not None:
             # BN cancels the bias: a zero gradient, not None (as the tf.cond form gives;
@@ -440,6 +446,21 @@ class FoldedDepthwiseConv2DBatchNorm(FoldedBatchNormBase):
         if (dh, dw) != (1, 1):  # one native op: TFLite's dilated DEPTHWISE_CONV_2D
             return dilated_depthwise_conv2d(x, kernel, (sh, sw), padding, (dh, dw))
         return tf.nn.depthwise_conv2d(x, kernel, strides=(1, sh, sw, 1), padding=padding)
+
+    def _train_op(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        """A 1x1, stride-1, multiplier-1 depthwise (the affine of a standalone BN) is the
+        per-channel product ``y[..., c] = x[..., c] * k[0, 0, c, 0]``, bit-identical (one
+        product per output, no sum), and trained as that product: TF's oneDNN CPU kernels
+        abort some such 1-channel depthwise convolutions in a training step ("could not
+        create a primitive descriptor for the reorder primitive", parity fuzzer model
+        122 of seed 0)."""
+        cfg = self.layer_config
+        pointwise = (_conv_arg(cfg, "kernel_size", 2, 1) == (1, 1)
+                     and _conv_arg(cfg, "strides", 2, 1) == (1, 1)
+                     and int(cfg.get("depth_multiplier", 1)) == 1)
+        if pointwise:
+            return x * tf.reshape(kernel, [-1])
+        return self._op(x, kernel)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         conv = keras.layers.DepthwiseConv2D.from_config(

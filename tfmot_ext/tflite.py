@@ -163,15 +163,21 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
     return out
 
 
-_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+#: Operators with a constant int8 weight: the positions of (input, weight, bias) in its
+#: inputs (-1: none). TRANSPOSE_CONV's first input is the output shape; PRELU's weight
+#: is its alpha.
+_WEIGHT_OPS = {"CONV_2D": (0, 1, 2), "DEPTHWISE_CONV_2D": (0, 1, 2),
+               "FULLY_CONNECTED": (0, 1, 2), "TRANSPOSE_CONV": (2, 1, 3), "PRELU": (0, 1, -1)}
 
 
 @dataclass(frozen=True)
 class WeightTensor:
-    """A Conv/DepthwiseConv/FullyConnected operator's stored weights and quantization.
+    """A Conv/DepthwiseConv/TransposeConv/FullyConnected/PRELU operator's stored weights
+    and quantization.
 
-    ``filter`` is in TFLite's layout (Conv ``OHWI``, depthwise ``1HW(C*M)``,
-    FullyConnected ``OI``); :func:`keras_layout` turns it into Keras's. Scales are
+    ``filter`` is in TFLite's layout (Conv and transposed conv ``OHWI``, depthwise
+    ``1HW(C*M)``, FullyConnected ``OI``, PRELU's alpha as broadcast against the input);
+    :func:`keras_layout` turns it into Keras's. Scales are
     float32 as stored, one per output channel or one per tensor.
     """
 
@@ -205,7 +211,8 @@ def weight_tensors(model_content: bytes) -> list[WeightTensor]:
     for op in interpreter_ops(interp):
         if op["op_name"] not in _WEIGHT_OPS:
             continue
-        i, f, b = [*op["inputs"], -1][:3]
+        inputs = list(op["inputs"])
+        i, f, b = (inputs[k] if 0 <= k < len(inputs) else -1 for k in _WEIGHT_OPS[op["op_name"]])
         o = op["outputs"][0]
 
         def q(t: int) -> dict[str, Any]:
@@ -222,10 +229,13 @@ def weight_tensors(model_content: bytes) -> list[WeightTensor]:
 
 
 def keras_layout(op: str, tfl_filter: np.ndarray, keras_shape: tuple[int, ...]) -> np.ndarray:
-    """TFLite filter -> Keras layout: Conv OHWI->HWIO, depthwise 1HW(CM)->HWCM, FC OI->IO."""
+    """TFLite filter -> Keras layout: Conv OHWI->HWIO, transposed conv OHWI->HWOI,
+    depthwise 1HW(CM)->HWCM, FC OI->IO, PRELU's alpha as it is."""
     if op == "CONV_2D":
         return np.transpose(tfl_filter, (1, 2, 3, 0))
-    if op == "DEPTHWISE_CONV_2D":
+    if op == "TRANSPOSE_CONV":
+        return np.transpose(tfl_filter, (1, 2, 0, 3))
+    if op in ("DEPTHWISE_CONV_2D", "PRELU"):
         return tfl_filter.reshape(keras_shape)
     return np.asarray(tfl_filter.T)
 
