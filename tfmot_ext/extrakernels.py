@@ -58,8 +58,17 @@ from tfmot_ext.kernels import (
 from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.rules import ONE_D_TWINS, twin_2d_config
 
-__all__ = ["MORE_NARY", "MORE_UNARY", "deconv_output_length", "gelu_lut", "leaky_relu", "prelu",
-           "mean_multiplier", "nearest_indices", "transpose_conv_accumulator"]
+__all__ = [
+    "MORE_NARY",
+    "MORE_UNARY",
+    "deconv_output_length",
+    "gelu_lut",
+    "leaky_relu",
+    "mean_multiplier",
+    "nearest_indices",
+    "prelu",
+    "transpose_conv_accumulator",
+]
 
 
 def deconv_output_length(size: int, k: int, padding: str, stride: int,
