@@ -111,8 +111,9 @@ def unsupported(cls: str, config: dict[str, Any]) -> str | None:
         return "ReLU(threshold): x * cast(x > t), a float CAST (typed ConversionError)"
     if cls == "ReLU" and config.get("negative_slope") and config.get("max_value") is not None:
         return "ReLU(negative_slope, max_value): no integer kernel in the reference yet"
-    if act == "hard_sigmoid":
-        return "hard_sigmoid: lowered to MUL/ADD/MIN/MAX with calibrated ranges; no kernel"
+    if cls == "ReLU" and config.get("max_value") not in (None, 6.0):
+        return ("ReLU(max_value != 6): MINIMUM + RELU, and the converter re-ranges the "
+                "producer's output to [0, max_value] whatever QAT trained; no reference form")
     if act == "softmax":
         return "softmax: no SOFTMAX kernel in the reference yet"
     if config.get("interpolation") == "bilinear":

@@ -231,6 +231,25 @@ def test_split_activations_and_mean_without_keepdims_compute_the_same_function()
     np.testing.assert_array_equal(split.predict(v, verbose=0), seq.predict(v, verbose=0))
 
 
+def test_hard_sigmoid_as_ops_is_mobilenet_v3s_form_of_the_same_function():
+    """``clip(0.2 x + 0.5, 0, 1) = relu6(1.2 x + 3) / 6``: equal up to float32 rounding
+    (a few ulps of 1); the layers the rest of the model reads keep their names."""
+    from tfmot_ext.rewrites import hard_sigmoid_as_ops
+
+    inp = keras.Input((5,))
+    h = L.Activation("hard_sigmoid", name="hs")(inp)
+    model = keras.Model(inp, L.Multiply(name="swish")([inp, h]))
+    new = hard_sigmoid_as_ops(model)
+    assert [la.name for la in new.layers][1:] == ["hs_scaled", "hs_shifted", "hs_relu6", "hs",
+                                                  "swish"]
+    assert new.get_layer("hs_relu6").get_config()["max_value"] == 6.0
+    x = np.linspace(-4, 4, 2000, dtype=np.float32).reshape(-1, 5)
+    ours = new.predict(x, verbose=0) / np.where(x == 0, 1, x)
+    theirs = model.predict(x, verbose=0) / np.where(x == 0, 1, x)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=4 * np.finfo(np.float32).eps)
+    assert hard_sigmoid_as_ops(new) is new  # nothing left to rewrite
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_squeeze_excite_deploys_as_trained(keepdims):

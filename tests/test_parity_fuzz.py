@@ -80,6 +80,10 @@ NAMED = {
         IMG, _conv(), ("PReLU", {"alpha_initializer": "random_uniform"}, (1,)),
         ("Conv2D", {"filters": 3, "kernel_size": 1}, (2,)),
         ("PReLU", {"alpha_initializer": "random_uniform", "shared_axes": [1, 2]}, (3,))),
+    "hard_sigmoid, hard-swish": _chain(
+        IMG, _conv(activation="hard_sigmoid"), ("Conv2D", {"filters": 3, "kernel_size": 1},
+                                                (1,)),
+        ("Activation", {"activation": "hard_sigmoid"}, (2,)), ("Multiply", {}, (2, 3))),
     # oneDNN aborted the training step of a 1-channel standalone-BN affine (seed 0, #122)
     "1-channel Conv1D, ELU-free, standalone BN": _chain(
         (10, 4), ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),
@@ -114,6 +118,7 @@ def test_fuzz_slice_deploys_exactly(spec: ModelSpec) -> None:
     (("ELU", {}, (1,)), "ELU: the converter has no int8 ELU"),
     (("ReLU", {"threshold": 0.5}, (1,)), "CAST: a ReLU with a threshold"),
     (("UpSampling2D", {"interpolation": "bilinear"}, (1,)), "no RESIZE_BILINEAR kernel"),
+    (("ReLU", {"max_value": 1.0}, (1,)), "only ReLU, ReLU6"),
     (("Activation", {"activation": "softmax"}, (1,)), "only ReLU, ReLU6"),
 ])
 def test_limitations_are_named_not_silent(layer: tuple[str, dict, tuple[int, ...]],

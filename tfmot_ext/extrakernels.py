@@ -13,6 +13,8 @@ The same contract as :mod:`tfmot_ext.kernels` (a layer's
 * ``SUB``: ``ADD``'s arithmetic with the second input negated;
 * ``MAXIMUM``/``MINIMUM``: the converter gives inputs and output one scale (a QUANTIZE
   in front of an input at another scale), then the integers' max/min;
+* ``hard_sigmoid`` arrives as ``x * 1.2``, ``+ 3``, ReLU6, ``* (1/6)``
+  (:func:`tfmot_ext.rewrites.hard_sigmoid_as_ops`): MUL, ADD and RELU6 kernels;
 * ``LEAKY_RELU``: ``q - z_x`` requantized to the output with ``M = s_x / s_y`` where it
   is >= 0, with ``M = s_x * alpha / s_y`` where it is < 0 (float32 products, as
   TFLite's ``Prepare``), plus ``z_y``;

@@ -94,6 +94,7 @@ from tfmot_ext.rules import FOLDED_KINDS, KEPT_ACTIVATIONS, TF_ADD_OPS
 __all__ = [
     "average_as_add",
     "batchnorm_as_depthwise",
+    "hard_sigmoid_as_ops",
     "mean_without_keepdims",
     "merge_duplicate_activations",
     "normalization_affine",
@@ -537,6 +538,62 @@ def batchnorm_as_depthwise(model: Any) -> Any:
     return new_model
 
 
+def _is_hard_sigmoid(layer: Any) -> bool:
+    return (isinstance(layer, keras.layers.Activation) and len(layer.inbound_nodes) == 1
+            and getattr(layer.activation, "__name__", "") == "hard_sigmoid")
+
+
+def hard_sigmoid_as_ops(model: Any) -> Any:
+    """``model`` with every ``Activation("hard_sigmoid")`` written as MobileNetV3's
+    form, ``clip(0.2 x + 0.5, 0, 1) = relu6(1.2 x + 3) / 6``: a ``x * 1.2``
+    :class:`TensorOp` named ``<name>_scaled``, a ``+ 3`` one named ``<name>_shifted``, a
+    ``ReLU(max_value=6)`` named ``<name>_relu6`` and a ``* (1/6)`` TensorOp of the same
+    name. The same function up to float32 rounding.
+
+    The converter lowers ``clip(0.2 x + 0.5, 0, 1)`` to MUL, ADD, MINIMUM, RELU, whose
+    MUL and ADD outputs need ranges a QAT model quantizing only after the activation
+    never learned (calibrated by the converter, the reference unable to replay them),
+    and it re-ranges a tensor clamped to ``[0, 1]`` by the MINIMUM/RELU pair to that
+    interval whatever QAT trained. Written as MobileNetV3's form every tensor has a
+    trained range, the ReLU6 fuses into the ADD (as in that model, which deploys
+    exactly), and the constants are exact on the converter's grid
+    (:func:`tfmot_ext.kernels.constant_operand`)."""
+    if isinstance(model, keras.Sequential):
+        return model
+    targets = {la.name for la in model.layers if _is_hard_sigmoid(la)}
+    if not targets:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    taken: set[str] = set()
+    layers = []
+    for e in cfg["layers"]:
+        name = e["config"]["name"]
+        if name not in targets:
+            layers.append(e)
+            continue
+        scaled = tensor_op_entry(unique_name(model, f"{name}_scaled", taken),
+                                 "math.multiply", {"y": 1.2})
+        shifted = tensor_op_entry(unique_name(model, f"{name}_shifted", taken),
+                                  "math.add", {"y": 3.0})
+        relu_name = unique_name(model, f"{name}_relu6", taken)
+        relu6: dict[str, Any] = {"class_name": "ReLU", "name": relu_name, "config": {
+            "name": relu_name, "trainable": e["config"].get("trainable", True),
+            "dtype": e["config"].get("dtype", "float32"), "max_value": 6.0,
+            "negative_slope": 0.0, "threshold": 0.0}}
+        sixth = tensor_op_entry(name, "math.multiply", {"y": 1.0 / 6.0})
+        scaled["inbound_nodes"] = e["inbound_nodes"]
+        shifted["inbound_nodes"] = [[[scaled["name"], 0, 0, {}]]]
+        relu6["inbound_nodes"] = [[[shifted["name"], 0, 0, {}]]]
+        sixth["inbound_nodes"] = [[[relu_name, 0, 0, {}]]]
+        layers += [scaled, shifted, relu6, sixth]
+    cfg["layers"] = layers
+    new = rebuild(model, cfg, lambda n: None if n in targets or n in taken
+                  else model.get_layer(n))
+    logger.info("model '%s': %d hard_sigmoid activations written as relu6(1.2 x + 3) / 6",
+                model.name, len(targets))
+    return new
+
+
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
             keep: Callable[[Any], bool] | None = None) -> Any:
     """:func:`flatten`, :func:`replace_tf_ops`, :func:`merge_duplicate_activations`,
@@ -544,7 +601,8 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
     :func:`replace_normalization`,
     :func:`tfmot_ext.ranks.dense_to_rank2`, :func:`tfmot_ext.ranks.conv1d_as_conv2d`,
     :func:`rescaling_as_depthwise`,
-    :func:`split_separable`, :func:`split_activations`, :func:`mean_without_keepdims`,
+    :func:`split_separable`, :func:`split_activations`, :func:`hard_sigmoid_as_ops`,
+    :func:`mean_without_keepdims`,
     :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
     converter deploys as trained. ``keep(layer)`` true keeps that layer whole (a
     user's rule configures it as one layer): a SeparableConv2D is not split, an
@@ -554,5 +612,7 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
         flat = rescaling_as_depthwise(conv1d_as_conv2d(dense_to_rank2(replace_normalization(
             scale_layers_as_add(average_as_add(tensor_adds_as_add(merge_duplicate_activations(
                 replace_tf_ops(flat, custom_objects)))))))))
-    return range_after_float_layers(mean_without_keepdims(split_activations(
-        split_separable(flat, keep), keep)))
+    split = split_activations(split_separable(flat, keep), keep)
+    if not isinstance(split, keras.Sequential):
+        split = hard_sigmoid_as_ops(split)
+    return range_after_float_layers(mean_without_keepdims(split))

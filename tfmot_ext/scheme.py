@@ -7,7 +7,8 @@ Add/Conv2D/DepthwiseConv2D/Dense layer feeding a ReLU layer with a NoOp config.
 For a layer with a custom config (every tfmot_ext preset) that silently removes
 its *weight* quantization. Here those transforms leave layers with a custom
 config alone (tfmot_ext's annotation already moved their activation quantizer
-after the ReLU).
+after the ReLU), and leave the producer of a ReLU TFLite does not fuse (a cap other
+than 6, a slope, a threshold) its own output quantizer.
 """
 
 from __future__ import annotations
@@ -55,20 +56,30 @@ def _has_custom_config(node: Any) -> bool:
     return node.metadata.get("quantize_config") is not None
 
 
+def _fuses(relu_node: Any) -> bool:
+    """Whether TFLite fuses the matched ReLU / Activation layer into its producer: tfmot's
+    pattern matches any ReLU, also one with a cap other than 6, a slope or a threshold,
+    which deploys as operators of its own after the producer's int8 output."""
+    layer = relu_node.layer
+    return relu_kind(str(layer.get("class_name")), layer.get("config", {})) is not None
+
+
 class _SafeLayerReLUQuantize(_LayerReLUQuantize):
-    """tfmot's LayerReLUQuantize, skipping producers that carry a custom config."""
+    """tfmot's LayerReLUQuantize, skipping producers that carry a custom config and
+    ReLUs TFLite does not fuse."""
 
     def replacement(self, match_layer: Any) -> Any:
-        if _has_custom_config(match_layer.input_layers[0]):
+        if _has_custom_config(match_layer.input_layers[0]) or not _fuses(match_layer):
             return match_layer
         return super().replacement(match_layer)
 
 
 class _SafeLayerReluActivationQuantize(_LayerReluActivationQuantize):
-    """tfmot's LayerReluActivationQuantize, skipping producers with a custom config."""
+    """tfmot's LayerReluActivationQuantize, skipping producers with a custom config and
+    activations TFLite does not fuse."""
 
     def replacement(self, match_layer: Any) -> Any:
-        if _has_custom_config(match_layer.input_layers[0]):
+        if _has_custom_config(match_layer.input_layers[0]) or not _fuses(match_layer):
             return match_layer
         return super().replacement(match_layer)
 
