@@ -116,8 +116,6 @@ def unsupported(cls: str, config: dict[str, Any]) -> str | None:
                 "producer's output to [0, max_value] whatever QAT trained; no reference form")
     if act == "softmax":
         return "softmax: no SOFTMAX kernel in the reference yet"
-    if config.get("interpolation") == "bilinear":
-        return "bilinear resizing: no RESIZE_BILINEAR kernel in the reference yet"
     if cls.startswith("Conv") and config.get("groups", 1) > 1 and config.get(
             "dilation_rate", 1) != 1:
         return ("grouped dilated convolution: Keras runs it through a cached XLA function, "

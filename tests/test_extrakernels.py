@@ -142,3 +142,16 @@ def test_native_dilations_same_values_one_op_and_restored(make, rng):
         assert all(g is not None for g in tape.gradient(loss, model.trainable_weights))
     assert "SpaceToBatchND" not in ops_in
     assert "convolution_op" not in vars(layer) and "call" not in vars(layer)
+
+
+def test_resize_bilinear_is_tflites_own_vectors():
+    """TFLite's ``TestResizeBilinearHalfPixelCenters_2x2to4x6`` (resize_bilinear_test.cc),
+    both centre conventions: the expected integers are TFLite's."""
+    q = np.array([127, -128, 64, 0], np.int8).reshape(1, 2, 2, 1)
+    corners = [[127, 42, -43, -128, -128, -128], [96, 42, -11, -64, -64, -64],
+               [64, 43, 21, 0, 0, 0], [64, 43, 21, 0, 0, 0]]
+    centres = [[127, 127, 42, -43, -128, -128], [111, 111, 42, -27, -96, -96],
+               [80, 80, 43, 5, -32, -32], [64, 64, 43, 21, 0, 0]]
+    assert xk.resize_bilinear(q, 4, 6, half_pixel_centers=False)[0, ..., 0].tolist() == corners
+    assert xk.resize_bilinear(q, 4, 6, half_pixel_centers=True)[0, ..., 0].tolist() == centres
+

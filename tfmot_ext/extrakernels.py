@@ -26,6 +26,8 @@ The same contract as :mod:`tfmot_ext.kernels` (a layer's
 * ``REDUCE_MAX`` (global max pooling): the integers' max, at the input's scale;
 * the 1-D pooling, padding, cropping and up-sampling layers: their 2-D twin's kernel on
   ``(N, 1, L, C)`` (:data:`tfmot_ext.rules.ONE_D_TWINS`), what TFLite runs;
+* ``RESIZE_BILINEAR`` for bilinear ``UpSampling2D``/``Resizing`` (:func:`resize_bilinear`:
+  10-bit fixed-point taps, both kernel sets);
 * ``RESIZE_NEAREST_NEIGHBOR`` for ``UpSampling2D(interpolation="nearest")`` (each
   integer repeated) and ``Resizing(interpolation="nearest")``
   (:func:`nearest_indices`); ``TRANSPOSE`` (``Permute``); a reshape ``TensorOp``.
@@ -69,6 +71,7 @@ __all__ = [
     "mean_multiplier",
     "nearest_indices",
     "prelu",
+    "resize_bilinear",
     "transpose_conv_accumulator",
 ]
 
@@ -340,15 +343,66 @@ def _as_2d(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
 
 
 def _upsampling(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
-    """UpSampling2D, nearest: RESIZE_NEAREST_NEIGHBOR to ``(f_h H, f_w W)``
+    """UpSampling2D to ``(f_h H, f_w W)``: nearest as RESIZE_NEAREST_NEIGHBOR
     (:func:`nearest_indices` of an integer factor: row ``i // f_h``, each integer
-    repeated)."""
-    if str(p.config.get("interpolation", "nearest")) != "nearest":
-        raise IntegerReferenceError(f"{call.where}: the reference has no RESIZE_BILINEAR "
-                                    "kernel yet (UpSampling2D(interpolation='bilinear'))")
+    repeated), bilinear as RESIZE_BILINEAR with half-pixel centres
+    (:func:`resize_bilinear`)."""
+    interpolation = str(p.config.get("interpolation", "nearest"))
     fh, fw = pair(p.config.get("size"), 2)
     h, w = x.values.shape[1:3]
+    if interpolation == "bilinear":
+        return IntTensor(resize_bilinear(x.values, h * fh, w * fw), x.scale, x.zero_point)
+    if interpolation != "nearest":
+        raise IntegerReferenceError(f"{call.where}: the reference has no kernel for "
+                                    f"UpSampling2D(interpolation='{interpolation}')")
     return _resize_nearest(x, h * fh, w * fw)
+
+
+def _bilinear_taps(size_in: int, size_out: int, align_corners: bool,
+                   half_pixel_centers: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lower, upper, w)`` of each output index for :func:`resize_bilinear`: the source
+    position ``s`` in 1/1024 units, ``lower = max(s / 1024, 0)``, ``upper = min(ceil,
+    size_in - 1)`` (C division, towards zero), ``w = s - 1024 lower`` the upper tap's
+    weight."""
+    if align_corners and size_out > 1:
+        scale = ((1 << 10) * (size_in - 1) + (size_out - 1) // 2) // (size_out - 1)
+    else:
+        scale = ((1 << 10) * size_in + size_out // 2) // size_out
+    v = np.arange(size_out, dtype=np.int64)
+    pos = v * scale + (scale // 2 - (1 << 9) if half_pixel_centers else 0)
+    lower = np.maximum(np.fix(pos / (1 << 10)).astype(np.int64), 0)
+    upper = np.minimum(np.fix((pos + (1 << 10) - 1) / (1 << 10)).astype(np.int64), size_in - 1)
+    return lower, upper, pos - (1 << 10) * lower
+
+
+def resize_bilinear(q: np.ndarray, height: int, width: int, align_corners: bool = False,
+                    half_pixel_centers: bool = True) -> np.ndarray:
+    """TFLite's int8 ``RESIZE_BILINEAR`` (``reference_ops::ResizeBilinearInteger``, which
+    the optimized kernels call for int8): input and output at one scale, the raw
+    integers interpolated in 10-bit fixed point.
+
+    Per axis (:func:`_bilinear_taps`) ``scale = (1024 in + out // 2) // out`` (with
+    ``align_corners``: ``(1024 (in - 1) + (out - 1) // 2) // (out - 1)``), source
+    ``s = i scale (+ scale // 2 - 512`` with half-pixel centres), taps ``y0, y1`` and
+    weights ``1024 - w, w``; ``acc = sum q[y, x] w_y w_x`` (int64) and
+    ``q_out = trunc((acc + sign(acc) 2**19) / 2**20)``: rounded half away from zero.
+    What Keras's bilinear ``UpSampling2D`` and ``Resizing`` convert to: half-pixel
+    centres, no corner alignment.
+
+    >>> resize_bilinear(np.array([[[[127], [-128]], [[64], [0]]]], np.int8), 4, 6,
+    ...                 half_pixel_centers=False)[0, :, :, 0].tolist()[1]
+    [96, 42, -11, -64, -64, -64]
+    """
+    y0, y1, wy = _bilinear_taps(q.shape[1], height, align_corners, half_pixel_centers)
+    x0, x1, wx = _bilinear_taps(q.shape[2], width, align_corners, half_pixel_centers)
+    v = q.astype(np.int64)
+    one = 1 << 10
+    wy0, wy1 = (one - wy)[None, :, None, None], wy[None, :, None, None]
+    wx0, wx1 = (one - wx)[None, None, :, None], wx[None, None, :, None]
+    acc = (v[:, y0][:, :, x0] * wy0 * wx0 + v[:, y1][:, :, x0] * wy1 * wx0
+           + v[:, y0][:, :, x1] * wy0 * wx1 + v[:, y1][:, :, x1] * wy1 * wx1)
+    half = np.where(acc > 0, 1 << 19, -(1 << 19))
+    return np.fix((acc + half) / (1 << 20)).astype(np.int64).astype(np.int8)
 
 
 def nearest_indices(size_in: int, size_out: int, half_pixel_centers: bool = True
@@ -368,12 +422,17 @@ def nearest_indices(size_in: int, size_out: int, half_pixel_centers: bool = True
 
 
 def _resizing(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
-    """Resizing(interpolation="nearest"): RESIZE_NEAREST_NEIGHBOR, integers moved."""
+    """Resizing: nearest as RESIZE_NEAREST_NEIGHBOR (integers moved), bilinear as
+    RESIZE_BILINEAR (:func:`resize_bilinear`), both with half-pixel centres."""
     c = p.config
-    if str(c.get("interpolation", "bilinear")) != "nearest" or c.get("crop_to_aspect_ratio"):
+    interpolation = str(c.get("interpolation", "bilinear"))
+    if interpolation not in ("nearest", "bilinear") or c.get("crop_to_aspect_ratio"):
         raise IntegerReferenceError(
-            f"{call.where}: the reference has no RESIZE_BILINEAR kernel yet (only "
-            "Resizing(interpolation='nearest') without crop_to_aspect_ratio)")
+            f"{call.where}: the reference has kernels for Resizing(interpolation='nearest'"
+            f"|'bilinear') without crop_to_aspect_ratio, not '{interpolation}'")
+    if interpolation == "bilinear":
+        return IntTensor(resize_bilinear(x.values, int(c["height"]), int(c["width"])),
+                         x.scale, x.zero_point)
     return _resize_nearest(x, int(c["height"]), int(c["width"]))
 
 

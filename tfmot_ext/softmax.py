@@ -129,9 +129,8 @@ def _one_over_one_plus_x_for_x_in_0_1(a: I64) -> I64:
     (``Rescale<2>``, saturating); the result is ``x / 2`` rescaled to Q0.31, i.e.
     ``x * 2`` saturated.
     """
-    total = a + _I32_MAX
-    half_denominator = (total + np.where(total >= 0, 1, -1)) // 2  # RoundingHalfSum
-    half_denominator = np.where(total >= 0, half_denominator, -((-total + 1) // 2))
+    total = a + _I32_MAX  # RoundingHalfSum(a, One()): (sum + sign(sum)) / 2, toward zero
+    half_denominator = np.where(total >= 0, (total + 1) // 2, -((1 - total) // 2))
     constant_48_over_17 = 1515870810
     constant_neg_32_over_17 = -1010580540
     one_q2 = 1 << 29
