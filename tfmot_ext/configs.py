@@ -321,16 +321,21 @@ def default_config_for(layer: Any, weight_bits: int = 8, activation_bits: int | 
 
 
 def fixed_activation_range(layer: Any) -> tuple[float, float] | None:
-    """The fixed output range of an ``Activation("sigmoid"|"tanh")`` layer, else None.
+    """The fixed output range of an ``Activation("sigmoid"|"tanh"|"softmax")`` layer or a
+    ``Softmax`` over the last axis, else None.
 
-    TFLite's int8 LOGISTIC and TANH require the output scale ``1/256`` (zero point
-    -128) and ``1/128`` (zero point 0). A FakeQuant on ``[0, 255/256]`` or
+    TFLite's int8 LOGISTIC and SOFTMAX require the output scale ``1/256`` (zero point
+    -128), TANH ``1/128`` (zero point 0). A FakeQuant on ``[0, 255/256]`` or
     ``[-1, 127/128]`` with 256 levels has exactly that grid (``scale = (max - min) / 255``),
     so the QAT model trains on the deployed values.
 
     >>> fixed_activation_range(keras.layers.Activation("sigmoid"))
     (0.0, 0.99609375)
     """
+    if isinstance(layer, L.Softmax):
+        axis = layer.get_config().get("axis", -1)
+        rank = len(layer.input_shape) if isinstance(layer.input_shape, tuple) else 0
+        return FIXED_ACTIVATION_RANGES["softmax"] if axis in (-1, [-1], rank - 1) else None
     if not isinstance(layer, L.Activation):
         return None
     act = layer.get_config().get("activation")

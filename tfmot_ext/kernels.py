@@ -67,6 +67,7 @@ from tfmot_ext.rules import (
     fused_activation_range,
     relu_kind,
 )
+from tfmot_ext.softmax import softmax_optimized, softmax_reference
 
 __all__ = [
     "DEPTHWISE_SIMD_CHANNELS",
@@ -84,6 +85,7 @@ __all__ = [
     "pair",
     "quantize_input",
     "requantize",
+    "softmax",
 ]
 
 
@@ -220,9 +222,26 @@ def _finish(p: LayerQuantParams, acc: np.ndarray, call: Call, fc: bool = False,
                   for v in (p.multiplier_q31, p.shift))
         y[..., -tail:] = multiply_by_quantized_multiplier(acc[..., -tail:], m0, sh)
     y = y + p.output.zero_point
+    if p.activation == "softmax":  # kept in the layer in QAT; TFLite's SOFTMAX after it
+        linear = IntTensor(np.clip(y, -128, 127).astype(np.int8), p.output.scale,
+                           p.output.zero_point)
+        return dataclasses.replace(softmax(linear, call), steps=(linear,))
     lo, hi = fused_activation_range(p.activation, p.output.scale, p.output.zero_point,
                                     call.where)
     return IntTensor(np.clip(y, lo, hi).astype(np.int8), p.output.scale, p.output.zero_point)
+
+
+def softmax(x: IntTensor, call: Call) -> IntTensor:
+    """TFLite's int8 SOFTMAX over the last axis at its fixed output grid (1/256, -128):
+    :func:`tfmot_ext.softmax.softmax_reference` with the reference kernels,
+    :func:`tfmot_ext.softmax.softmax_optimized` with the optimized ones (which differ
+    on near-ties)."""
+    s, z = _LUT_OUTPUT["softmax"]
+    try:
+        fn = softmax_reference if call.rounding == "reference" else softmax_optimized
+        return IntTensor(fn(x.values, x.scale, x.zero_point), s, z)
+    except IntegerReferenceError as e:
+        raise IntegerReferenceError(f"{call.where}: {e}") from e
 
 
 def _check_weighted(p: LayerQuantParams, x: IntTensor, where: str) -> None:
@@ -369,6 +388,8 @@ def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
                 f"{y.zero_point}; the layer was trained with ({p.output.scale}, "
                 f"{p.output.zero_point})")
         return y
+    if act == "softmax":
+        return softmax(x, call)
     if act in ("swish", "silu"):  # LOGISTIC (a step TFLite materializes), then MUL
         sig = _lut(x, "sigmoid")
         y = _mul(dataclasses.replace(p, activation="linear"), [x, sig], call)
@@ -555,6 +576,7 @@ _OPS: dict[str, Unary] = {
     "Dense": _dense,
     "ReLU": _relu,
     "Activation": _activation,
+    "Softmax": lambda p, x, c: softmax(x, c),
     "MaxPooling2D": _max_pool,
     "AveragePooling2D": _avg_pool,
     "ZeroPadding2D": _zero_pad,

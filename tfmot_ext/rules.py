@@ -15,7 +15,7 @@ The rules, by concern:
 * **Fused activations** (:data:`FUSED_ACTIVATIONS`, :func:`relu_kind`,
   :func:`fused_activation_range`): what CONV_2D / DEPTHWISE_CONV_2D /
   FULLY_CONNECTED / ADD fuse, and the int8 clamp that fusing means.
-* **Fixed output grids** (:data:`FIXED_ACTIVATION_RANGES`): LOGISTIC and TANH.
+* **Fixed output grids** (:data:`FIXED_ACTIVATION_RANGES`): LOGISTIC, TANH, SOFTMAX.
 * **Scale-preserving layers and ops** (:data:`PASS_THROUGH_LAYERS`,
   :data:`PASS_THROUGH_OPS`, :data:`AT_INPUT_SCALE_LAYERS`, :data:`NO_RANGE_OF_THEIR_OWN`):
   layers TFLite runs at their input's scale, so QAT gives them no quantizer.
@@ -100,11 +100,12 @@ TFMOT_WRAPPABLE_ACTIVATIONS = frozenset({"linear", "relu", "swish", "gelu", "sof
 #: hard_sigmoid, selu, ...), which therefore gets an output quantizer of tfmot_ext's.
 TFMOT_OUTPUT_QUANTIZED_ACTIVATIONS = frozenset({"relu", "swish", "gelu", "relu6"})
 
-#: The int8 output range TFLite fixes for LOGISTIC (scale 1/256, zero point -128) and
-#: TANH (scale 1/128, zero point 0), as a FakeQuant ``[min, max]`` on 256 levels
+#: The int8 output range TFLite fixes for LOGISTIC and SOFTMAX (scale 1/256, zero point
+#: -128) and TANH (scale 1/128, zero point 0), as a FakeQuant ``[min, max]`` on 256 levels
 #: (``scale = (max - min) / 255``): QAT trains exactly the deployed grid.
 FIXED_ACTIVATION_RANGES: dict[str, tuple[float, float]] = {
-    "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+    "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0),
+    "softmax": (0.0, 255.0 / 256.0)}
 
 
 def relu_kind(class_name: str, config: Mapping[str, Any]) -> str | None:

@@ -23,7 +23,10 @@ and ``reference_ops::Softmax`` (``reference/softmax.h``) computes, per row::
 
 ``SRDHM``/``RDBPOT`` are gemmlowp's ``SaturatingRoundingDoublingHighMul`` and
 ``RoundingDivideByPOT`` (:mod:`tfmot_ext.fixedpoint`); ``35 - h`` is
-``num_bits_over_unit + 31 - 8`` with ``num_bits_over_unit = 12 - h``.
+``num_bits_over_unit + 31 - 8`` with ``num_bits_over_unit = 12 - h``. TFLite checks
+``35 - h <= 31`` (``TFLITE_CHECK``, which aborts the process): a row whose ``S`` reaches
+``2**28`` (``512 * exp(0)``, e.g. 512 equal values) cannot run there, and
+:func:`softmax_reference` raises :class:`~tfmot_ext.errors.IntegerReferenceError`.
 
 **Optimized kernels** (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``; also ``BUILTIN``, whose
 XNNPACK delegate leaves int8 SOFTMAX to them): float32 throughout,
@@ -48,6 +51,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from tfmot_ext.errors import IntegerReferenceError
 from tfmot_ext.fixedpoint import rounding_divide_by_pot as _rdbpot
 from tfmot_ext.fixedpoint import saturating_rounding_doubling_high_mul as _srdhm
 
@@ -115,7 +119,7 @@ def _exp_on_negative_values(a: I64) -> I64:
         _saturating_shift_left(a_mod_quarter_minus_one_quarter, _SCALED_DIFF_INTEGER_BITS))
     remainder = a_mod_quarter_minus_one_quarter - a
     for exponent, multiplier in _EXP_BARREL:
-        if _SCALED_DIFF_INTEGER_BITS > exponent:
+        if exponent < _SCALED_DIFF_INTEGER_BITS:  # all seven for Q5.26
             bit = 1 << (fractional_bits + exponent)
             result = np.where(remainder & bit, _srdhm(result, multiplier), result)
     return np.where(a == 0, _I32_MAX, result)
@@ -159,7 +163,7 @@ def _preprocess_softmax_scaling(beta: float, input_scale: float) -> tuple[int, i
     real = min(float(np.float32(beta)) * float(np.float32(input_scale))
                * 2.0 ** (31 - _SCALED_DIFF_INTEGER_BITS), 2.0**31 - 1.0)
     if not real > 1.0:
-        raise ValueError(f"beta * input_scale = {real / 2**26!r} is too small for "
+        raise IntegerReferenceError(f"beta * input_scale = {real / 2**26!r} is too small for "
                          "TFLite's reference SOFTMAX (needs > 2**-26)")
     q, shift = math.frexp(real)
     multiplier = math.floor(q * 2.0**31 + 0.5)  # q * 2**31 is exact; q > 0
@@ -172,10 +176,11 @@ def _preprocess_softmax_scaling(beta: float, input_scale: float) -> tuple[int, i
 
 def _check_input(q: npt.ArrayLike) -> I64:
     arr = np.asarray(q)
-    if arr.ndim < 1:
-        raise ValueError("softmax needs at least one axis")
+    if not np.issubdtype(arr.dtype, np.integer) or arr.ndim < 1 or arr.shape[-1] == 0:
+        raise IntegerReferenceError(
+            f"softmax needs integers with a non-empty last axis, got {arr.dtype} {arr.shape}")
     if arr.size and (arr.min() < -128 or arr.max() > 127):
-        raise ValueError("softmax input must be int8 values in [-128, 127]")
+        raise IntegerReferenceError("softmax input must be int8 values in [-128, 127]")
     return arr.astype(np.int64)
 
 
@@ -202,6 +207,11 @@ def softmax_reference(q: np.ndarray, input_scale: float, input_zero_point: int,
     Returns:
         The int8 output (scale 1/256, zero point -128), the shape of ``q``.
 
+    Raises:
+        IntegerReferenceError: non-int8 input, ``beta * s_in <= 2**-26``, or a row whose
+            ``S`` reaches ``2**28`` (``512 * exp(0)``, e.g. 512 equal values), where
+            TFLite aborts.
+
     >>> softmax_reference(np.array([[0, 0], [127, -128]]), 0.1, 0).tolist()
     [[0, 0], [127, -128]]
     """
@@ -219,8 +229,12 @@ def softmax_reference(q: np.ndarray, input_scale: float, input_zero_point: int,
     headroom_plus_one = 32 - np.frexp(sum_of_exps.astype(np.float64))[1].astype(np.int64)
     shifted_sum_minus_one = (sum_of_exps << headroom_plus_one) - (1 << 31)
     shifted_scale = _one_over_one_plus_x_for_x_in_0_1(shifted_sum_minus_one)
-    num_bits_over_unit = _ACCUMULATION_INTEGER_BITS - headroom_plus_one
-    unsat = _rdbpot(_srdhm(shifted_scale, exps), num_bits_over_unit + 31 - 8)
+    exponent = _ACCUMULATION_INTEGER_BITS - headroom_plus_one + 31 - 8
+    if exponent.size and exponent.max() > 31:
+        raise IntegerReferenceError(
+            "TFLite's reference SOFTMAX aborts (TFLITE_CHECK(exponent <= 31)) on a row whose "
+            "sum of exps reaches 2**28 (512 * exp(0), e.g. 512 equal values)")
+    unsat = _rdbpot(_srdhm(shifted_scale, exps), exponent)
     out = np.clip(unsat + _OUTPUT_ZERO_POINT, -128, 127)
     return np.where(valid, out, -128).astype(np.int8)
 
