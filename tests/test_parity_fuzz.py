@@ -92,6 +92,9 @@ NAMED = {
         IMG, _conv(), ("Activation", {"activation": "softmax"}, (1,)),
         ("Conv2D", {"filters": 3, "kernel_size": 1}, (2,)), ("Softmax", {}, (3,)),
         ("Flatten", {}, (4,)), ("Dense", {"units": 5, "activation": "softmax"}, (5,))),
+    "grouped dilated Conv2D": _chain((8, 7, 4), ("Conv2D", {
+        "filters": 6, "kernel_size": 3, "groups": 2, "dilation_rate": 2, "padding": "same"},
+        (0,))),
     # oneDNN aborted the training step of a 1-channel standalone-BN affine (seed 0, #122)
     "1-channel Conv1D, ELU-free, standalone BN": _chain(
         (10, 4), ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),

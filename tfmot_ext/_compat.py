@@ -37,8 +37,10 @@ __all__ = [
     "keras",
     "live_code_deserialization",
     "own_trainable_weights",
+    "set_grouped_convolution_op",
     "tf",
     "tfmot",
+    "unset_grouped_convolution_op",
     "weight_quantizer_entries",
 ]
 
@@ -116,6 +118,23 @@ def live_code_deserialization() -> Iterator[None]:
 
     with serialization_lib.SafeModeScope(safe_mode=False):
         yield
+
+
+def set_grouped_convolution_op(layer: Any, op: Any) -> None:
+    """Make a grouped Keras conv layer compute with ``op(inputs, kernel)``.
+
+    Private attribute (``_jit_compiled_convolution_op``): tf_keras's ``Conv.call`` runs a
+    grouped convolution through that cached XLA function, not the public
+    ``convolution_op``; :func:`tfmot_ext.dilation.native_dilations` replaces it on the
+    instance while the converter traces, and :func:`unset_grouped_convolution_op`
+    restores the class's.
+    """
+    layer._jit_compiled_convolution_op = op
+
+
+def unset_grouped_convolution_op(layer: Any) -> None:
+    """Undo :func:`set_grouped_convolution_op` (private attribute, same reason)."""
+    del layer._jit_compiled_convolution_op
 
 
 def is_graph_network(model: Any) -> bool:

@@ -23,7 +23,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from tfmot_ext._compat import keras, tf
+from tfmot_ext._compat import keras, set_grouped_convolution_op, tf, unset_grouped_convolution_op
 
 __all__ = ["dilated_conv2d", "dilated_depthwise_conv2d", "native_dilations"]
 
@@ -87,18 +87,21 @@ def _dilated(layer: Any) -> bool:
 
 @contextlib.contextmanager
 def native_dilations(model: Any) -> Iterator[int]:
-    """Within the block, every dilated Keras ``Conv2D`` (``groups=1``) and
-    ``DepthwiseConv2D`` of ``model`` (also inside tfmot's wrappers) computes with the
-    native op: the instance's ``convolution_op`` (Conv2D) or ``call`` (DepthwiseConv2D)
-    is overridden, and restored on exit. Yields how many layers it changed."""
+    """Within the block, every dilated Keras ``Conv2D`` and ``DepthwiseConv2D`` of
+    ``model`` (also inside tfmot's wrappers) computes with the native op: the instance's
+    ``convolution_op`` (Conv2D), its cached XLA function (a grouped Conv2D,
+    :func:`tfmot_ext._compat.set_grouped_convolution_op`) or ``call``
+    (DepthwiseConv2D) is overridden, and restored on exit. Yields how many layers it changed."""
     changed: list[tuple[Any, str]] = []
     for outer in model.layers:
         layer = getattr(outer, "layer", outer)  # a QuantizeWrapper's wrapped layer
-        # a grouped Conv2D computes through Keras's cached XLA function instead: it
-        # keeps the space-to-batch form (a named limitation, docs/parity_matrix.md)
         if type(layer) is keras.layers.Conv2D and _dilated(layer) and layer.groups == 1:
             layer.convolution_op = functools.partial(_conv_op, layer)
             changed.append((layer, "convolution_op"))
+        elif type(layer) is keras.layers.Conv2D and _dilated(layer):
+            # a grouped Conv2D computes through Keras's cached XLA function instead
+            set_grouped_convolution_op(layer, functools.partial(_conv_op, layer))
+            changed.append((layer, "grouped"))
         elif type(layer) is keras.layers.DepthwiseConv2D and _dilated(layer):
             layer.call = functools.partial(_depthwise_call, layer)
             changed.append((layer, "call"))
@@ -106,4 +109,7 @@ def native_dilations(model: Any) -> Iterator[int]:
         yield len(changed)
     finally:
         for layer, attr in changed:
-            delattr(layer, attr)
+            if attr == "grouped":
+                unset_grouped_convolution_op(layer)
+            else:
+                delattr(layer, attr)
