@@ -114,8 +114,6 @@ def unsupported(cls: str, config: dict[str, Any]) -> str | None:
     if cls == "ReLU" and config.get("max_value") not in (None, 6.0):
         return ("ReLU(max_value != 6): MINIMUM + RELU, and the converter re-ranges the "
                 "producer's output to [0, max_value] whatever QAT trained; no reference form")
-    if cls.endswith("Transpose") and config.get("dilation_rate", 1) != 1:
-        return "dilated transposed convolution: no kernel in the reference"
     return None
 
 

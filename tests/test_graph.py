@@ -250,6 +250,22 @@ def test_hard_sigmoid_as_ops_is_mobilenet_v3s_form_of_the_same_function():
     assert hard_sigmoid_as_ops(new) is new  # nothing left to rewrite
 
 
+@pytest.mark.parametrize(("k", "d", "padding"), [(3, 2, "same"), (2, 3, "same"),
+                                                 (2, 2, "valid"), (2, 2, "same")])
+def test_dilated_transpose_as_conv_computes_the_same_function(k, d, padding):
+    from tfmot_ext.rewrites import dilated_transpose_as_conv
+
+    inp = keras.Input((7, 6, 3))
+    model = keras.Model(inp, L.Conv2DTranspose(4, k, dilation_rate=d, padding=padding,
+                                               bias_initializer="glorot_uniform",
+                                               name="t")(inp))
+    new = dilated_transpose_as_conv(model)
+    assert type(new.get_layer("t")) is L.Conv2D
+    x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(new.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=0, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_squeeze_excite_deploys_as_trained(keepdims):

@@ -95,6 +95,14 @@ NAMED = {
     "grouped dilated Conv2D": _chain((8, 7, 4), ("Conv2D", {
         "filters": 6, "kernel_size": 3, "groups": 2, "dilation_rate": 2, "padding": "same"},
         (0,))),
+    "dilated Conv2DTranspose + BN, dilated Conv1DTranspose": _chain(
+        IMG, ("Conv2DTranspose", {"filters": 3, "kernel_size": 3, "dilation_rate": 2,
+                                  "padding": "same"}, (0,)),
+        ("BatchNormalization", {"momentum": 0.9}, (1,)),
+        ("Conv2DTranspose", {"filters": 2, "kernel_size": 2, "dilation_rate": 3,
+                             "padding": "same"}, (2,)),
+        ("Conv2DTranspose", {"filters": 2, "kernel_size": 2, "dilation_rate": 2,
+                             "padding": "valid"}, (3,))),
     # oneDNN aborted the training step of a 1-channel standalone-BN affine (seed 0, #122)
     "1-channel Conv1D, ELU-free, standalone BN": _chain(
         (10, 4), ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),

@@ -94,6 +94,7 @@ from tfmot_ext.rules import FOLDED_KINDS, KEPT_ACTIVATIONS, TF_ADD_OPS
 __all__ = [
     "average_as_add",
     "batchnorm_as_depthwise",
+    "dilated_transpose_as_conv",
     "hard_sigmoid_as_ops",
     "mean_without_keepdims",
     "merge_duplicate_activations",
@@ -538,6 +539,77 @@ def batchnorm_as_depthwise(model: Any) -> Any:
     return new_model
 
 
+def _is_dilated_transpose(layer: Any) -> bool:
+    return (type(layer) is keras.layers.Conv2DTranspose and len(layer.inbound_nodes) == 1
+            and tuple(layer.dilation_rate) != (1, 1) and tuple(layer.strides) == (1, 1)
+            and layer.output_padding is None and layer.data_format == "channels_last")
+
+
+def _transposed_padding(k: int, d: int, padding: str) -> tuple[int, int]:
+    """Zero padding ``(before, after)`` of the correlation equal to a stride-1 transposed
+    convolution of kernel ``k`` and dilation ``d`` (extent ``e = (k - 1) d + 1``):
+    ``(e - 1, e - 1)`` for ``valid``; for ``same`` the forward conv's ``same`` padding
+    ``(p, e - 1 - p)``, ``p = (e - 1) // 2``, mirrored."""
+    e = (k - 1) * d + 1
+    if padding == "valid":
+        return e - 1, e - 1
+    before = (e - 1) // 2
+    return e - 1 - before, before
+
+
+def dilated_transpose_as_conv(model: Any) -> Any:
+    """``model`` with every dilated stride-1 ``Conv2DTranspose`` written as the equal
+    dilated ``Conv2D`` of the same name: kernel ``W[::-1, ::-1]`` with its two channel
+    axes swapped, on the input zero-padded by :func:`_transposed_padding` (no padding
+    layer where that is ``same``'s own). The same function up to float32 summation order.
+
+    The converter lowers a dilated transposed convolution to a dynamic-shape graph
+    (SHAPE, STRIDED_SLICE, SPACE_TO_BATCH_ND, TRANSPOSE_CONV, ...); as a ``Conv2D`` it
+    deploys as one dilated CONV_2D (:mod:`tfmot_ext.dilation`) with the bias fused and
+    a BatchNormalization after it folded."""
+    if isinstance(model, keras.Sequential):
+        return model
+    targets = {la.name: la for la in model.layers if _is_dilated_transpose(la)}
+    if not targets:
+        return model
+    cfg = copy.deepcopy(model.get_config())
+    taken: set[str] = set()
+    weights: dict[str, list[np.ndarray]] = {}
+    layers = []
+    for e in cfg["layers"]:
+        name = e["config"]["name"]
+        layer = targets.get(name)
+        if layer is None:
+            layers.append(e)
+            continue
+        (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation_rate
+        pads = (_transposed_padding(kh, dh, layer.padding),
+                _transposed_padding(kw, dw, layer.padding))
+        own_same = layer.padding == "same" and all(a == b for a, b in pads)
+        conv_cfg = {k: v for k, v in e["config"].items() if k != "output_padding"}
+        conv_cfg["padding"] = "same" if own_same else "valid"
+        if not own_same:
+            pad_name = unique_name(model, f"{name}_pad", taken)
+            layers.append({"class_name": "ZeroPadding2D", "name": pad_name,
+                           "config": {"name": pad_name, "trainable": False,
+                                      "dtype": e["config"].get("dtype", "float32"),
+                                      "padding": [list(pads[0]), list(pads[1])]},
+                           "inbound_nodes": e["inbound_nodes"]})
+            e["inbound_nodes"] = [[[pad_name, 0, 0, {}]]]
+        _retype(e, "Conv2D", conv_cfg)
+        kernel = np.transpose(layer.kernel.numpy()[::-1, ::-1], (0, 1, 3, 2))
+        weights[name] = [kernel] + ([layer.bias.numpy()] if layer.use_bias else [])
+        layers.append(e)
+    cfg["layers"] = layers
+    new = rebuild(model, cfg, lambda n: None if n in targets or n in taken
+                  else model.get_layer(n))
+    for name, w in weights.items():
+        new.get_layer(name).set_weights(w)
+    logger.info("model '%s': %d dilated Conv2DTranspose layers written as dilated Conv2D",
+                model.name, len(targets))
+    return new
+
+
 def _is_hard_sigmoid(layer: Any) -> bool:
     return (isinstance(layer, keras.layers.Activation) and len(layer.inbound_nodes) == 1
             and getattr(layer.activation, "__name__", "") == "hard_sigmoid")
@@ -600,7 +672,7 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
     :func:`tensor_adds_as_add`, :func:`average_as_add`, :func:`scale_layers_as_add`,
     :func:`replace_normalization`,
     :func:`tfmot_ext.ranks.dense_to_rank2`, :func:`tfmot_ext.ranks.conv1d_as_conv2d`,
-    :func:`rescaling_as_depthwise`,
+    :func:`dilated_transpose_as_conv`, :func:`rescaling_as_depthwise`,
     :func:`split_separable`, :func:`split_activations`, :func:`hard_sigmoid_as_ops`,
     :func:`mean_without_keepdims`,
     :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
@@ -609,9 +681,11 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
     activation not split off."""
     flat = flatten(model, custom_objects)
     if not isinstance(flat, keras.Sequential):
-        flat = rescaling_as_depthwise(conv1d_as_conv2d(dense_to_rank2(replace_normalization(
-            scale_layers_as_add(average_as_add(tensor_adds_as_add(merge_duplicate_activations(
-                replace_tf_ops(flat, custom_objects)))))))))
+        for rewrite in (lambda m: replace_tf_ops(m, custom_objects),
+                        merge_duplicate_activations, tensor_adds_as_add, average_as_add,
+                        scale_layers_as_add, replace_normalization, dense_to_rank2,
+                        conv1d_as_conv2d, dilated_transpose_as_conv, rescaling_as_depthwise):
+            flat = rewrite(flat)
     split = split_activations(split_separable(flat, keep), keep)
     if not isinstance(split, keras.Sequential):
         split = hard_sigmoid_as_ops(split)
