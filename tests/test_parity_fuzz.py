@@ -103,6 +103,12 @@ NAMED = {
                              "padding": "same"}, (2,)),
         ("Conv2DTranspose", {"filters": 2, "kernel_size": 2, "dilation_rate": 2,
                              "padding": "valid"}, (3,))),
+    "bias-less transposed convs with a ReLU": _chain(
+        IMG, ("Conv2DTranspose", {"filters": 3, "kernel_size": 3, "strides": 2,
+                                  "padding": "same", "use_bias": False}, (0,)),
+        ("ReLU", {}, (1,)), ("Conv2DTranspose", {"filters": 2, "kernel_size": 3,
+                                                 "activation": "relu", "use_bias": False},
+                             (2,))),
     # oneDNN aborted the training step of a 1-channel standalone-BN affine (seed 0, #122)
     "1-channel Conv1D, ELU-free, standalone BN": _chain(
         (10, 4), ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),

@@ -52,6 +52,7 @@ from tfmot_ext.rules import (
     SAME_SCALE_LAYERS,
     TF_ADD_OPS,
     TFMOT_OUTPUT_QUANTIZED_ACTIVATIONS,
+    fuses_activations,
     relu_kind,
 )
 from tfmot_ext.scheme import FoldingScheme
@@ -381,6 +382,8 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
             continue
         if getattr(getattr(layer, "activation", None), "__name__", "") != "linear":
             continue
+        if not fuses_activations(type(layer).__name__, layer.get_config()):
+            continue  # its output deploys at a scale of its own (a bias-less TRANSPOSE_CONV)
         chain = []
         nxt = single(name)
         if isinstance(nxt, keras.layers.BatchNormalization) and decisions.get(nxt.name) == _PENDING:

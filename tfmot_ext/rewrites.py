@@ -89,7 +89,7 @@ from tfmot_ext.graph import (
     unique_name,
 )
 from tfmot_ext.ranks import conv1d_as_conv2d, dense_to_rank2
-from tfmot_ext.rules import FOLDED_KINDS, KEPT_ACTIVATIONS, TF_ADD_OPS
+from tfmot_ext.rules import FOLDED_KINDS, KEPT_ACTIVATIONS, TF_ADD_OPS, fuses_activations
 
 __all__ = [
     "average_as_add",
@@ -422,7 +422,8 @@ def split_activations(model: Any, keep: Callable[[Any], bool] | None = None) -> 
     taken: set[str] = set()
     for la in model.layers:
         act = getattr(getattr(la, "activation", None), "__name__", "linear")
-        if (isinstance(la, _WEIGHTED) and act not in KEPT_ACTIVATIONS
+        if (isinstance(la, _WEIGHTED) and (act not in KEPT_ACTIVATIONS or (
+                act != "linear" and not fuses_activations(type(la).__name__, la.get_config())))
                 and len(la.inbound_nodes) == 1 and not (keep is not None and keep(la))):
             serialized = la.get_config()["activation"]
             targets[la.name] = {"class_name": "Activation", "config": {
