@@ -137,3 +137,37 @@ def test_widen_range_keeps_zero_and_min_width():
 def test_validate_bits_rejects(bad):
     with pytest.raises(ConfigError, match="bits"):
         qmath.validate_bits(bad)
+
+
+def _converted_quantization(ranges: list[tuple[float, float]]) -> list[tuple[float, int]]:
+    """What the TFLite converter stores for FakeQuant'ed activations on each range: a
+    graph ``x -> FakeQuant(x + 0, lo_i, hi_i)``, one output per range, int8 I/O."""
+    f32 = np.float32
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def fn(x):
+        x = tf.quantization.fake_quant_with_min_max_vars(x, -8.0, 8.0)
+        return [tf.quantization.fake_quant_with_min_max_vars(x * (i + 2.0), f32(lo), f32(hi))
+                for i, (lo, hi) in enumerate(ranges)]
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    interp = tf.lite.Interpreter(model_content=conv.convert())
+    outs = sorted(interp.get_output_details(), key=lambda d: d["name"])
+    by_name = {d["name"]: d["quantization"] for d in outs}
+    return [by_name[n] for n in sorted(by_name, key=lambda n: int(n.rsplit("_", 1)[-1])
+                                       if n.rsplit("_", 1)[-1].isdigit() else 0)]
+
+
+def test_converter_params_is_the_converters_on_ties_and_ordinary_ranges():
+    """Symmetric ranges put the zero point on a tie (-0.5 in int8 terms): the converter
+    nudges on the unsigned range and stores 0 (signed rounding would give -1)."""
+    rng = np.random.default_rng(0)
+    ranges = [(-a, a) for a in (0.3229931890964508, 1.0, 6.0, 0.0078125)]
+    ranges += [(float(-a), float(b)) for a, b in rng.uniform(0.01, 5.0, size=(6, 2))]
+    stored = _converted_quantization(ranges)
+    for (lo, hi), (scale, zp) in zip(ranges, stored):
+        s64, z = qmath.converter_params(lo, hi, 8)
+        assert (np.float32(s64), int(z)) == (np.float32(scale), zp), (lo, hi)
+    assert all(zp == 0 for _, zp in stored[:4])

@@ -438,22 +438,36 @@ def converter_params(
     """Scale and zero point as the TFLite converter derives them from a FakeQuant op.
 
     The converter (MLIR ``fakeQuantAttrsToType``) redoes the nudge in float64 on the
-    signed storage range: ``scale = (max - min) / (qmax - qmin)``,
-    ``zp = clamp(round_half_away(qmin - min / scale), qmin, qmax)``; the flatbuffer
-    stores ``float32(scale)``. This can differ from TF's float32 kernel scale
-    (:func:`nudge`) in the last bit; the integers are the same.
+    *unsigned* storage range ``[u_min, u_max] = [0 (1 narrow), 2**bits - 1]``:
+    ``scale = (max - min) / (u_max - u_min)``, the zero point solved from the end whose
+    terms are smaller (``u_min - min / scale`` where
+    ``|u_min| + |min / scale| < |u_max| + |max / scale|``, else ``u_max - max / scale``),
+    ``clamp(round_half_away(.), u_min, u_max)``, then shifted to int8 by
+    ``-2**(bits - 1)``; the flatbuffer stores ``float32(scale)``. This can differ from
+    TF's float32 kernel scale (:func:`nudge`) in the last bit; the integers are the
+    same. The unsigned domain matters on a half-integer zero point (a symmetric range:
+    measured, the converter stores 0 where rounding ``-0.5`` in the signed domain
+    would give -1).
+
+    >>> int(converter_params(-0.3229931890964508, 0.3229931890964508, 8)[1])
+    0
 
     Returns:
         ``(scale_float64, zero_point_int32)``.
     """
     qmin, qmax = integer_range(bits, narrow_range)
+    shift = 1 << (bits - 1)
+    umin, umax = qmin + shift, qmax + shift
     lo = np.asarray(x_min, np.float32).astype(np.float64)
     hi = np.asarray(x_max, np.float32).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scale = (hi - lo) / float(qmax - qmin)
-        zp_from_min = qmin - lo / scale
-    rounded = round_half_away(zp_from_min)
-    zp = np.where(zp_from_min < qmin, qmin, np.where(zp_from_min > qmax, qmax, rounded))
+        scale = (hi - lo) / float(umax - umin)
+        zp_from_min = umin - lo / scale
+        zp_from_max = umax - hi / scale
+        from_min = abs(umin) + np.abs(lo / scale) < abs(umax) + np.abs(hi / scale)
+    zp_double = np.where(from_min, zp_from_min, zp_from_max)
+    rounded = round_half_away(zp_double)
+    zp = np.where(zp_double < umin, umin, np.where(zp_double > umax, umax, rounded)) - shift
     degenerate = np.abs(hi - lo) < np.finfo(np.float64).eps
     scale = np.where(degenerate, 1.0, scale)
     zp = np.where(degenerate | ~np.isfinite(zp), qmin, zp)
