@@ -112,6 +112,10 @@ def unsupported(cls: str, config: dict[str, Any]) -> str | None:
     if cls == "ReLU" and config.get("negative_slope") and config.get("max_value") is not None:
         return "ReLU(negative_slope, max_value): no integer kernel in the reference yet"
     if cls == "ReLU" and config.get("max_value") not in (None, 6.0):
+        return ("ReLU(max_value=m), m != 6: the converter fuses the ReLU part into the "
+                "producer and calibrates that tensor, clamped at m; exact only where the "
+                "calibration data reach m")
+    if cls == "ReLU" and config.get("max_value") not in (None, 6.0):
         return ("ReLU(max_value != 6): MINIMUM + RELU, and the converter re-ranges the "
                 "producer's output to [0, max_value] whatever QAT trained; no reference form")
     return None

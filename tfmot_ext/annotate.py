@@ -43,7 +43,7 @@ from tfmot_ext.configs import (
 )
 from tfmot_ext.errors import PolicyError, UnsupportedLayerError, UnsupportedModelError
 from tfmot_ext.graph import FLOAT_FOR_CONVERTER, TensorOp, consumers, layer_classes
-from tfmot_ext.quantizers import weight_quantizer
+from tfmot_ext.quantizers import FixedRangeQuantizer, weight_quantizer
 from tfmot_ext.rewrites import batchnorm_as_depthwise, prepare
 from tfmot_ext.rules import (
     AT_INPUT_SCALE_LAYERS,
@@ -356,6 +356,18 @@ def _is_relu_like(layer: Any) -> bool:
     return False
 
 
+def _relu_cap(layer: Any) -> float | None:
+    """The cap of a ``ReLU(max_value=m)`` TFLite does not fuse (``m`` not 6; no slope or
+    threshold), else None."""
+    if not isinstance(layer, keras.layers.ReLU):
+        return None
+    c = layer.get_config()
+    cap = c.get("max_value")
+    if cap is None or float(cap) == 6.0 or c.get("negative_slope") or c.get("threshold"):
+        return None
+    return float(cap)
+
+
 def _is_fusable(layer: Any) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization) or _is_relu_like(layer)
 
@@ -409,6 +421,22 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
                 and nxt is not None and _is_relu_like(nxt)
                 and decisions.get(nxt.name) in (_PENDING, None)):
             decisions[name] = no_op_config()
+    # a ReLU with a cap m other than 6 deploys as MINIMUM + RELU, and the converter puts
+    # the tensor it clamps on [0, m] whatever range QAT trained for it (measured: a conv
+    # trained on [-3.07, 2.85] deployed on [0, 1]): the producer trains on that grid
+    for name, cfg in list(decisions.items()):
+        cap = _relu_cap(single(name))
+        if cap is None or isinstance(cfg, str):
+            continue
+        fixed = FixedRangeQuantizer(0.0, cap, bits=8)
+        if isinstance(cfg, LayerQuantizeConfig) and "activation" in cfg.activations:
+            decisions[name] = LayerQuantizeConfig(weights=cfg.weights,
+                                                  activations={"activation": fixed})
+        elif isinstance(cfg, LayerQuantizeConfig) and cfg.output is not None:
+            decisions[name] = LayerQuantizeConfig(weights=cfg.weights, output=fixed)
+        elif cfg is None and not isinstance(by_name[name], keras.Model) and \
+                _registry_quantizes_output(_registry(), by_name[name]):
+            decisions[name] = LayerQuantizeConfig(output=fixed)
     # TFLite's CONCATENATION (MAXIMUM, MINIMUM) has one scale, which the converter gives
     # to the inputs it alone consumes: their own output quantizers would clip and round
     # at a scale that is never deployed, so the operator's quantizer is the only one kept

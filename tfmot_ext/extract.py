@@ -44,6 +44,7 @@ from tfmot_ext.params import (
 )
 from tfmot_ext.quantspec import (
     KNOWN_CONFIGS,
+    FixedRangeSpec,
     QuantSpec,
     TfmotSpec,
     UnknownQuantizerError,
@@ -220,7 +221,8 @@ class _Parser:
             elif wq is not None and wq.activation is not None:
                 # tfmot quantizes after linear/relu/swish/gelu, before softmax/sigmoid/tanh
                 # (the op's own output, which TFLite feeds to the activation op)
-                if "post_activation_min" in rec.weights:
+                if "post_activation_min" in rec.weights or isinstance(wq.activation,
+                                                                      FixedRangeSpec):
                     out = _tensor_quant(wq.activation, rec.weights, "post_activation")
                 elif "pre_activation_min" in rec.weights:
                     out = _tensor_quant(wq.activation, rec.weights, "pre_activation")

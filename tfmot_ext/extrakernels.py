@@ -13,6 +13,8 @@ The same contract as :mod:`tfmot_ext.kernels` (a layer's
 * ``SUB``: ``ADD``'s arithmetic with the second input negated;
 * ``MAXIMUM``/``MINIMUM``: the converter gives inputs and output one scale (a QUANTIZE
   in front of an input at another scale), then the integers' max/min;
+* ``ReLU(max_value=m)``, ``m != 6``: ``MINIMUM`` with ``m`` at the input's scale, then
+  ``RELU`` (:func:`_relu`);
 * ``hard_sigmoid`` arrives as ``x * 1.2``, ``+ 3``, ReLU6, ``* (1/6)``
   (:func:`tfmot_ext.rewrites.hard_sigmoid_as_ops`): MUL, ADD and RELU6 kernels;
 * ``LEAKY_RELU``: ``q - z_x`` requantized to the output with ``M = s_x / s_y`` where it
@@ -60,6 +62,7 @@ from tfmot_ext.kernels import (
     requantize,
 )
 from tfmot_ext.params import LayerQuantParams, TensorQuant
+from tfmot_ext.qmath import round_half_away
 from tfmot_ext.rules import ONE_D_TWINS, twin_2d_config
 
 __all__ = [
@@ -250,9 +253,23 @@ def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
 
 
 def _relu(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
-    if p.config.get("negative_slope"):
+    """``ReLU``: with a negative slope TFLite's LEAKY_RELU; with a cap ``m`` other than 6
+    what the converter lowers it to, ``MINIMUM(x, m)`` at the input's quantization (the
+    constant ``q_m = clamp(z_x + round_half_away(f32(m) / f32(s_x)), -128, 127)``), then
+    RELU (:mod:`tfmot_ext.kernels`: a clamp, or a requantizing RELU where the layer has
+    its own output scale). The input is on ``[0, m]`` (the converter's range for it,
+    which annotate has QAT train), so the MINIMUM is a step TFLite materializes."""
+    c = p.config
+    if c.get("negative_slope"):
         return _leaky(p, x, call)
-    return UNARY["ReLU"](p, x, call)
+    cap = c.get("max_value")
+    if cap is None or float(cap) == 6.0 or c.get("threshold"):
+        return UNARY["ReLU"](p, x, call)
+    q_m = x.zero_point + int(round_half_away(np.float32(cap) / np.float32(x.scale)))
+    capped = IntTensor(np.minimum(x.values, np.clip(q_m, -128, 127)).astype(np.int8),
+                       x.scale, x.zero_point)
+    y = UNARY["ReLU"](dataclasses.replace(p, config={**c, "max_value": None}), capped, call)
+    return dataclasses.replace(y, steps=(capped,))
 
 
 def mean_multiplier(in_scale: float, out_scale: float, n: int) -> tuple[int, int]:
