@@ -240,6 +240,28 @@ def keras_layout(op: str, tfl_filter: np.ndarray, keras_shape: tuple[int, ...]) 
     return np.asarray(tfl_filter.T)
 
 
+def _converter_message(e: Exception) -> str:
+    """The converter's own error text: its exception's message, or (the MLIR errors it
+    logs, often with an empty message) the ``error_message`` of each of its ``errors``."""
+    found = [str(getattr(d, "error_message", "")).strip()
+             for d in getattr(e, "errors", None) or ()]
+    text = "; ".join(m for m in found if m) or str(e).strip()
+    return text or f"{type(e).__name__} without a message (the MLIR error is in its log)"
+
+
+def _float_only_hint(model: Any) -> str:
+    """Where ``model`` has layers the converter keeps float in a QAT graph
+    (:data:`tfmot_ext.rules.FLOAT_ONLY_OPS`), which and the fix: such a layer also makes
+    the converter fail on a scale constraint it cannot meet around the float op."""
+    def elu(layer: Any) -> bool:
+        inner = getattr(layer, "layer", layer)
+        act = getattr(getattr(inner, "activation", None), "__name__", "")
+        return isinstance(inner, keras.layers.ELU) or act == "elu"
+
+    names = [la.name for la in model.layers if elu(la)]
+    return (f" (the model has ELU layers {names}: {FLOAT_ONLY_OPS['ELU']})" if names else "")
+
+
 def float_ops(model_content: bytes, allow_io: bool = False) -> list[str]:
     """Names (``OP_NAME:index``) of operators with a float32 input or output tensor.
 
@@ -385,8 +407,8 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
                 conv.inference_output_type = tf.int8
             content = conv.convert()
     except Exception as e:  # the converter raises its own ConverterError types
-        raise ConversionError(f"TFLite conversion of model '{model.name}' failed: {e}"[:2000]
-                              ) from e
+        raise ConversionError(f"TFLite conversion of model '{model.name}' failed: "
+                              f"{_converter_message(e)}{_float_only_hint(model)}"[:2000]) from e
     left = float_ops(content, allow_io=not int8_io)
     if left:
         known = sorted({op.split(":")[0] for op in left} & set(FLOAT_ONLY_OPS))
