@@ -102,6 +102,7 @@ def matrix(results: list[tuple[ModelSpec, Outcome]]) -> str:
     for f in sorted(rows):
         c = rows[f]
         first = next((examples[(f, k)] for k in cols[2:] if (f, k) in examples), "")
+        first = " ".join(first.split()).replace("|", "/")  # one table cell: one line
         lines.append(f"| {f} | " + " | ".join(str(c[k]) for k in cols) + f" | {first} |")
     stages = collections.Counter(out.stage for _, out in results)
     lines.append("")

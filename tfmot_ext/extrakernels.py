@@ -406,9 +406,9 @@ def resize_bilinear(q: np.ndarray, height: int, width: int, align_corners: bool 
     What Keras's bilinear ``UpSampling2D`` and ``Resizing`` convert to: half-pixel
     centres, no corner alignment.
 
-    >>> resize_bilinear(np.array([[[[127], [-128]], [[64], [0]]]], np.int8), 4, 6,
-    ...                 half_pixel_centers=False)[0, :, :, 0].tolist()[1]
-    [96, 42, -11, -64, -64, -64]
+    >>> tuple(resize_bilinear(np.array([[[[127], [-128]], [[64], [0]]]], np.int8), 4, 6,
+    ...                       half_pixel_centers=False)[0, 1, :, 0].tolist())
+    (96, 42, -11, -64, -64, -64)
     """
     y0, y1, wy = _bilinear_taps(q.shape[1], height, align_corners, half_pixel_centers)
     x0, x1, wx = _bilinear_taps(q.shape[2], width, align_corners, half_pixel_centers)
