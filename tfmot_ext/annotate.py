@@ -421,9 +421,11 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
                 and nxt is not None and _is_relu_like(nxt)
                 and decisions.get(nxt.name) in (_PENDING, None)):
             decisions[name] = no_op_config()
-    # a ReLU with a cap m other than 6 deploys as MINIMUM + RELU, and the converter puts
-    # the tensor it clamps on [0, m] whatever range QAT trained for it (measured: a conv
-    # trained on [-3.07, 2.85] deployed on [0, 1]): the producer trains on that grid
+    # a ReLU with a cap m other than 6 deploys as the producer with the ReLU part fused,
+    # then MINIMUM(m) and RELU; the converter gives the fused tensor the calibrated range
+    # clamped at m whatever QAT trained (measured: a conv trained on [-3.07, 2.85]
+    # deployed on [0, 1]): the producer trains on [0, m], exact where the data reach m
+    # (a named limitation otherwise, docs/parity_matrix.md)
     for name, cfg in list(decisions.items()):
         cap = _relu_cap(single(name))
         if cap is None or isinstance(cfg, str):
