@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
+from tfmot_ext.rules import relu_cap
+
 __all__ = ["FAMILIES", "ModelSpec", "Node", "Outcome", "build", "check_model", "model_specs",
            "unsupported"]
 
@@ -111,7 +113,7 @@ def unsupported(cls: str, config: dict[str, Any]) -> str | None:
         return "ReLU(threshold): x * cast(x > t), a float CAST (typed ConversionError)"
     if cls == "ReLU" and config.get("negative_slope") and config.get("max_value") is not None:
         return "ReLU(negative_slope, max_value): no integer kernel in the reference yet"
-    if cls == "ReLU" and config.get("max_value") not in (None, 6.0):
+    if relu_cap(cls, config) is not None:
         return ("ReLU(max_value=m), m != 6: the converter fuses the ReLU part into the "
                 "producer and calibrates that tensor, clamped at m; exact only where the "
                 "calibration data reach m")

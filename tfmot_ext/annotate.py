@@ -53,6 +53,7 @@ from tfmot_ext.rules import (
     TF_ADD_OPS,
     TFMOT_OUTPUT_QUANTIZED_ACTIVATIONS,
     fuses_activations,
+    relu_cap,
     relu_kind,
 )
 from tfmot_ext.scheme import FoldingScheme
@@ -356,18 +357,6 @@ def _is_relu_like(layer: Any) -> bool:
     return False
 
 
-def _relu_cap(layer: Any) -> float | None:
-    """The cap of a ``ReLU(max_value=m)`` TFLite does not fuse (``m`` not 6; no slope or
-    threshold), else None."""
-    if not isinstance(layer, keras.layers.ReLU):
-        return None
-    c = layer.get_config()
-    cap = c.get("max_value")
-    if cap is None or float(cap) == 6.0 or c.get("negative_slope") or c.get("threshold"):
-        return None
-    return float(cap)
-
-
 def _is_fusable(layer: Any) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization) or _is_relu_like(layer)
 
@@ -426,8 +415,10 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
     # clamped at m whatever QAT trained (measured: a conv trained on [-3.07, 2.85]
     # deployed on [0, 1]): the producer trains on [0, m], exact where the data reach m
     # (a named limitation otherwise, docs/parity_matrix.md)
+    registry = _registry()
     for name, cfg in list(decisions.items()):
-        cap = _relu_cap(single(name))
+        nxt = single(name)
+        cap = relu_cap(type(nxt).__name__, nxt.get_config()) if nxt is not None else None
         if cap is None or isinstance(cfg, str):
             continue
         fixed = FixedRangeQuantizer(0.0, cap, bits=8)
@@ -437,7 +428,7 @@ def _fuse_chains(model: Any, decisions: dict[str, Any], unsupported: str) -> Non
         elif isinstance(cfg, LayerQuantizeConfig) and cfg.output is not None:
             decisions[name] = LayerQuantizeConfig(weights=cfg.weights, output=fixed)
         elif cfg is None and not isinstance(by_name[name], keras.Model) and \
-                _registry_quantizes_output(_registry(), by_name[name]):
+                _registry_quantizes_output(registry, by_name[name]):
             decisions[name] = LayerQuantizeConfig(output=fixed)
     # TFLite's CONCATENATION (MAXIMUM, MINIMUM) has one scale, which the converter gives
     # to the inputs it alone consumes: their own output quantizers would clip and round

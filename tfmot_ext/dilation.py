@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tfmot_ext._compat import keras, set_grouped_convolution_op, tf, unset_grouped_convolution_op
@@ -92,24 +92,21 @@ def native_dilations(model: Any) -> Iterator[int]:
     ``convolution_op`` (Conv2D), its cached XLA function (a grouped Conv2D,
     :func:`tfmot_ext._compat.set_grouped_convolution_op`) or ``call``
     (DepthwiseConv2D) is overridden, and restored on exit. Yields how many layers it changed."""
-    changed: list[tuple[Any, str]] = []
+    undo: list[Callable[[], None]] = []
     for outer in model.layers:
         layer = getattr(outer, "layer", outer)  # a QuantizeWrapper's wrapped layer
         if type(layer) is keras.layers.Conv2D and _dilated(layer) and layer.groups == 1:
             layer.convolution_op = functools.partial(_conv_op, layer)
-            changed.append((layer, "convolution_op"))
+            undo.append(functools.partial(delattr, layer, "convolution_op"))
         elif type(layer) is keras.layers.Conv2D and _dilated(layer):
             # a grouped Conv2D computes through Keras's cached XLA function instead
             set_grouped_convolution_op(layer, functools.partial(_conv_op, layer))
-            changed.append((layer, "grouped"))
+            undo.append(functools.partial(unset_grouped_convolution_op, layer))
         elif type(layer) is keras.layers.DepthwiseConv2D and _dilated(layer):
             layer.call = functools.partial(_depthwise_call, layer)
-            changed.append((layer, "call"))
+            undo.append(functools.partial(delattr, layer, "call"))
     try:
-        yield len(changed)
+        yield len(undo)
     finally:
-        for layer, attr in changed:
-            if attr == "grouped":
-                unset_grouped_convolution_op(layer)
-            else:
-                delattr(layer, attr)
+        for restore in undo:
+            restore()

@@ -363,24 +363,7 @@ class _Parser:
         n_out = _check_kernel_shape(self.where(rec.name), op_kind, short, kernel.shape,
                                     op_cfg if isinstance(op_cfg, Mapping) else {})
         axes = _channel_axis(kind, short, kernel.ndim, spec)
-        lo, hi = spec.stored_range(rec.weights, short, kernel, axes)
-        r = qmath.nudge(lo, hi, spec.bits, spec.narrow_range)
-        int_type = np.int8 if spec.bits <= 8 else np.int16
-        if axes is None:
-            k_int = qmath.quantize_to_int(kernel, r, dtype=int_type)
-        else:
-            flat = channels_last(kernel, axes)
-            if np.ndim(r.scale) != 1 or r.scale.shape[0] != flat.shape[-1]:
-                raise ExtractionError(
-                    f"{self.where(rec.name)}: {short} has {flat.shape[-1]} channels on axes "
-                    f"{axes} but its range has shape {np.shape(r.scale)}")
-            k_int = from_channels_last(
-                qmath.quantize_to_int(flat, r, axis=flat.ndim - 1, dtype=int_type),
-                kernel.shape, axes)
-        fq_scale = np.asarray(r.scale, np.float32)
-        zp = np.asarray(r.zero_point, np.int32)
-        # the deployed scale: the converter's float64 derivation from the same range
-        scale64 = qmath.converter_params(lo, hi, spec.bits, spec.narrow_range)[0]
+        k_int, fq_scale, zp, scale64 = self._weight_grid(rec, short, kernel, spec, axes)
         scale = scale64.astype(np.float32)
         inp = self.input_quant(rec)
         out = self.output_quant(rec)
@@ -407,17 +390,38 @@ class _Parser:
         stored range."""
         alpha = np.asarray(rec.weights["alpha"], np.float32)
         _check_finite(self.where(rec.name), "alpha", alpha)
-        lo, hi = spec.stored_range(rec.weights, "alpha", alpha, None)
-        r = qmath.nudge(lo, hi, spec.bits, spec.narrow_range)
-        scale64 = qmath.converter_params(lo, hi, spec.bits, spec.narrow_range)[0]
+        k_int, fq_scale, zp, scale64 = self._weight_grid(rec, "alpha", alpha, spec, None)
         return LayerQuantParams(
             rec.name, kind, inputs, True, bits=spec.bits, symmetric=spec.symmetric,
-            narrow_range=spec.narrow_range, kernel_attr="alpha",
-            kernel_int=qmath.quantize_to_int(alpha, r, dtype=np.int8),
-            kernel_scale=np.asarray(scale64, np.float64).astype(np.float32),
-            kernel_zero_point=np.asarray(r.zero_point, np.int32),
-            fake_quant_scale=np.asarray(r.scale, np.float32), input=self.input_quant(rec),
+            narrow_range=spec.narrow_range, kernel_attr="alpha", kernel_int=k_int,
+            kernel_scale=scale64.astype(np.float32), kernel_zero_point=zp,
+            fake_quant_scale=fq_scale, input=self.input_quant(rec),
             output=self.output_quant(rec), weights=floats)
+
+    def _weight_grid(self, rec: LayerRecord, short: str, value: np.ndarray, spec: Any,
+                     axes: tuple[int, ...] | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Weight ``short`` of ``rec`` on its quantizer's grid (per channel along
+        ``axes``): its integers, the FakeQuant scale, the zero point, and the deployed
+        scale (the converter's float64 derivation from the same range)."""
+        lo, hi = spec.stored_range(rec.weights, short, value, axes)
+        r = qmath.nudge(lo, hi, spec.bits, spec.narrow_range)
+        int_type = np.int8 if spec.bits <= 8 else np.int16
+        if axes is None:
+            k_int = qmath.quantize_to_int(value, r, dtype=int_type)
+        else:
+            flat = channels_last(value, axes)
+            if np.ndim(r.scale) != 1 or r.scale.shape[0] != flat.shape[-1]:
+                raise ExtractionError(
+                    f"{self.where(rec.name)}: {short} has {flat.shape[-1]} channels on axes "
+                    f"{axes} but its range has shape {np.shape(r.scale)}")
+            k_int = from_channels_last(
+                qmath.quantize_to_int(flat, r, axis=flat.ndim - 1, dtype=int_type),
+                value.shape, axes)
+        scale64 = np.asarray(qmath.converter_params(lo, hi, spec.bits, spec.narrow_range)[0],
+                             np.float64)
+        return (k_int, np.asarray(r.scale, np.float32), np.asarray(r.zero_point, np.int32),
+                scale64)
 
     def _folded_weights(self, rec: LayerRecord, short: str, op_kind: str,
                         cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -63,7 +63,7 @@ from tfmot_ext.kernels import (
 )
 from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.qmath import round_half_away
-from tfmot_ext.rules import ONE_D_TWINS, twin_2d_config
+from tfmot_ext.rules import ONE_D_TWINS, relu_cap, twin_2d_config
 
 __all__ = [
     "MORE_NARY",
@@ -262,8 +262,8 @@ def _relu(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     c = p.config
     if c.get("negative_slope"):
         return _leaky(p, x, call)
-    cap = c.get("max_value")
-    if cap is None or float(cap) == 6.0 or c.get("threshold"):
+    cap = relu_cap("ReLU", c)
+    if cap is None:
         return UNARY["ReLU"](p, x, call)
     q_m = x.zero_point + int(round_half_away(np.float32(cap) / np.float32(x.scale)))
     capped = IntTensor(np.minimum(x.values, np.clip(q_m, -128, 127)).astype(np.int8),

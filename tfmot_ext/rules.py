@@ -73,6 +73,7 @@ __all__ = [
     "one_length",
     "output_channels",
     "passes_input_scale",
+    "relu_cap",
     "relu_kind",
     "tflite_op",
     "twin_2d_config",
@@ -121,6 +122,20 @@ def fuses_activations(class_name: str, config: Mapping[str, Any]) -> bool:
     False
     """
     return not (class_name in TRANSPOSED_KINDS and not config.get("use_bias", True))
+
+
+def relu_cap(class_name: str, config: Mapping[str, Any]) -> float | None:
+    """The cap ``m`` of a ``ReLU(max_value=m)`` TFLite does not fuse (``m`` not 6, no
+    slope, no threshold), else None: the converter lowers it to the producer with the
+    ReLU part fused, then ``MINIMUM(m)`` and ``RELU``.
+
+    >>> relu_cap("ReLU", {"max_value": 1.0}), relu_cap("ReLU", {"max_value": 6.0})
+    (1.0, None)
+    """
+    if class_name != "ReLU" or config.get("negative_slope") or config.get("threshold"):
+        return None
+    cap = config.get("max_value")
+    return None if cap is None or float(cap) == 6.0 else float(cap)
 
 
 def relu_kind(class_name: str, config: Mapping[str, Any]) -> str | None:
