@@ -250,6 +250,31 @@ def test_hard_sigmoid_as_ops_is_mobilenet_v3s_form_of_the_same_function():
     assert hard_sigmoid_as_ops(new) is new  # nothing left to rewrite
 
 
+def test_hold_same_scale_outputs_keeps_the_function_and_the_names():
+    """A Flatten after a Minimum becomes a ``Reshape`` of the same name; a Permute after
+    a Concatenate gets an identity ``Reshape`` ending in -1 in front; the outputs are
+    bit-identical; a Flatten after anything else is left alone."""
+    from tfmot_ext.rewrites import hold_same_scale_outputs
+
+    inp = keras.Input((6, 2))
+    a = L.Conv1D(3, 1, name="a")(inp)
+    b = L.Conv1D(3, 1, name="b")(a)
+    flat = L.Flatten(name="flat")(L.Minimum(name="min")([a, b]))
+    perm = L.Flatten(name="perm_flat")(L.Permute((2, 1), name="perm")(
+        L.Concatenate(name="cat")([a, b])))
+    other = L.Flatten(name="other")(b)
+    model = keras.Model(inp, L.Concatenate(name="out")([flat, perm, other]))
+    new = hold_same_scale_outputs(model)
+    assert type(new.get_layer("flat")).__name__ == "Reshape"
+    assert new.get_layer("flat").target_shape == (18,)
+    assert new.get_layer("perm_hold").target_shape == (6, -1)
+    assert new.get_layer("perm").input.name.startswith("perm_hold")
+    assert type(new.get_layer("other")).__name__ == "Flatten"
+    x = np.random.default_rng(0).normal(size=(4, 6, 2)).astype(np.float32)
+    np.testing.assert_array_equal(new.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert hold_same_scale_outputs(new) is new  # nothing left to rewrite
+
+
 @pytest.mark.parametrize(("k", "d", "padding"), [(3, 2, "same"), (2, 3, "same"),
                                                  (2, 2, "valid"), (2, 2, "same")])
 def test_dilated_transpose_as_conv_computes_the_same_function(k, d, padding):

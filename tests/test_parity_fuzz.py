@@ -28,6 +28,11 @@ def _conv1d(f: int = 4, **kw: object) -> tuple[str, dict, tuple[int, ...]]:
     return ("Conv1D", {"filters": f, "kernel_size": 3, "padding": "same", **kw}, (0,))
 
 
+def _at(layer: tuple[str, dict, tuple[int, ...]], *inputs: int
+        ) -> tuple[str, dict, tuple[int, ...]]:
+    return (layer[0], layer[1], inputs)
+
+
 IMG, SEQ = (8, 8, 2), (9, 2)
 #: The cases of issue #19 and the layer options found with the fuzzer, one model each.
 NAMED = {
@@ -121,6 +126,23 @@ NAMED = {
         ("Conv1D", {"filters": 1, "kernel_size": 1, "activation": "relu"}, (2,)),
         ("BatchNormalization", {"momentum": 0.9}, (3,)), ("Flatten", {}, (4,)),
         ("Dense", {"units": 3}, (5,))),
+    # a tensor also read by a same-scale operator: the converter requantizes it on the
+    # way to the operator only; a reshape of a reshape reads the first one's input
+    "a Conv1D's output also read by a Minimum": _chain(
+        SEQ, _conv1d(3, kernel_size=1), _at(_conv1d(3, kernel_size=1), 1),
+        ("BatchNormalization", {"momentum": 0.9}, (2,)), ("Minimum", {}, (1, 3))),
+    "a Dense on a sequence also read by a Minimum": _chain(
+        SEQ, ("Dense", {"units": 4, "activation": "relu"}, (0,)),
+        ("Conv1D", {"filters": 4, "kernel_size": 1}, (1,)),
+        ("BatchNormalization", {"momentum": 0.9}, (2,)), ("Minimum", {}, (1, 3))),
+    # a same-scale operator with an input of other consumers, before a Flatten or Permute
+    # (which the converter moves in front of its FakeQuant): measured 26 LSB before
+    "Minimum with a shared input, then Flatten": _chain(
+        SEQ, _conv1d(3), ("Multiply", {}, (1, 1)), _at(_conv1d(3, kernel_size=1), 2),
+        ("Minimum", {}, (2, 3)), ("Flatten", {}, (4,)), ("Dense", {"units": 3}, (5,))),
+    "Concatenate with a shared input, then Permute": _chain(
+        SEQ, _conv1d(3), ("Multiply", {}, (1, 1)), _at(_conv1d(3, kernel_size=1), 2),
+        ("Concatenate", {}, (2, 3)), ("Permute", {"dims": (2, 1)}, (4,))),
     "Rescaling on a sequence, standalone BN": _chain(
         SEQ, ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),
         ("Dense", {"units": 4, "activation": "relu"}, (1,)),

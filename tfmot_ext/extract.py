@@ -66,6 +66,8 @@ from tfmot_ext.rules import (
     KERNEL_RANKS,
     NO_RANGE_OF_THEIR_OWN,
     PASS_THROUGH_OPS,
+    RESHAPE_LAYERS,
+    RESHAPE_OPS,
     SAME_SCALE_LAYERS,
     WEIGHT_ATTRS,
     channel_axis_of_kind,
@@ -242,19 +244,24 @@ class _Parser:
             return class_name(layer) if isinstance(layer, Mapping) else "?"
         return rec.class_name
 
+    def _tensor_op(self, rec: LayerRecord) -> Any:
+        """The TF function of a TensorOp record (None for any other layer)."""
+        if self._inner_kind(rec).split(">")[-1] != "TensorOp":
+            return None
+        cfg = (rec.config.get("layer", {}).get("config", {})
+               if rec.class_name in WRAPPER_CLASSES else rec.config)
+        op = cfg.get("op", {}) if isinstance(cfg, Mapping) else {}
+        return op.get("config", {}).get("function") if isinstance(op, Mapping) else None
+
     def _passes_through(self, rec: LayerRecord) -> bool:
         """A scale-preserving layer (:func:`tfmot_ext.rules.passes_input_scale`), or a
         TensorOp of a pass-through op."""
-        kind = self._inner_kind(rec)
-        if passes_input_scale(kind):
-            return True
-        if kind.split(">")[-1] == "TensorOp":
-            cfg = (rec.config.get("layer", {}).get("config", {})
-                   if rec.class_name in WRAPPER_CLASSES else rec.config)
-            op = cfg.get("op", {}) if isinstance(cfg, Mapping) else {}
-            fn = op.get("config", {}).get("function") if isinstance(op, Mapping) else None
-            return fn in PASS_THROUGH_OPS
-        return False
+        return passes_input_scale(self._inner_kind(rec)) or (
+            self._tensor_op(rec) in PASS_THROUGH_OPS)
+
+    def _is_reshape(self, rec: LayerRecord) -> bool:
+        """A layer that deploys as a RESHAPE (:data:`tfmot_ext.rules.RESHAPE_LAYERS`)."""
+        return self._inner_kind(rec) in RESHAPE_LAYERS or self._tensor_op(rec) in RESHAPE_OPS
 
     def input_quant(self, rec: LayerRecord, depth: int = 0) -> TensorQuant | None:
         """Walk upstream through scale-preserving layers to the producing range."""
@@ -266,16 +273,18 @@ class _Parser:
         q = self.own_output(up)
         if q is not None:
             return q
-        if self._passes_through(up):
-            # a pass-through tensor a quantized Concatenate also reads has the
-            # Concatenate's scale: the converter propagates it back (same-scale rule)
-            # and requantizes before the pass-through chain (DenseNet's pooled stem)
+        if not self._passes_through(up):
+            return None
+        # a pass-through tensor a quantized Concatenate also reads has the Concatenate's
+        # scale: the converter propagates it back (same-scale rule) and requantizes
+        # before the pass-through chain (DenseNet's pooled stem); but a reshape of a
+        # reshape reads the first one's input (rules.RESHAPE_LAYERS)
+        if not (self._is_reshape(rec) and self._is_reshape(up)):
             for name in self.consumers.get(up.name, []):
                 cat = self.by_name[name]
                 if self._inner_kind(cat) in SAME_SCALE_LAYERS and self.own_output(cat) is not None:
                     return self.own_output(cat)
-            return self.input_quant(up, depth + 1)
-        return None
+        return self.input_quant(up, depth + 1)
 
     def output_quant(self, rec: LayerRecord, depth: int = 0) -> TensorQuant | None:
         """The output quantization the converter deploys for this layer.

@@ -89,13 +89,21 @@ from tfmot_ext.graph import (
     unique_name,
 )
 from tfmot_ext.ranks import conv1d_as_conv2d, dense_to_rank2
-from tfmot_ext.rules import FOLDED_KINDS, KEPT_ACTIVATIONS, TF_ADD_OPS, fuses_activations
+from tfmot_ext.rules import (
+    FOLDED_KINDS,
+    KEPT_ACTIVATIONS,
+    MOVED_BEFORE_FAKE_QUANT,
+    SAME_SCALE_LAYERS,
+    TF_ADD_OPS,
+    fuses_activations,
+)
 
 __all__ = [
     "average_as_add",
     "batchnorm_as_depthwise",
     "dilated_transpose_as_conv",
     "hard_sigmoid_as_ops",
+    "hold_same_scale_outputs",
     "mean_without_keepdims",
     "merge_duplicate_activations",
     "normalization_affine",
@@ -667,6 +675,54 @@ def hard_sigmoid_as_ops(model: Any) -> Any:
     return new
 
 
+def _after_same_scale(layer: Any) -> bool:
+    """A Flatten or Permute (:data:`tfmot_ext.rules.MOVED_BEFORE_FAKE_QUANT`) reading a
+    same-scale operator."""
+    if (type(layer).__name__ not in MOVED_BEFORE_FAKE_QUANT or len(layer.inbound_nodes) != 1
+            or getattr(layer, "data_format", "channels_last") != "channels_last"):
+        return False
+    producers = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
+    return len(producers) == 1 and type(producers[0]).__name__ in SAME_SCALE_LAYERS
+
+
+def hold_same_scale_outputs(model: Any) -> Any:
+    """``model`` with a ``Reshape`` to the same shape (named ``<layer>_hold``) in front of
+    every Flatten or Permute that reads a Concatenate, Maximum or Minimum. Same function.
+
+    The converter moves a static RESHAPE (a Flatten) or a TRANSPOSE in front of the
+    FakeQuant before it (:data:`tfmot_ext.rules.MOVED_BEFORE_FAKE_QUANT`); a same-scale
+    operator whose output quantizer moved away deploys at the scale of its first input
+    with a range of its own, its other inputs requantized to it and a QUANTIZE to its
+    trained scale after it (measured: 26 LSB off the QAT model where those ranges
+    differ). A Keras ``Reshape`` computes its shape at run time and keeps the FakeQuant
+    where QAT put it; a Flatten followed by it would fold into one static RESHAPE, so a
+    Flatten is itself written as that ``Reshape`` (same name). The held shape ends in
+    ``-1``: a reshape to its input's own static shape is folded away."""
+    targets = {la.name: la for la in model.layers if _after_same_scale(la)}
+    if not targets or isinstance(model, keras.Sequential):
+        return model
+    permutes = {n: {"class_name": "Reshape", "config": {
+        "name": f"{n}_hold", "trainable": False, "dtype": la.get_config().get("dtype", "float32"),
+        "target_shape": [*la.input_shape[1:-1], -1]}}
+        for n, la in targets.items() if isinstance(la, keras.layers.Permute)}
+    flats = {n: [int(np.prod(la.input_shape[1:]))] for n, la in targets.items()
+             if n not in permutes}
+
+    cfg = copy.deepcopy(model.get_config())
+    for e in cfg["layers"]:
+        c = e["config"]
+        if c["name"] in flats:
+            _retype(e, "Reshape", {"name": c["name"], "trainable": c.get("trainable", True),
+                                   "dtype": c.get("dtype", "float32"),
+                                   "target_shape": flats[c["name"]]})
+    new = rebuild(model, cfg, lambda n: None if n in flats else model.get_layer(n))
+    if permutes:
+        new = insert_before(new, permutes, lambda e: None)
+    logger.info("model '%s': %d outputs of same-scale operators held before a Flatten or "
+                "Permute", model.name, len(targets))
+    return new
+
+
 def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
             keep: Callable[[Any], bool] | None = None) -> Any:
     """:func:`flatten`, :func:`replace_tf_ops`, :func:`merge_duplicate_activations`,
@@ -675,7 +731,7 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
     :func:`tfmot_ext.ranks.dense_to_rank2`, :func:`tfmot_ext.ranks.conv1d_as_conv2d`,
     :func:`dilated_transpose_as_conv`, :func:`rescaling_as_depthwise`,
     :func:`split_separable`, :func:`split_activations`, :func:`hard_sigmoid_as_ops`,
-    :func:`mean_without_keepdims`,
+    :func:`mean_without_keepdims`, :func:`hold_same_scale_outputs`,
     :func:`range_after_float_layers`: a graph tfmot can wrap layer by layer and the
     converter deploys as trained. ``keep(layer)`` true keeps that layer whole (a
     user's rule configures it as one layer): a SeparableConv2D is not split, an
@@ -690,4 +746,5 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
     split = split_activations(split_separable(flat, keep), keep)
     if not isinstance(split, keras.Sequential):
         split = hard_sigmoid_as_ops(split)
-    return range_after_float_layers(mean_without_keepdims(split))
+    held = hold_same_scale_outputs(mean_without_keepdims(split))
+    return range_after_float_layers(held)

@@ -50,11 +50,14 @@ __all__ = [
     "KEPT_ACTIVATIONS",
     "KERNEL_RANKS",
     "KERNEL_ROUNDING",
+    "MOVED_BEFORE_FAKE_QUANT",
     "NO_RANGE_OF_THEIR_OWN",
     "ONE_D_TWINS",
     "PASS_THROUGH_LAYERS",
     "PASS_THROUGH_OPS",
     "REMOVED_AT_INFERENCE",
+    "RESHAPE_LAYERS",
+    "RESHAPE_OPS",
     "ROUNDINGS",
     "SAME_SCALE_LAYERS",
     "TFLITE_ACTIVATION_OPS",
@@ -219,6 +222,22 @@ AT_INPUT_SCALE_LAYERS = frozenset({"AveragePooling1D", "AveragePooling2D",
 #: BatchNormalization folded into its conv, a ReLU fused into it) or are the model's
 #: input: their output has their input's quantization.
 NO_RANGE_OF_THEIR_OWN = frozenset({"InputLayer", "Activation", "ReLU", "BatchNormalization"})
+
+#: Layers that deploy as a RESHAPE. The converter folds a RESHAPE of a RESHAPE into one
+#: before it propagates scales, so a reshape read by a reshape is never a tensor of the
+#: deployed model: its second reading takes the first one's input tensor and scale, not
+#: a requantized one (measured: a Conv1D's 1-D output also read by a MINIMUM).
+RESHAPE_LAYERS = frozenset({"Reshape", "Flatten"})
+
+#: TF ops (``TFOpLambda`` functions) that deploy as a RESHAPE (as :data:`RESHAPE_LAYERS`).
+RESHAPE_OPS = frozenset({"reshape", "squeeze", "expand_dims", "compat.v1.squeeze"})
+
+#: Layers the converter moves in front of the FakeQuant before them (a RESHAPE to a static
+#: shape, a TRANSPOSE). A same-scale operator (:data:`SAME_SCALE_LAYERS`) read by one of
+#: them then has no quantized output of its own: it deploys at the scale of its first
+#: input that has one (one with other consumers), and a QUANTIZE to its trained scale
+#: follows (measured; a Keras ``Reshape``, whose shape is dynamic, keeps the FakeQuant).
+MOVED_BEFORE_FAKE_QUANT = frozenset({"Flatten", "Permute"})
 
 #: Pass-through layers the converter removes (they do nothing at inference): the
 #: integer reference passes their input on unchanged.
