@@ -143,6 +143,12 @@ NAMED = {
     "Concatenate with a shared input, then Permute": _chain(
         SEQ, _conv1d(3), ("Multiply", {}, (1, 1)), _at(_conv1d(3, kernel_size=1), 2),
         ("Concatenate", {}, (2, 3)), ("Permute", {"dims": (2, 1)}, (4,))),
+    # a shared pass-through chain into a Concatenate: the converter requantizes after its
+    # first operator, so the average pooling runs at the Concatenate's scale
+    "upsampling, average pooling, into a Concatenate and a Conv1D": _chain(
+        SEQ, _conv1d(3), ("UpSampling1D", {"size": 2}, (1,)),
+        ("AveragePooling1D", {"pool_size": 3, "strides": 1, "padding": "same"}, (2,)),
+        _at(_conv1d(3, activation="relu"), 3), ("Concatenate", {"axis": 1}, (3, 4))),
     "Rescaling on a sequence, standalone BN": _chain(
         SEQ, ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),
         ("Dense", {"units": 4, "activation": "relu"}, (1,)),

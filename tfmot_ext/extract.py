@@ -275,16 +275,58 @@ class _Parser:
             return q
         if not self._passes_through(up):
             return None
+        # a reshape of a reshape reads the first one's input (rules.RESHAPE_LAYERS): where
+        # that is a quantized tensor, its scale, whatever else reads the first reshape
+        src = self.by_name.get(up.inbound[0]) if up.inbound else None
+        if self._is_reshape(rec) and self._is_reshape(up) and src is not None:
+            q = self.own_output(src)
+            if q is not None:
+                return q
         # a pass-through tensor a quantized Concatenate also reads has the Concatenate's
         # scale: the converter propagates it back (same-scale rule) and requantizes
-        # before the pass-through chain (DenseNet's pooled stem); but a reshape of a
-        # reshape reads the first one's input (rules.RESHAPE_LAYERS)
-        if not (self._is_reshape(rec) and self._is_reshape(up)):
-            for name in self.consumers.get(up.name, []):
-                cat = self.by_name[name]
-                if self._inner_kind(cat) in SAME_SCALE_LAYERS and self.own_output(cat) is not None:
-                    return self.own_output(cat)
+        # after the first pass-through layer of the chain (DenseNet's pooled stem)
+        for name in self.consumers.get(up.name, []):
+            cat = self.by_name[name]
+            if self._inner_kind(cat) in SAME_SCALE_LAYERS and self.own_output(cat) is not None:
+                return self.own_output(cat)
         return self.input_quant(up, depth + 1)
+
+    def requantized_after(self, rec: LayerRecord) -> TensorQuant | None:
+        """The scale the converter requantizes a pass-through layer's output to, if any.
+
+        The converter gives a same-scale operator's scale to the pass-through tensors that
+        lead to it and, walking back, meets the quantized tensor they come from: it puts
+        a QUANTIZE after the first deployed pass-through operator on that tensor, and
+        every operator after it runs at the new scale (measured: an average pooling
+        between an upsampling and a Concatenate). ``rec`` is such a first operator when
+        its deployed input (past a reshape it folds into, :data:`rules.RESHAPE_LAYERS`)
+        has a range of its own and a quantized Concatenate/Maximum/Minimum reads its
+        output, directly or through pass-through layers.
+        """
+        if not self._passes_through(rec) or self._inner_kind(rec) in NO_RANGE_OF_THEIR_OWN:
+            return None
+        src = rec
+        for _ in range(64):  # the reshapes it folds into
+            up = self.by_name.get(src.inbound[0]) if src.inbound else None
+            if up is None or not (self._is_reshape(src) and self._is_reshape(up)):
+                break
+            src = up
+        up = self.by_name.get(src.inbound[0]) if src.inbound else None
+        if up is None or self.own_output(up) is None:
+            return None
+        seen, todo = set(), [rec]
+        while todo:
+            r = todo.pop()
+            for name in self.consumers.get(r.name, []):
+                c = self.by_name[name]
+                if name in seen or (self._is_reshape(r) and self._is_reshape(c)):
+                    continue  # a reshape of a reshape reads past ``r``
+                seen.add(name)
+                if self._inner_kind(c) in SAME_SCALE_LAYERS and self.own_output(c) is not None:
+                    return self.output_quant(c)
+                if self._passes_through(c) and self.own_output(c) is None:
+                    todo.append(c)
+        return None
 
     def output_quant(self, rec: LayerRecord, depth: int = 0) -> TensorQuant | None:
         """The output quantization the converter deploys for this layer.
@@ -356,8 +398,8 @@ class _Parser:
             if kind == "PReLU" and "alpha" in wq.weights and "alpha" in rec.weights:
                 return self._prelu(rec, kind, inputs, wq.weights["alpha"], floats)
             if not attrs:
-                out = (self.own_output(rec) if passes_input_scale(kind)
-                       else self.output_quant(rec))
+                out = (self.own_output(rec) or self.requantized_after(rec)
+                       if passes_input_scale(kind) else self.output_quant(rec))
                 return LayerQuantParams(rec.name, kind, inputs,
                                         out is not None or bool(wq.weights), activation=act,
                                         output=out, weights=floats)

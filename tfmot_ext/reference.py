@@ -31,7 +31,7 @@ from tfmot_ext.kernels import (
     requantize,
 )
 from tfmot_ext.params import LayerQuantParams, QuantizedModelParams, as_deployed
-from tfmot_ext.rules import ROUNDINGS, passes_input_scale
+from tfmot_ext.rules import RESHAPE_LAYERS, ROUNDINGS, passes_input_scale
 
 __all__ = ["KERNELS", "ReferenceRun", "layer_output", "run_reference"]
 
@@ -94,12 +94,24 @@ def layer_output(params: QuantizedModelParams, name: str, inputs: Mapping[str, I
         raise IntegerReferenceError(f"{call.where}: its inputs {missing} were not computed "
                                     "(float layers before the model's QuantizeLayer?)")
     args = _converter_requantized(params, p, [inputs[i] for i in p.inputs], rounding)
+    if (p.kind in RESHAPE_LAYERS and len(args) == 1 and args[0].steps
+            and params[p.inputs[0]].kind in RESHAPE_LAYERS):
+        args = [args[0].steps[-1]]  # TFLite folds the reshapes: the first one's input
     deployed = as_deployed(p)
     if p.kind in _NARY:
         return _NARY[p.kind](deployed, args, call)
     if len(args) != 1:
         raise IntegerReferenceError(f"{call.where}: expected one input, got {len(args)}")
-    return _UNARY[p.kind](deployed, args[0], call)
+    out = _UNARY[p.kind](deployed, args[0], call)
+    if passes_input_scale(p.kind) and p.output is not None and (
+            np.float32(out.scale), out.zero_point) != (np.float32(p.output.scale),
+                                                       p.output.zero_point):
+        # the QUANTIZE the converter puts after a pass-through operator whose output a
+        # same-scale operator reads (extract's requantized_after)
+        moved = requantize(out, p.output.scale, p.output.zero_point, rounding)
+        out = IntTensor(moved.values, moved.scale, moved.zero_point,
+                        (*out.steps, IntTensor(out.values, out.scale, out.zero_point)))
+    return out
 
 
 def run_reference(params: QuantizedModelParams, x: npt.ArrayLike, rounding: str = "reference"
