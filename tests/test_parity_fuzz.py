@@ -149,6 +149,12 @@ NAMED = {
         SEQ, _conv1d(3), ("UpSampling1D", {"size": 2}, (1,)),
         ("AveragePooling1D", {"pool_size": 3, "strides": 1, "padding": "same"}, (2,)),
         _at(_conv1d(3, activation="relu"), 3), ("Concatenate", {"axis": 1}, (3, 4))),
+    # a dead ReLU: range [0, 0], widened to [0, 1e-6] in training; the converter widens
+    # that again (MLIR's ExpandVerySmallRange) to [-5e-7, 1e-6]
+    "a dead ReLU": _chain(IMG, _conv(), ("Conv2D", {
+        "filters": 4, "kernel_size": 1, "activation": "relu", "kernel_initializer": "zeros",
+        "bias_initializer": {"class_name": "Constant", "config": {"value": -1.0}}}, (1,)),
+        ("Add", {}, (1, 2))),
     "Rescaling on a sequence, standalone BN": _chain(
         SEQ, ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),
         ("Dense", {"units": 4, "activation": "relu"}, (1,)),

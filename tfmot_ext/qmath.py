@@ -27,6 +27,7 @@ import numpy.typing as npt
 from tfmot_ext.errors import ConfigError
 
 __all__ = [
+    "CONVERTER_MIN_RANGE",
     "MAX_BITS",
     "MIN_BITS",
     "MIN_RANGE",
@@ -54,6 +55,11 @@ MAX_BITS = 16
 #: would underflow or divide by zero (all-zero kernels, constant activations); the
 #: range is widened to this width instead, keeping 0 inside it.
 MIN_RANGE = 1e-6
+
+#: The converter's smallest range width (MLIR's ``kNearZeroTolerance``): a FakeQuant
+#: range not wider is widened to ``[min(lo, -5e-7), max(hi, 5e-7)]``
+#: (:func:`converter_params`).
+CONVERTER_MIN_RANGE = 1e-6
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -447,10 +453,15 @@ def converter_params(
     TF's float32 kernel scale (:func:`nudge`) in the last bit; the integers are the
     same. The unsigned domain matters on a half-integer zero point (a symmetric range:
     measured, the converter stores 0 where rounding ``-0.5`` in the signed domain
-    would give -1).
+    would give -1). A range not wider than :data:`CONVERTER_MIN_RANGE` is first
+    widened to ``[min(min, -5e-7), max(max, 5e-7)]`` (MLIR's ``ExpandVerySmallRange``:
+    a dead ReLU's ``[0, 1e-6]`` deploys on ``[-5e-7, 1e-6]``).
 
     >>> int(converter_params(-0.3229931890964508, 0.3229931890964508, 8)[1])
     0
+    >>> s, z = converter_params(0.0, 1e-6, 8)
+    >>> round(float(s) * 255 * 1e7, 3), int(z)
+    (15.0, -43)
 
     Returns:
         ``(scale_float64, zero_point_int32)``.
@@ -460,6 +471,11 @@ def converter_params(
     umin, umax = qmin + shift, qmax + shift
     lo = np.asarray(x_min, np.float32).astype(np.float64)
     hi = np.asarray(x_max, np.float32).astype(np.float64)
+    # MLIR's ExpandVerySmallRange: a range not wider than 1e-6 (a dead ReLU's [0, 0],
+    # widened to MIN_RANGE) becomes [min(lo, -5e-7), max(hi, 5e-7)]
+    small = ~(hi - lo > CONVERTER_MIN_RANGE)
+    lo = np.where(small, np.minimum(lo, -CONVERTER_MIN_RANGE / 2), lo)
+    hi = np.where(small, np.maximum(hi, CONVERTER_MIN_RANGE / 2), hi)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = (hi - lo) / float(umax - umin)
         zp_from_min = umin - lo / scale
