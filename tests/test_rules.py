@@ -44,7 +44,7 @@ import pytest
 import tfmot_ext
 from tfmot_ext._compat import keras
 from tfmot_ext.errors import ConversionError
-from tfmot_ext.rules import AT_INPUT_SCALE_LAYERS, PASS_THROUGH_LAYERS
+from tfmot_ext.rules import AT_INPUT_SCALE_LAYERS, MOVED_BEFORE_FAKE_QUANT, PASS_THROUGH_LAYERS
 from tfmot_ext.summary import summarize
 from tfmot_ext.tflite import op_outputs, weight_tensors
 
@@ -263,3 +263,44 @@ def test_not_exercised_kinds_still_do_not_convert(kind: str) -> None:
     data = np.random.default_rng(0).normal(size=(4, 4, 4, 4, 3)).astype(np.float32)
     with pytest.raises(ConversionError, match=tf_op):
         tfmot_ext.to_tflite(model, data)
+
+
+def _shared_minimum(kind: str) -> keras.Model:
+    """A Minimum reading a Multiply (an own range, and another consumer) and a conv of it,
+    then ``kind`` (Flatten or Permute), then a Dense."""
+    inp = keras.Input((6, 2))
+    a = L.Conv1D(3, 1, name="a")(inp)
+    m = L.Multiply(name="m")([a, a])
+    x = L.Minimum(name="min")([m, L.Conv1D(3, 1, name="b")(m)])
+    x = L.Flatten(name="after")(x) if kind == "Flatten" else L.Flatten(name="flat")(
+        L.Permute((2, 1), name="after")(x))
+    return keras.Model(inp, L.Dense(2, name="head")(x), name=f"moved_{kind}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(MOVED_BEFORE_FAKE_QUANT))
+@pytest.mark.parametrize("held", [False, True])
+def test_moved_before_fake_quant_is_what_the_converter_does(kind: str, held: bool,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """:data:`~tfmot_ext.rules.MOVED_BEFORE_FAKE_QUANT`, settled against the converter:
+    without :func:`~tfmot_ext.rewrites.hold_same_scale_outputs`, the MINIMUM deploys at
+    its first quantized input's scale (the Multiply's) and a QUANTIZE to its trained
+    scale follows; with it, the MINIMUM deploys at its trained scale."""
+    from tfmot_ext import rewrites
+
+    if not held:
+        monkeypatch.setattr(rewrites, "hold_same_scale_outputs", lambda m: m)
+    q, content, x = _trained_and_converted(_shared_minimum(kind), train=True)
+    mn = q.get_layer("quant_min")
+    lo, hi = (float(w.numpy()) for w in mn.weights if w.name.split("/")[-1][:10]
+              in ("output_min", "output_max"))
+    ops = {t.op: t for t in op_outputs(content, x)}
+    trained = (hi - lo) / 255
+    got = ops["MINIMUM"].scale
+    if held:
+        assert got == pytest.approx(trained, rel=1e-6), (got, trained)
+    else:
+        assert got == pytest.approx(ops["MUL"].scale, rel=1e-6) and got != pytest.approx(
+            trained, rel=1e-3), (got, trained, ops["MUL"].scale)
+        assert "QUANTIZE" in ops
