@@ -155,6 +155,9 @@ NAMED = {
         "filters": 4, "kernel_size": 1, "activation": "relu", "kernel_initializer": "zeros",
         "bias_initializer": {"class_name": "Constant", "config": {"value": -1.0}}}, (1,)),
         ("Add", {}, (1, 2))),
+    "global max pooling into a Minimum and a conv (REDUCE_MAX, then the QUANTIZE)": _chain(
+        IMG, _conv(), ("GlobalMaxPooling2D", {"keepdims": True}, (1,)),
+        _at(_conv(activation="relu"), 2), ("Minimum", {}, (2, 3))),
     "Rescaling on a sequence, standalone BN": _chain(
         SEQ, ("Rescaling", {"scale": 0.5, "offset": 0.25}, (0,)),
         ("Dense", {"units": 4, "activation": "relu"}, (1,)),

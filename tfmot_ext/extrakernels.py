@@ -342,7 +342,8 @@ def _global_max(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
                     x.scale, x.zero_point)
     if p.output is None:
         return out
-    return requantize(out, p.output.scale, p.output.zero_point, call.rounding)
+    final = requantize(out, p.output.scale, p.output.zero_point, call.rounding)
+    return final if final is out else dataclasses.replace(final, steps=(out,))
 
 
 def _as_2d(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
