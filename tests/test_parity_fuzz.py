@@ -155,6 +155,15 @@ NAMED = {
         "filters": 4, "kernel_size": 1, "activation": "relu", "kernel_initializer": "zeros",
         "bias_initializer": {"class_name": "Constant", "config": {"value": -1.0}}}, (1,)),
         ("Add", {}, (1, 2))),
+    "the requantized operator read directly, the Concatenate one pass-through later": _chain(
+        IMG, _conv(), ("AveragePooling2D", {"pool_size": 2, "strides": 1, "padding": "same"},
+                       (1,)),
+        ("MaxPooling2D", {"pool_size": 2, "strides": 1, "padding": "same"}, (2,)),
+        _at(_conv(), 2), ("Concatenate", {}, (3, 4))),
+    "a Dropout before the chain's first operator": _chain(
+        IMG, _conv(), ("Dropout", {"rate": 0.1}, (1,)),
+        ("AveragePooling2D", {"pool_size": 2, "strides": 1, "padding": "same"}, (2,)),
+        _at(_conv(), 3), ("Concatenate", {}, (3, 4))),
     "global max pooling into a Minimum and a conv (REDUCE_MAX, then the QUANTIZE)": _chain(
         IMG, _conv(), ("GlobalMaxPooling2D", {"keepdims": True}, (1,)),
         _at(_conv(activation="relu"), 2), ("Minimum", {}, (2, 3))),

@@ -293,8 +293,8 @@ def test_moved_before_fake_quant_is_what_the_converter_does(kind: str, held: boo
         monkeypatch.setattr(rewrites, "hold_same_scale_outputs", lambda m: m)
     q, content, x = _trained_and_converted(_shared_minimum(kind), train=True)
     mn = q.get_layer("quant_min")
-    lo, hi = (float(w.numpy()) for w in mn.weights if w.name.split("/")[-1][:10]
-              in ("output_min", "output_max"))
+    ranges = {w.name.split("/")[-1].split(":")[0]: float(w.numpy()) for w in mn.weights}
+    lo, hi = ranges["output_min"], ranges["output_max"]
     ops = {t.op: t for t in op_outputs(content, x)}
     trained = (hi - lo) / 255
     got = ops["MINIMUM"].scale

@@ -21,6 +21,7 @@ The arithmetic (Jacob et al. 2017, arXiv 1712.05877, section 2):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -66,11 +67,11 @@ from tfmot_ext.rules import (
     KERNEL_RANKS,
     NO_RANGE_OF_THEIR_OWN,
     PASS_THROUGH_OPS,
-    RESHAPE_LAYERS,
-    RESHAPE_OPS,
+    REMOVED_AT_INFERENCE,
     SAME_SCALE_LAYERS,
     WEIGHT_ATTRS,
     channel_axis_of_kind,
+    deploys_as_reshape,
     output_channels,
     passes_input_scale,
 )
@@ -260,8 +261,22 @@ class _Parser:
             self._tensor_op(rec) in PASS_THROUGH_OPS)
 
     def _is_reshape(self, rec: LayerRecord) -> bool:
-        """A layer that deploys as a RESHAPE (:data:`tfmot_ext.rules.RESHAPE_LAYERS`)."""
-        return self._inner_kind(rec) in RESHAPE_LAYERS or self._tensor_op(rec) in RESHAPE_OPS
+        """A layer that deploys as a RESHAPE (:func:`tfmot_ext.rules.deploys_as_reshape`)."""
+        return deploys_as_reshape(self._inner_kind(rec), self._tensor_op(rec))
+
+    def _deployed_output(self, rec: LayerRecord) -> TensorQuant | None:
+        """A layer's own output range, or the one the converter requantizes a
+        pass-through layer to (:meth:`requantized_after`)."""
+        return self.own_output(rec) or self.requantized_after(rec)
+
+    def _same_scale_reader(self, rec: LayerRecord) -> TensorQuant | None:
+        """The deployed scale of the first quantized Concatenate/Maximum/Minimum reading
+        ``rec``'s output (:meth:`output_quant`: its own, or that of the one it feeds)."""
+        for name in self.consumers.get(rec.name, []):
+            cat = self.by_name[name]
+            if self._inner_kind(cat) in SAME_SCALE_LAYERS and self.own_output(cat) is not None:
+                return self.output_quant(cat)
+        return None
 
     def input_quant(self, rec: LayerRecord, depth: int = 0) -> TensorQuant | None:
         """Walk upstream through scale-preserving layers to the producing range."""
@@ -270,26 +285,18 @@ class _Parser:
         up = self.by_name.get(rec.inbound[0])
         if up is None:
             return None
-        q = self.own_output(up)
+        if self._is_reshape(rec) and self._is_reshape(up):
+            # a reshape of a reshape reads the first one's input (rules.RESHAPE_LAYERS)
+            return self.input_quant(up, depth + 1)
+        q = self._deployed_output(up)
         if q is not None:
             return q
         if not self._passes_through(up):
             return None
-        # a reshape of a reshape reads the first one's input (rules.RESHAPE_LAYERS): where
-        # that is a quantized tensor, its scale, whatever else reads the first reshape
-        src = self.by_name.get(up.inbound[0]) if up.inbound else None
-        if self._is_reshape(rec) and self._is_reshape(up) and src is not None:
-            q = self.own_output(src)
-            if q is not None:
-                return q
         # a pass-through tensor a quantized Concatenate also reads has the Concatenate's
         # scale: the converter propagates it back (same-scale rule) and requantizes
         # after the first pass-through layer of the chain (DenseNet's pooled stem)
-        for name in self.consumers.get(up.name, []):
-            cat = self.by_name[name]
-            if self._inner_kind(cat) in SAME_SCALE_LAYERS and self.own_output(cat) is not None:
-                return self.own_output(cat)
-        return self.input_quant(up, depth + 1)
+        return self._same_scale_reader(up) or self.input_quant(up, depth + 1)
 
     def requantized_after(self, rec: LayerRecord) -> TensorQuant | None:
         """The scale the converter requantizes a pass-through layer's output to, if any.
@@ -303,27 +310,33 @@ class _Parser:
         has a range of its own and a quantized Concatenate/Maximum/Minimum reads its
         output, directly or through pass-through layers.
         """
-        if not self._passes_through(rec) or self._inner_kind(rec) in NO_RANGE_OF_THEIR_OWN:
+        kind = self._inner_kind(rec)
+        if (not self._passes_through(rec) or kind in NO_RANGE_OF_THEIR_OWN
+                or kind in REMOVED_AT_INFERENCE or self.own_output(rec) is not None):
             return None
-        src = rec
-        for _ in range(64):  # the reshapes it folds into
+        src, up = rec, None
+        for _ in range(64):  # past reshapes it folds into, removed and fused layers
             up = self.by_name.get(src.inbound[0]) if src.inbound else None
-            if up is None or not (self._is_reshape(src) and self._is_reshape(up)):
+            if up is None or self.own_output(up) is not None:
                 break
+            upkind = self._inner_kind(up)
+            if not ((self._is_reshape(src) and self._is_reshape(up))
+                    or upkind in REMOVED_AT_INFERENCE or upkind in NO_RANGE_OF_THEIR_OWN):
+                return None
             src = up
-        up = self.by_name.get(src.inbound[0]) if src.inbound else None
         if up is None or self.own_output(up) is None:
             return None
-        seen, todo = set(), [rec]
-        while todo:
-            r = todo.pop()
+        seen, todo = set(), collections.deque([rec])
+        while todo:  # in reader order
+            r = todo.popleft()
+            q = self._same_scale_reader(r)
+            if q is not None:
+                return q
             for name in self.consumers.get(r.name, []):
                 c = self.by_name[name]
                 if name in seen or (self._is_reshape(r) and self._is_reshape(c)):
                     continue  # a reshape of a reshape reads past ``r``
                 seen.add(name)
-                if self._inner_kind(c) in SAME_SCALE_LAYERS and self.own_output(c) is not None:
-                    return self.output_quant(c)
                 if self._passes_through(c) and self.own_output(c) is None:
                     todo.append(c)
         return None

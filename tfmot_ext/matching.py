@@ -138,8 +138,17 @@ def match_tensors(ref: ReferenceRun, tensors: list[Any],
     deploys: :func:`tfmot_ext.reference.layer_output`).
     """
     hits = pair_tensors(ref, tensors)
+    # the interpreter's tensors by layer, with the steps matched to the layer's (a folded
+    # reshape reads the tensor before the converter's QUANTIZE: reference.layer_output)
+    steps: dict[str, dict[int, IntTensor]] = {}
+    for t, h in hits:
+        if h is not None and h[1] >= 1:
+            step = ref.tensors[h[0]].steps[h[1] - 1]
+            steps.setdefault(h[0], {})[h[1]] = IntTensor(
+                t.values.reshape(step.values.shape), t.scale, t.zero_point)
     theirs = {h[0]: IntTensor(t.values.reshape(ref.tensors[h[0]].values.shape), t.scale,
-                              t.zero_point)
+                              t.zero_point,
+                              tuple(v for _, v in sorted(steps.get(h[0], {}).items())))
               for t, h in hits if h is not None and h[1] == 0}
     out = []
     for t, h in hits:

@@ -46,7 +46,9 @@ class TensorQuant:
 
     Invariants: ``qmin <= zero_point <= qmax`` of ``bits``; ``scale > 0``;
     ``range_min <= min <= 0 <= max`` up to one step; ``scale`` is within one float32
-    ulp of TF's training scale ``(max - min) / (2**bits - 1)``.
+    ulp of TF's training scale ``(max - min) / (2**bits - 1)``, except for a range not
+    wider than :data:`tfmot_ext.qmath.CONVERTER_MIN_RANGE` (a dead ReLU), which the
+    converter widens first (up to 1.5 times that scale).
     """
 
     scale: float
@@ -75,7 +77,9 @@ class LayerQuantParams:
       ``axis``) equals the layer's weight quantizer's fake-quant output bit for bit;
     * ``kernel_scale`` is the deployed scale (the TFLite converter's float64 derivation
       from the trained range, as float32: what the ``.tflite`` stores) and is within one
-      float32 ulp of ``fake_quant_scale`` (TF's float32 arithmetic in training);
+      float32 ulp of ``fake_quant_scale`` (TF's float32 arithmetic in training), except
+      on a channel whose range is not wider than
+      :data:`tfmot_ext.qmath.CONVERTER_MIN_RANGE` (the converter widens it first);
     * ``bias_scale == float32(input.exact_scale * exact kernel scale)`` (within one ulp
       of ``input_scale * output_channel_scale``) and
       ``|bias_int * bias_scale - bias| <= bias_scale / 2`` unless int32 saturates;

@@ -31,7 +31,7 @@ from tfmot_ext.kernels import (
     requantize,
 )
 from tfmot_ext.params import LayerQuantParams, QuantizedModelParams, as_deployed
-from tfmot_ext.rules import RESHAPE_LAYERS, ROUNDINGS, passes_input_scale
+from tfmot_ext.rules import ROUNDINGS, deploys_as_reshape, passes_input_scale
 
 __all__ = ["KERNELS", "ReferenceRun", "layer_output", "run_reference"]
 
@@ -74,6 +74,13 @@ def _converter_requantized(params: QuantizedModelParams, p: LayerQuantParams,
     return args
 
 
+def _is_reshape(p: LayerQuantParams) -> bool:
+    """A layer that deploys as a RESHAPE (:func:`tfmot_ext.rules.deploys_as_reshape`)."""
+    op = p.config.get("op", {})
+    fn = op.get("config", {}).get("function") if isinstance(op, dict) else None
+    return deploys_as_reshape(p.kind, fn)
+
+
 def layer_output(params: QuantizedModelParams, name: str, inputs: Mapping[str, IntTensor],
                  rounding: str = "reference") -> IntTensor:
     """One layer's int8 output from its input tensors (layer name -> tensor).
@@ -94,8 +101,8 @@ def layer_output(params: QuantizedModelParams, name: str, inputs: Mapping[str, I
         raise IntegerReferenceError(f"{call.where}: its inputs {missing} were not computed "
                                     "(float layers before the model's QuantizeLayer?)")
     args = _converter_requantized(params, p, [inputs[i] for i in p.inputs], rounding)
-    if (p.kind in RESHAPE_LAYERS and len(args) == 1 and args[0].steps
-            and params[p.inputs[0]].kind in RESHAPE_LAYERS):
+    if (len(args) == 1 and args[0].steps and _is_reshape(p)
+            and _is_reshape(params[p.inputs[0]])):
         args = [args[0].steps[-1]]  # TFLite folds the reshapes: the first one's input
     deployed = as_deployed(p)
     if p.kind in _NARY:

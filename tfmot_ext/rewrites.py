@@ -678,16 +678,18 @@ def hard_sigmoid_as_ops(model: Any) -> Any:
 def _after_same_scale(layer: Any) -> bool:
     """A Flatten or Permute (:data:`tfmot_ext.rules.MOVED_BEFORE_FAKE_QUANT`) reading a
     same-scale operator."""
-    if (type(layer).__name__ not in MOVED_BEFORE_FAKE_QUANT or len(layer.inbound_nodes) != 1
-            or getattr(layer, "data_format", "channels_last") != "channels_last"):
+    if type(layer).__name__ not in MOVED_BEFORE_FAKE_QUANT:
         return False
-    producers = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
-    return len(producers) == 1 and type(producers[0]).__name__ in SAME_SCALE_LAYERS
+    producers = [la for node in layer.inbound_nodes
+                 for la in tf.nest.flatten(node.inbound_layers)]
+    return any(type(la).__name__ in SAME_SCALE_LAYERS for la in producers)
 
 
-def hold_same_scale_outputs(model: Any) -> Any:
-    """``model`` with a ``Reshape`` to the same shape (named ``<layer>_hold``) in front of
-    every Flatten or Permute that reads a Concatenate, Maximum or Minimum. Same function.
+def hold_same_scale_outputs(model: Any, keep: Callable[[Any], bool] | None = None) -> Any:
+    """``model`` with every channels-last Flatten that reads a Concatenate, Maximum or
+    Minimum written as a ``Reshape((prod,))`` of the same name, and a ``Reshape`` to the
+    same shape ending in ``-1`` (named ``<layer>_hold``) put in front of every Permute
+    that reads one. Same function. ``keep(layer)`` true leaves that layer alone.
 
     The converter moves a static RESHAPE (a Flatten) or a TRANSPOSE in front of the
     FakeQuant before it (:data:`tfmot_ext.rules.MOVED_BEFORE_FAKE_QUANT`); a same-scale
@@ -695,19 +697,33 @@ def hold_same_scale_outputs(model: Any) -> Any:
     with a range of its own, its other inputs requantized to it and a QUANTIZE to its
     trained scale after it (measured: 26 LSB off the QAT model where those ranges
     differ). A Keras ``Reshape`` computes its shape at run time and keeps the FakeQuant
-    where QAT put it; a Flatten followed by it would fold into one static RESHAPE, so a
-    Flatten is itself written as that ``Reshape`` (same name). The held shape ends in
-    ``-1``: a reshape to its input's own static shape is folded away."""
-    targets = {la.name: la for la in model.layers if _after_same_scale(la)}
-    if not targets or isinstance(model, keras.Sequential):
+    where QAT put it (a reshape to its input's own static shape would be folded away,
+    hence the ``-1``); a Flatten followed by one would fold into one static RESHAPE, so
+    the Flatten itself becomes the ``Reshape``. Not rewritten, with a warning (they
+    deploy as described): a layer called more than once, a channels-first Flatten, a
+    shape with an unknown dimension."""
+    if isinstance(model, keras.Sequential):
         return model
+    targets: dict[str, tuple[Any, list[int]]] = {}
+    for la in model.layers:
+        if not _after_same_scale(la) or (keep is not None and keep(la)):
+            continue
+        raw: list[Any] = list(la.input_shape[1:]) if len(la.inbound_nodes) == 1 else [None]
+        if (None in raw or getattr(la, "data_format", "channels_last") != "channels_last"):
+            logger.warning("model '%s': layer '%s' reads a same-scale operator but is not "
+                           "rewritten (called more than once, channels first or an unknown "
+                           "dimension); the operator deploys at its first quantized input's "
+                           "scale (docs/parity_matrix.md)", model.name, la.name)
+            continue
+        targets[la.name] = (la, [int(d) for d in raw])
+    if not targets:
+        return model
+    taken: set[str] = set()
     permutes = {n: {"class_name": "Reshape", "config": {
-        "name": f"{n}_hold", "trainable": False, "dtype": la.get_config().get("dtype", "float32"),
-        "target_shape": [*la.input_shape[1:-1], -1]}}
-        for n, la in targets.items() if isinstance(la, keras.layers.Permute)}
-    flats = {n: [int(np.prod(la.input_shape[1:]))] for n, la in targets.items()
-             if n not in permutes}
-
+        "name": unique_name(model, f"{n}_hold", taken), "trainable": False,
+        "dtype": la.get_config().get("dtype", "float32"), "target_shape": [*dims[:-1], -1]}}
+        for n, (la, dims) in targets.items() if isinstance(la, keras.layers.Permute)}
+    flats = {n: [int(np.prod(dims))] for n, (la, dims) in targets.items() if n not in permutes}
     cfg = copy.deepcopy(model.get_config())
     for e in cfg["layers"]:
         c = e["config"]
@@ -746,5 +762,5 @@ def prepare(model: Any, custom_objects: dict[str, Any] | None = None,
     split = split_activations(split_separable(flat, keep), keep)
     if not isinstance(split, keras.Sequential):
         split = hard_sigmoid_as_ops(split)
-    held = hold_same_scale_outputs(mean_without_keepdims(split))
+    held = hold_same_scale_outputs(mean_without_keepdims(split), keep)
     return range_after_float_layers(held)

@@ -71,6 +71,7 @@ __all__ = [
     "WEIGHT_ATTRS",
     "channel_axis_of_kind",
     "deployed_kind",
+    "deploys_as_reshape",
     "fused_activation_range",
     "fuses_activations",
     "one_length",
@@ -231,6 +232,17 @@ RESHAPE_LAYERS = frozenset({"Reshape", "Flatten"})
 
 #: TF ops (``TFOpLambda`` functions) that deploy as a RESHAPE (as :data:`RESHAPE_LAYERS`).
 RESHAPE_OPS = frozenset({"reshape", "squeeze", "expand_dims", "compat.v1.squeeze"})
+
+
+def deploys_as_reshape(kind: str, tensor_op: Any = None) -> bool:
+    """Whether a layer of ``kind`` (a TensorOp: of TF function ``tensor_op``) deploys as a
+    RESHAPE (:data:`RESHAPE_LAYERS`, :data:`RESHAPE_OPS`).
+
+    >>> deploys_as_reshape("Flatten"), deploys_as_reshape("TensorOp", "reshape")
+    (True, True)
+    """
+    return kind in RESHAPE_LAYERS or (kind.split(">")[-1] == "TensorOp"
+                                      and tensor_op in RESHAPE_OPS)
 
 #: Layers the converter moves in front of the FakeQuant before them (a RESHAPE to a static
 #: shape, a TRANSPOSE). A same-scale operator (:data:`SAME_SCALE_LAYERS`) read by one of
