@@ -307,18 +307,20 @@ def test_mnist_qat_vs_tflite_within_one_lsb(per_channel, bits, mnist):
     if bits == 8:
         assert diff.max() <= 1
     else:  # documented limit (docs/folding.md, Guarantees): 1-LSB rounding differences
-        # amplified by high-gain 4-bit folded layers; measured at this seed since the
-        # folded scale factor is DivNoNan(gamma, sqrt(.)): 2 LSB on 2 of the 10,000 output
-        # elements (before, with rsqrt: 1 LSB at this seed, 2 LSB on one element at seed 2)
-        assert diff.max() <= 2 and (diff > 1).sum() <= 2
+        # amplified by high-gain 4-bit folded layers, at most 2 LSB. How many elements
+        # reach 2 depends on the trained model, which depends on the CPU's float kernels
+        # (oneDNN picks them by instruction set): at this seed 2 of the 10,000 output
+        # elements on the CI machine, 24 on an AVX-512/AMX one; asserted: at most 0.3 %
+        assert diff.max() <= 2 and (diff > 1).sum() <= 30, ((diff > 1).sum(), diff.max())
     agree = got.argmax(1) == ref.argmax(1)
     if bits == 8:
         assert agree.mean() >= 0.999
     else:
-        # the same amplification flips near ties: measured 2 of 1,000 predictions, each
-        # an image whose two largest QAT logits are within 2 output LSB of each other
+        # the same amplification flips near ties: measured 2 of 1,000 predictions on the
+        # CI machine, 3 on an AVX-512/AMX one, each an image whose two largest QAT logits
+        # are within 2 output LSB of each other (what is asserted, with at most 0.5 %)
         top2 = np.sort(expected, axis=1)[:, -2:]
-        assert agree.mean() >= 0.998
+        assert agree.mean() >= 0.995
         assert np.all(top2[~agree, 1] - top2[~agree, 0] <= 2)
         # so the deployed accuracy is the QAT model's up to those flips (measured: both
         # were right in QAT, 95.1 % vs 94.9 %)

@@ -290,7 +290,7 @@ def test_moved_before_fake_quant_is_what_the_converter_does(kind: str, held: boo
     from tfmot_ext import rewrites
 
     if not held:
-        monkeypatch.setattr(rewrites, "hold_same_scale_outputs", lambda m: m)
+        monkeypatch.setattr(rewrites, "hold_same_scale_outputs", lambda m, keep=None: m)
     q, content, x = _trained_and_converted(_shared_minimum(kind), train=True)
     mn = q.get_layer("quant_min")
     ranges = {w.name.split("/")[-1].split(":")[0]: float(w.numpy()) for w in mn.weights}
