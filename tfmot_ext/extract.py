@@ -411,8 +411,8 @@ class _Parser:
             if kind == "PReLU" and "alpha" in wq.weights and "alpha" in rec.weights:
                 return self._prelu(rec, kind, inputs, wq.weights["alpha"], floats)
             if not attrs:
-                out = (self.own_output(rec) or self.requantized_after(rec)
-                       if passes_input_scale(kind) else self.output_quant(rec))
+                out = (self._deployed_output(rec) if passes_input_scale(kind)
+                       else self.output_quant(rec))
                 return LayerQuantParams(rec.name, kind, inputs,
                                         out is not None or bool(wq.weights), activation=act,
                                         output=out, weights=floats)

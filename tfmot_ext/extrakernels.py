@@ -336,14 +336,11 @@ def _mean_keepdims(x: IntTensor, out: TensorQuant, call: Call) -> IntTensor:
 
 def _global_max(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     """``REDUCE_MAX`` over the spatial axes (keep-dims as configured), at the input's
-    scale, then requantized to the layer's output if it has its own."""
+    scale (a QUANTIZE to an output of its own is
+    :func:`tfmot_ext.reference.layer_output`'s, as for every pass-through layer)."""
     axes = tuple(range(1, x.values.ndim - 1))
-    out = IntTensor(x.values.max(axis=axes, keepdims=bool(p.config.get("keepdims", False))),
-                    x.scale, x.zero_point)
-    if p.output is None:
-        return out
-    final = requantize(out, p.output.scale, p.output.zero_point, call.rounding)
-    return final if final is out else dataclasses.replace(final, steps=(out,))
+    return IntTensor(x.values.max(axis=axes, keepdims=bool(p.config.get("keepdims", False))),
+                     x.scale, x.zero_point)
 
 
 def _as_2d(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
