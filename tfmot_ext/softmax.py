@@ -54,6 +54,7 @@ import numpy.typing as npt
 from tfmot_ext.errors import IntegerReferenceError
 from tfmot_ext.fixedpoint import rounding_divide_by_pot as _rdbpot
 from tfmot_ext.fixedpoint import saturating_rounding_doubling_high_mul as _srdhm
+from tfmot_ext.gemmlowp import exp_on_negative_values, one_over_one_plus_x_for_x_in_0_1
 
 __all__ = ["softmax_optimized", "softmax_reference"]
 
@@ -61,89 +62,10 @@ I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-_I32_MAX = 2**31 - 1
 _SCALED_DIFF_INTEGER_BITS = 5  # Q5.26 input of exp_on_negative_values
 _ACCUMULATION_INTEGER_BITS = 12  # Q12.19 sum of exps
 _OUTPUT_SCALE = np.float32(1.0 / 256)
 _OUTPUT_ZERO_POINT = -128
-
-
-# --- gemmlowp fixed point (fixedpoint/fixedpoint.h), int32 raw values held in int64 ---
-
-def _saturating_shift_left(x: I64, exponent: int) -> I64:
-    """gemmlowp's ``SaturatingRoundingMultiplyByPOT<exponent>`` for ``exponent > 0``.
-
-    ``x * 2**exponent``, saturated to ``INT32_MAX`` above ``2**(31 - exponent) - 1``
-    and to ``INT32_MIN`` below its negation (``Rescale`` to fewer integer bits).
-    """
-    threshold = (1 << (31 - exponent)) - 1
-    shifted = x * (1 << exponent)
-    return np.where(x > threshold, _I32_MAX, np.where(x < -threshold, -(2**31), shifted))
-
-
-def _exp_on_interval_between_negative_one_quarter_and_0_excl(a: I64) -> I64:
-    """``exp(a)`` for ``a`` in ``[-1/4, 0)``, Q0.31 in and out.
-
-    Taylor expansion around ``-1/8``: with ``x = a + 1/8``,
-    ``exp(-1/8) * (1 + x + x**2/2 + x**3/6 + x**4/24)`` evaluated as
-    ``c + c * (x + RDBPOT((x**4/4 + x**3) * 1/3 + x**2, 1))``, every product an SRDHM.
-    """
-    constant_term = 1895147668  # exp(-1/8) in Q0.31
-    constant_1_over_3 = 715827883
-    x = a + (1 << 28)
-    x2 = _srdhm(x, x)
-    x3 = _srdhm(x2, x)
-    x4 = _srdhm(x2, x2)
-    x4_over_4 = _rdbpot(x4, 2)
-    poly = _rdbpot(_srdhm(x4_over_4 + x3, constant_1_over_3) + x2, 1)
-    return constant_term + _srdhm(constant_term, x + poly)
-
-
-#: ``(exponent, exp(-2**exponent) in Q0.31)`` for gemmlowp's barrel shifter.
-_EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
-               (2, 39332535), (3, 720401), (4, 242))
-
-
-def _exp_on_negative_values(a: I64) -> I64:
-    """gemmlowp's ``exp_on_negative_values`` from Q5.26 (``a <= 0``) to Q0.31.
-
-    ``a = (a mod 1/4 - 1/4) - r``: the first part by
-    :func:`_exp_on_interval_between_negative_one_quarter_and_0_excl` (rescaled to Q0.31
-    by ``* 2**5``), then one SRDHM by ``exp(-2**k)`` for each bit ``2**k`` set in ``r``
-    (``k = -2..4``); ``a == 0`` gives ``INT32_MAX`` (gemmlowp's ``One()``).
-    """
-    fractional_bits = 31 - _SCALED_DIFF_INTEGER_BITS
-    one_quarter = 1 << (fractional_bits - 2)
-    a_mod_quarter_minus_one_quarter = (a & (one_quarter - 1)) - one_quarter
-    result = _exp_on_interval_between_negative_one_quarter_and_0_excl(
-        _saturating_shift_left(a_mod_quarter_minus_one_quarter, _SCALED_DIFF_INTEGER_BITS))
-    remainder = a_mod_quarter_minus_one_quarter - a
-    for exponent, multiplier in _EXP_BARREL:
-        if exponent < _SCALED_DIFF_INTEGER_BITS:  # all seven for Q5.26
-            bit = 1 << (fractional_bits + exponent)
-            result = np.where(remainder & bit, _srdhm(result, multiplier), result)
-    return np.where(a == 0, _I32_MAX, result)
-
-
-def _one_over_one_plus_x_for_x_in_0_1(a: I64) -> I64:
-    """gemmlowp's ``1 / (1 + a)`` for ``a`` in ``[0, 1)``, Q0.31 in and out.
-
-    Newton-Raphson on ``d = (a + 1) / 2`` (``RoundingHalfSum``) in Q2.29:
-    ``x0 = 48/17 - 32/17 * d``, then three times ``x += 4 * (x * (1 - d * x))``
-    (``Rescale<2>``, saturating); the result is ``x / 2`` rescaled to Q0.31, i.e.
-    ``x * 2`` saturated.
-    """
-    total = a + _I32_MAX  # RoundingHalfSum(a, One()): (sum + sign(sum)) / 2, toward zero
-    half_denominator = np.where(total >= 0, (total + 1) // 2, -((1 - total) // 2))
-    constant_48_over_17 = 1515870810
-    constant_neg_32_over_17 = -1010580540
-    one_q2 = 1 << 29
-    x = constant_48_over_17 + _srdhm(half_denominator, constant_neg_32_over_17)
-    for _ in range(3):
-        half_denominator_times_x = _srdhm(half_denominator, x)
-        one_minus = one_q2 - half_denominator_times_x
-        x = x + _saturating_shift_left(_srdhm(x, one_minus), 2)
-    return _saturating_shift_left(x, 1)
 
 
 # --- TFLite's parameters (quantization_util.cc) ---
@@ -222,13 +144,13 @@ def softmax_reference(q: np.ndarray, input_scale: float, input_zero_point: int,
     valid = diff >= diff_min
     # MultiplyByQuantizedMultiplierGreaterThanOne; |d * 2**ls| < 2**31 where valid
     scaled = _srdhm(np.where(valid, diff, 0) * (1 << left_shift), multiplier)
-    exps = _exp_on_negative_values(scaled)
+    exps = exp_on_negative_values(scaled, _SCALED_DIFF_INTEGER_BITS)
     sum_of_exps = np.where(
         valid, _rdbpot(exps, _ACCUMULATION_INTEGER_BITS), 0).sum(axis=-1, keepdims=True)
     # GetReciprocal: S >= 2**19 (the row's max contributes exp(0)), so 1 <= clz(S) <= 12
     headroom_plus_one = 32 - np.frexp(sum_of_exps.astype(np.float64))[1].astype(np.int64)
     shifted_sum_minus_one = (sum_of_exps << headroom_plus_one) - (1 << 31)
-    shifted_scale = _one_over_one_plus_x_for_x_in_0_1(shifted_sum_minus_one)
+    shifted_scale = one_over_one_plus_x_for_x_in_0_1(shifted_sum_minus_one)
     exponent = _ACCUMULATION_INTEGER_BITS - headroom_plus_one + 31 - 8
     if exponent.size and exponent.max() > 31:
         raise IntegerReferenceError(
