@@ -30,7 +30,8 @@ from modelgen import FAMILIES, ModelSpec, Outcome, check_model, model_specs  # n
 
 
 def run(n: int, start_seed: int, families: list[str] | None, show: bool,
-        supported_only: bool = False, only: set[int] | None = None
+        supported_only: bool = False, only: set[int] | None = None,
+        kernels: tuple[str, ...] = ("builtin", "reference")
         ) -> list[tuple[ModelSpec, Outcome]]:
     results: list[tuple[ModelSpec, Outcome]] = []
     drawn: list[ModelSpec] = []
@@ -45,7 +46,7 @@ def run(n: int, start_seed: int, families: list[str] | None, show: bool,
         drawn.append(spec)
         if only and len(drawn) not in only:
             return
-        out = check_model(spec, seed=len(drawn) - 1)
+        out = check_model(spec, seed=len(drawn) - 1, kernels=kernels)
         results.append((spec, out))
         done = len(drawn)
         print(f"[{done}/{n} {time.perf_counter() - t0:.0f} s] {out.stage}"
@@ -121,10 +122,14 @@ def main() -> None:
                     help="only the layers modelgen.unsupported does not name (the CI grammar)")
     ap.add_argument("--out", type=Path, help="also write the matrix (Markdown) here")
     ap.add_argument("--only", type=int, nargs="*", help="check only these models (1-based)")
+    ap.add_argument("--kernels", nargs="+", default=["builtin", "reference"],
+                    choices=["builtin", "reference", "micro"],
+                    help="kernel sets the integer reference is checked against "
+                         "(micro: TFLite Micro, the tflite-micro package)")
     args = ap.parse_args()
     logging.getLogger("tfmot_ext").setLevel(logging.ERROR)
     results = run(args.n, args.seed, args.families, args.show, args.supported,
-                  set(args.only or ()))
+                  set(args.only or ()), tuple(args.kernels))
     table = matrix(results)
     print(table)
     if args.out:

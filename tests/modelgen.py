@@ -422,13 +422,15 @@ def _train(model: Any, x: np.ndarray, seed: int) -> None:
     model.fit(x, y, batch_size=16, epochs=1, steps_per_epoch=2, verbose=0)
 
 
-def check_model(spec: ModelSpec, seed: int = 0, n: int = 32) -> Outcome:
+def check_model(spec: ModelSpec, seed: int = 0, n: int = 32,
+                kernels: Sequence[str] = ("builtin", "reference")) -> Outcome:
     """Put the model of ``spec`` through ``te.quantize`` (defaults), a float and a QAT
     fit of 3 steps, ``to_tflite`` and the three checks of issue #19:
 
     (a) every weighted TFLite operator holds the extracted integers and scales exactly;
     (b) the integer reference reproduces every interpreter tensor bit for bit, with
-        TFLite's optimized (``builtin``) and its ``reference`` kernels;
+        each kernel set of ``kernels`` (by default TFLite's optimized ``builtin`` and its
+        ``reference`` kernels; ``"micro"`` adds TFLite Micro's);
     (c) every tensor a QAT layer accounts for is within 1 LSB of TFLite's on every
         element, the layer computed from the interpreter's own inputs
         (:func:`tfmot_ext.parity.op_drift`).
@@ -437,6 +439,8 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32) -> Outcome:
     from tfmot_ext._compat import keras, tf
     from tfmot_ext.errors import IntegerReferenceError, TfmotExtError
     from tfmot_ext.parity import op_drift
+    from tfmot_ext.rules import MICRO_MISSING_OPS
+    from tfmot_ext.tflite import fixed_shapes, op_outputs
 
     keras.backend.clear_session()
     tf.random.set_seed(seed)
@@ -454,14 +458,18 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32) -> Outcome:
         params = te.extract(qat)  # once: verify and op_drift take it
         findings: list[tuple[str, str, str]] = []
         end_to_end = 0.0
-        for kernels in ("builtin", "reference"):
+        for kernel_set in kernels:
+            if kernel_set == "micro":  # TFLite Micro has no dynamic shapes
+                tfl = fixed_shapes(tfl)
+                if MICRO_MISSING_OPS & {op.op for op in op_outputs(tfl, x[:1])}:
+                    continue  # TFLite Micro refuses it (tests/test_micro.py)
             try:
-                drift = op_drift(qat, tfl, x, kernels=kernels, params=params)
+                drift = op_drift(qat, tfl, x, kernels=kernel_set, params=params)
             except IntegerReferenceError as e:  # no kernel: reported below with the rest
                 drift = []
                 logging.getLogger(__name__).debug("op_drift: %s", e)
-            report = te.verify(qat, tfl, x, kernels=kernels, params=params)
-            if kernels == "builtin":
+            report = te.verify(qat, tfl, x, kernels=kernel_set, params=params, arena=False)
+            if kernel_set == "builtin":
                 for w in report.weights:
                     if not w.exact:
                         findings.append(("weights", str(w.layer), f"{w.op}: {w}"))
@@ -471,11 +479,11 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32) -> Outcome:
                     findings.append(("qat", d.layer, f"{d.op}: max {d.max_lsb:.2f} LSB, "
                                      f"{(1 - d.within_1lsb) * 100:.2f} % over 1 LSB"))
             if report.reference is None:
-                findings.append((f"reference/{kernels}", "", report.reference_error))
+                findings.append((f"reference/{kernel_set}", "", report.reference_error))
                 continue
             for m in report.reference:
                 if m.mismatched or m.layer is None:
-                    findings.append((f"reference/{kernels}", str(m.layer),
+                    findings.append((f"reference/{kernel_set}", str(m.layer),
                                      f"{m.op}: {m.mismatched}/{m.size} differ, "
                                      f"max {m.max_abs_diff} LSB"))
     except TfmotExtError as e:

@@ -74,6 +74,13 @@ def test_convert_verify_report(saved, capsys):
     # an impossible threshold fails with exit code 1
     assert cli.main(["verify", h5, tfl, "--data", data, "--min-within-1lsb", "1.5"]) == 1
     assert "PARITY FAILED" in capsys.readouterr().out
+    # TFLite Micro: batch-1 shapes, its kernels, the arena it needs
+    fixed = str(saved / "fixed.tflite")
+    assert cli.main(["convert", h5, "--calib", data, "-o", fixed, "--fixed-batch"]) == 0
+    assert cli.main(["verify", h5, fixed, "--data", data, "--kernels", "micro",
+                     "--require-reference", "--min-within-1lsb", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "micro kernels" in out and "TFLite Micro tensor arena:" in out, out
     html = saved / "r.html"
     assert cli.main(["report", h5, "--data", data, "-o", str(html)]) == 0
     page = html.read_text()

@@ -185,8 +185,10 @@ def test_named_case_deploys_exactly(name: str) -> None:
 @given(model_specs(supported_only=True))
 def test_fuzz_slice_deploys_exactly(spec: ModelSpec) -> None:
     """40 fixed models of the supported grammar: no crash, no typed error, all three
-    checks. The unsupported options (:func:`modelgen.unsupported`) are the next test's."""
-    out = check_model(spec)
+    checks, the reference's also against TFLite Micro (a model with an operator TFLite
+    Micro lacks skips that one). The unsupported options (:func:`modelgen.unsupported`)
+    are the next test's."""
+    out = check_model(spec, kernels=("builtin", "reference", "micro"))
     assert out.ok or out.stage == "invalid", f"{spec}\n{out}"
 
 

@@ -23,6 +23,7 @@ from tfmot_ext.fixedpoint import (
 )
 from tfmot_ext.kernels import quantize_input, requantize
 from tfmot_ext.rules import fused_activation_range as activation_range
+from tfmot_ext.tflite import fixed_shapes
 
 L = keras.layers
 I32 = st.integers(-(2**31), 2**31 - 1)
@@ -309,6 +310,9 @@ def test_mobilenet_v2_every_tensor_bit_exact():
     report = te.verify(qat, tfl, x[:16], params=params)
     assert report.weights_exact and report.reference_exact_fraction == 1.0
     assert report.outputs[0].within_1lsb >= 0.999
+    # TFLite Micro (batch-1 shapes): every tensor, exactly
+    mic = matching.compare_with_tflite(params, fixed_shapes(tfl), x[:4], "micro")
+    assert len(mic) == len(ref) and not [m for m in mic if m.mismatched or m.layer is None]
 
 
 @pytest.mark.slow

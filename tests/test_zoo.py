@@ -32,15 +32,15 @@ _spec.loader.exec_module(zoo)
 # one family per kind of wall tfmot hits (see the zoo issue), end to end, with every
 # TFLite tensor replayed bit for bit by the integer reference (the optimized kernels):
 # RegNetX002: TFOpLambda (x + y), Rescaling, grouped convolutions;
-# RegNetY002: squeeze-excite (sigmoid gate, TF-op multiply), the BN tfmot fails on;
-# ResNet50V2: BatchNormalization after no conv (pre-activation);
 # MobileNetV3Small: hard-swish as TF ops with constants, Rescaling (x / 127.5 - 1, every
 # pixel a rounding tie), squeeze-excite Multiply layers with keep-dims pooling;
 # EfficientNetB0: Rescaling + Normalization front end (the preprocessing tfmot refuses),
-# swish convolutions split from their activation, squeeze-excite Multiply layers
+# swish convolutions split from their activation, squeeze-excite Multiply layers.
+# RegNetY002 (squeeze-excite with a TF-op multiply) and ResNet50V2 (pre-activation BN,
+# which the fuzzer's standalone BN cases also cover) ran here too; they take 140 s of
+# the CI budget and are in `python benchmarks/zoo.py`'s run of all 18 (docs/zoo.md)
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["RegNetX002", "RegNetY002", "ResNet50V2",
-                                    "MobileNetV3Small", "EfficientNetB0"])
+@pytest.mark.parametrize("family", ["RegNetX002", "MobileNetV3Small", "EfficientNetB0"])
 def test_family_quantizes_trains_converts_with_exact_extraction(family):
     r = zoo.run_family(family, with_tfmot=False)
     assert (r.quantize, r.train, r.convert) == ("ok", "ok", "ok"), r

@@ -32,6 +32,8 @@ __all__ = [
     "called_weight_quantizers",
     "check_keras2",
     "default_8bit_transforms",
+    "flatbuffer_bytes",
+    "flatbuffer_model",
     "interpreter_ops",
     "is_graph_network",
     "keras",
@@ -93,6 +95,24 @@ def interpreter_ops(interp: Any) -> list[dict[str, Any]]:
     through ``_get_ops_details``, the one way to know which op wrote which tensor.
     """
     return list(interp._get_ops_details())
+
+
+def flatbuffer_model(content: bytes) -> Any:
+    """A ``.tflite`` flatbuffer as TFLite's mutable object API (``schema_fb.ModelT``).
+
+    Not in ``tf.*``: ``tensorflow.lite.tools.flatbuffer_utils`` ships in the TensorFlow
+    wheel and is the one reader and writer of the schema there.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+
+
+def flatbuffer_bytes(model: Any) -> bytes:
+    """The ``.tflite`` bytes of a ``schema_fb.ModelT`` (see :func:`flatbuffer_model`)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def own_trainable_weights(layer: Any) -> list[Any] | None:

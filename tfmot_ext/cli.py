@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tfmot_ext.errors import TfmotExtError, UnsupportedModelError
-from tfmot_ext.rules import passes_input_scale
+from tfmot_ext.rules import KERNEL_ROUNDING, passes_input_scale
 
 __all__ = ["custom_objects_from", "main"]
 
@@ -132,7 +132,7 @@ def _convert(args: argparse.Namespace) -> int:
     model = _live(args.model, args.custom_objects)
     data = _load_data(args.calib)
     logger.info("converting with %d calibration inputs ...", len(data))
-    content = to_tflite(model, data, int8_io=not args.float_io)
+    content = to_tflite(model, data, int8_io=not args.float_io, fixed_batch=args.fixed_batch)
     save_tflite(content, args.output)
     print(f"wrote {args.output} ({len(content)} bytes, full integer, "
           f"{'float' if args.float_io else 'int8'} I/O)")
@@ -211,6 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="OUT.tflite")
     s.add_argument("--float-io", action="store_true",
                    help="float input/output with QUANTIZE/DEQUANTIZE at the edges")
+    s.add_argument("--fixed-batch", action="store_true",
+                   help="store every tensor's shape at batch 1, as TFLite Micro needs")
     _custom_objects_option(s)
     s.set_defaults(func=_convert)
 
@@ -219,8 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("model", help=_MODEL_HELP)
     s.add_argument("tflite", help="the int8-I/O .tflite converted from it")
     s.add_argument("--data", required=True, help="DATA.npy: inputs to compare on")
-    s.add_argument("--kernels", default="builtin", choices=("builtin", "reference", "default"),
-                   help="TFLite kernels to compare against (default builtin)")
+    s.add_argument("--kernels", default="builtin", choices=tuple(KERNEL_ROUNDING),
+                   help="TFLite kernels to compare against (default builtin; micro: "
+                        "TFLite Micro's interpreter, pip install 'tfmot-ext[micro]', "
+                        "also prints the tensor arena the model needs)")
     s.add_argument("--min-within-1lsb", type=float, default=0.999,
                    help="fraction of output elements that must be within 1 LSB (0.999)")
     s.add_argument("--require-reference", action="store_true",

@@ -79,7 +79,8 @@ __all__ = [
 CONVENTION = "real = scale * (q - zero_point)"
 
 #: The requantization of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED outputs in
-#: TFLite's two kernel sets (:mod:`tfmot_ext.fixedpoint`, docs/integer_inference.md).
+#: TFLite's two kernel sets and in TFLite Micro's (:mod:`tfmot_ext.fixedpoint`,
+#: docs/integer_inference.md).
 ROUNDING = {
     "accumulator": "acc = sum((q_x - z_x) * q_w) + q_b (int32; q_b the int32 bias)",
     "output": "q_y = clamp(MBQM(acc, m0, shift) + z_y, clamp_min, clamp_max)",
@@ -90,6 +91,8 @@ ROUNDING = {
     "optimized": "SRDHM as in reference, then (y + 2^(r - 1)) >> r with r = max(-s, 0) "
                  "(ties up), for all three; a depthwise conv's channels after its last "
                  "full group of 8 round as in reference",
+    "micro": "TFLite Micro: MBQM as in reference for all three, FULLY_CONNECTED included "
+             "(double rounding)",
 }
 
 ENCODINGS_FORMAT = "tfmot_ext.encodings"

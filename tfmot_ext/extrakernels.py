@@ -63,7 +63,7 @@ from tfmot_ext.kernels import (
 )
 from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.qmath import round_half_away
-from tfmot_ext.rules import ONE_D_TWINS, relu_cap, twin_2d_config
+from tfmot_ext.rules import MICRO_MISSING_OPS, ONE_D_TWINS, relu_cap, twin_2d_config
 
 __all__ = [
     "MORE_NARY",
@@ -188,20 +188,27 @@ def _leaky(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     return leaky_relu(x, alpha, s, z)
 
 
-def prelu(x: IntTensor, alpha: IntTensor, scale: float, zero_point: int) -> IntTensor:
+def prelu(x: IntTensor, alpha: IntTensor, scale: float, zero_point: int,
+          rounding: str = "reference") -> IntTensor:
     """TFLite's int8 ``PRELU`` (``reference_ops::Prelu`` / ``BroadcastPrelu4DSlow``, both
     kernel sets): ``d = q - z_x``; ``q_y = clamp(z_y + MBQM(d, M_1), -128, 127)`` where
     ``d >= 0``, ``z_y + MBQM(d (q_a - z_a), M_2)`` where ``d < 0``, with
     ``M_1 = f32(s_x / s_y)`` and ``M_2 = f32(f32(s_x s_a) / s_y)`` (float32 products, as
-    ``PreluPrepare``); ``alpha`` broadcasts over the batch and its shared axes.
+    ``PreluPrepare``; TFLite Micro, ``rounding="micro"``, divides in double:
+    ``M_1 = s_x / s_y``, ``M_2 = s_x s_a / s_y``); ``alpha`` broadcasts over the batch
+    and its shared axes.
 
     >>> a = IntTensor(np.array([64], np.int8), 0.5 / 64, 0)
     >>> prelu(IntTensor(np.array([-10, 0, 10], np.int8), 0.1, 0), a, 0.1, 0).values.tolist()
     [-5, 0, 10]
     """
-    f32 = np.float32
-    m_1 = quantize_multiplier(np.float64(f32(f32(x.scale) / f32(scale))))
-    m_2 = quantize_multiplier(np.float64(f32(f32(f32(x.scale) * f32(alpha.scale)) / f32(scale))))
+    f32, f64 = np.float32, np.float64
+    if rounding == "micro":
+        m_1 = quantize_multiplier(f64(f32(x.scale)) / f64(f32(scale)))
+        m_2 = quantize_multiplier(f64(f32(x.scale)) * f64(f32(alpha.scale)) / f64(f32(scale)))
+    else:
+        m_1 = quantize_multiplier(f64(f32(f32(x.scale) / f32(scale))))
+        m_2 = quantize_multiplier(f64(f32(f32(f32(x.scale) * f32(alpha.scale)) / f32(scale))))
     d = x.values.astype(np.int64) - x.zero_point
     a = alpha.values.astype(np.int64) - alpha.zero_point
     pos = multiply_by_quantized_multiplier(d, *m_1)
@@ -218,7 +225,7 @@ def _prelu(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     zp = int(np.ravel(p.kernel_zero_point)[0]) if p.kernel_zero_point is not None else 0
     alpha = IntTensor(p.kernel_int, float(np.ravel(p.kernel_scale)[0]), zp)
     s, z = _output_scale(p, [x], call)
-    return prelu(x, alpha, s, z)
+    return prelu(x, alpha, s, z, call.rounding)
 
 
 def gelu_lut(in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int,
@@ -247,6 +254,9 @@ def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     :mod:`tfmot_ext.kernels` runs them."""
     if p.config.get("activation") != "gelu":
         return UNARY["Activation"](p, x, call)
+    if call.rounding == "micro" and "GELU" in MICRO_MISSING_OPS:
+        raise IntegerReferenceError(f"{call.where}: TFLite Micro has no GELU kernel; use "
+                                    "another activation (e.g. swish) for a micro-controller")
     s, z = _output_scale(p, [x], call)
     table = gelu_lut(x.scale, x.zero_point, s, z)
     return IntTensor(table[x.values.astype(np.int64) + 128], s, z)

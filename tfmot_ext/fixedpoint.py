@@ -204,13 +204,21 @@ def mbqm(rounding: str, fc: bool = False) -> Callable[[Any, Any, Any], I64]:
     ``"optimized"``: ties of the final shift go up
     (:func:`multiply_by_quantized_multiplier_up`); ``"reference"``: away from zero
     (:func:`multiply_by_quantized_multiplier`), except for FULLY_CONNECTED (``fc``),
-    which rounds once (:func:`multiply_by_quantized_multiplier_single`).
+    which rounds once (:func:`multiply_by_quantized_multiplier_single`); ``"micro"``
+    (TFLite Micro): the double rounding for every operator, FULLY_CONNECTED included
+    (tflite-micro ``reference/integer_ops/fully_connected.h`` calls
+    ``MultiplyByQuantizedMultiplier``, and its build does not set
+    ``TFLITE_SINGLE_ROUNDING``).
 
     >>> mbqm("reference", fc=True) is multiply_by_quantized_multiplier_single
+    True
+    >>> mbqm("micro", fc=True) is multiply_by_quantized_multiplier
     True
     """
     if rounding not in ROUNDINGS:
         raise IntegerReferenceError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if rounding == "optimized":
         return multiply_by_quantized_multiplier_up
+    if rounding == "micro":
+        return multiply_by_quantized_multiplier
     return multiply_by_quantized_multiplier_single if fc else multiply_by_quantized_multiplier

@@ -56,6 +56,7 @@ from tfmot_ext.fixedpoint import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
+from tfmot_ext.microkernels import logistic_int8, relu6_int8, sub_multipliers, tanh_int8
 from tfmot_ext.params import LayerQuantParams
 from tfmot_ext.qmath import round_half_away
 from tfmot_ext.rules import (
@@ -316,9 +317,14 @@ def _relu(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     # not fused (its input has other consumers, e.g. Xception's Add -> ReLU -> separable):
     # TFLite's RELU requantizes, z_y + MBQM(q - z_x, M(s_x / s_y)), clamped to the range.
     # Both kernel sets run reference_ops::ReluX (optimized_ops.h imports it with `using`),
-    # whose scalar MultiplyByQuantizedMultiplier rounds as the reference kernels do
-    m0, shift = quantize_multiplier(np.float64(np.float32(x.scale)) / np.float64(
-        np.float32(out.scale)))
+    # whose scalar MultiplyByQuantizedMultiplier rounds as the reference kernels do;
+    # M is the float32 quotient (ReluPrepare: double m = input scale / output scale, two
+    # floats; a double quotient misses ties, measured in tests/test_microkernels.py).
+    # TFLite Micro's RELU6 does not requantize
+    if call.rounding == "micro" and act == "relu6":
+        return IntTensor(relu6_int8(x.values, x.scale, x.zero_point), out.scale,
+                         out.zero_point)
+    m0, shift = quantize_multiplier(np.float64(np.float32(x.scale) / np.float32(out.scale)))
     y = multiply_by_quantized_multiplier(x.values.astype(np.int64) - x.zero_point, m0,
                                          shift) + out.zero_point
     lo, hi = fused_activation_range(act, out.scale, out.zero_point, call.where)
@@ -368,8 +374,12 @@ def lookup_table(f: Callable[[np.ndarray], np.ndarray], in_scale: float, in_zero
     return np.clip(r.astype(np.int64) + out_zero_point, -128, 127).astype(np.int8)
 
 
-def _lut(x: IntTensor, fn: str) -> IntTensor:
+def _lut(x: IntTensor, fn: str, rounding: str) -> IntTensor:
+    """LOGISTIC / TANH: TFLite's table, or TFLite Micro's gemmlowp fixed point."""
     s, z = _LUT_OUTPUT[fn]
+    if rounding == "micro":
+        micro = logistic_int8 if fn == "sigmoid" else tanh_int8
+        return IntTensor(micro(x.values, x.scale, x.zero_point), s, z)
     table = activation_lut(fn, x.scale, x.zero_point, s, z)
     return IntTensor(table[x.values.astype(np.int64) + 128], s, z)
 
@@ -380,7 +390,7 @@ def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     output scale), else a ReLU (:func:`_relu`)."""
     act = p.config.get("activation")
     if act in _LUT_FUNCTIONS:
-        y = _lut(x, str(act))
+        y = _lut(x, str(act), call.rounding)
         if p.output is not None and (np.float32(p.output.scale), p.output.zero_point) != (
                 np.float32(y.scale), y.zero_point):
             raise IntegerReferenceError(
@@ -391,7 +401,7 @@ def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     if act == "softmax":
         return softmax(x, call)
     if act in ("swish", "silu"):  # LOGISTIC (a step TFLite materializes), then MUL
-        sig = _lut(x, "sigmoid")
+        sig = _lut(x, "sigmoid", call.rounding)
         y = _mul(dataclasses.replace(p, activation="linear"), [x, sig], call)
         return dataclasses.replace(y, steps=(sig,))
     return _relu(p, x, call)
@@ -445,6 +455,8 @@ def add_sub(p: LayerQuantParams, xs: list[IntTensor], call: Call, subtract: bool
     m1, sh1 = quantize_multiplier(np.float64(s1) / twice_max)
     m2, sh2 = quantize_multiplier(np.float64(s2) / twice_max)
     mo, sho = quantize_multiplier(twice_max / np.float64(np.float32(1 << 20) * so))
+    if subtract and call.rounding == "micro":  # TFLite Micro's SUB: float32 quotients
+        (m1, sh1), (m2, sh2), (mo, sho) = sub_multipliers(float(s1), float(s2), float(so))
 
     def scaled(t: IntTensor, m: Any, sh: Any) -> np.ndarray:
         v = (t.values.astype(np.int64) - t.zero_point) * (1 << 20)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tfmot_ext import micro
 from tfmot_ext._compat import check_keras2, keras
 from tfmot_ext.errors import IntegerReferenceError, ParityError
 from tfmot_ext.extract import extract
@@ -108,6 +109,8 @@ class ParityReport:
 
     ``reference`` is None when the reference was not run (``reference=False``) and
     ``reference_error`` says why it could not run (an unsupported layer), else "".
+    ``arena_bytes``: with ``kernels="micro"``, the least tensor arena TFLite Micro runs
+    the model in (:func:`tfmot_ext.micro.arena_bytes`), else None.
     The thresholds say what :attr:`passed` requires: every output with at least
     ``min_within_1lsb`` of its elements within 1 LSB of the QAT model, and, as set,
     exact weights and a bit-exact reference. ``print(report)`` ends with the verdict
@@ -129,6 +132,7 @@ class ParityReport:
     min_within_1lsb: float = 0.999
     require_weights: bool = True
     require_reference: bool = False
+    arena_bytes: int | None = None
 
     @property
     def weights_exact(self) -> bool:
@@ -208,6 +212,9 @@ class ParityReport:
                                  f"differ, max {m.max_abs_diff} LSB")
         elif self.reference_error:
             lines.append(f"Integer reference: not run ({self.reference_error})")
+        if self.arena_bytes is not None:
+            lines.append(f"TFLite Micro tensor arena: {self.arena_bytes} bytes "
+                         f"({self.arena_bytes / 1024:.1f} KiB)")
         lines.append(self.verdict)
         return "\n".join(lines)
 
@@ -407,7 +414,7 @@ def _check_belongs(model: Any, params: QuantizedModelParams, tflite_bytes: bytes
 def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builtin",
            reference: bool = True, params: QuantizedModelParams | None = None,
            min_within_1lsb: float = 0.999, require_weights: bool = True,
-           require_reference: bool = False) -> ParityReport:
+           require_reference: bool = False, arena: bool = True) -> ParityReport:
     """Compare a QAT model with its int8 TFLite conversion (see the module docstring).
 
     Args:
@@ -418,13 +425,18 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
             optimized kernels, what a CPU deployment without a delegate runs; the
             default), ``"reference"`` (its reference kernels, which lack some op
             versions, e.g. the DEPTHWISE_CONV_2D v7 emitted for sub-8-bit weights) or
-            ``"default"`` (XNNPACK; outputs only). See :func:`tfmot_ext.tflite.op_outputs`.
+            ``"default"`` (XNNPACK; outputs only) or ``"micro"`` (TFLite Micro's
+            interpreter, the optional ``micro`` extra; the report then also holds the
+            arena bytes the model needs). See :func:`tfmot_ext.tflite.op_outputs`.
         reference: also run the integer reference and compare every tensor.
         params: the model's extraction, if already at hand.
         min_within_1lsb: the verdict's threshold: the fraction of every output's
             elements that must be within 1 LSB (:attr:`ParityReport.passed`).
         require_weights: the verdict also requires exact weights.
         require_reference: the verdict also requires a bit-exact integer reference.
+        arena: with ``kernels="micro"``, also measure the least tensor arena
+            (:func:`tfmot_ext.micro.arena_bytes`, a bisection of about 20 child
+            processes).
 
     Returns:
         :class:`ParityReport` (``print`` it for the table and the verdict).
@@ -458,5 +470,6 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
         except IntegerReferenceError as e:
             error = str(e)
             logger.warning("integer reference not run: %s", e)
+    arena_size = micro.arena_bytes(tflite_bytes) if kernels == "micro" and arena else None
     return ParityReport(tuple(outputs), tuple(weights), matches, kernels, error,
-                        min_within_1lsb, require_weights, require_reference)
+                        min_within_1lsb, require_weights, require_reference, arena_size)

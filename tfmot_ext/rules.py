@@ -50,6 +50,7 @@ __all__ = [
     "KEPT_ACTIVATIONS",
     "KERNEL_RANKS",
     "KERNEL_ROUNDING",
+    "MICRO_MISSING_OPS",
     "MOVED_BEFORE_FAKE_QUANT",
     "NO_RANGE_OF_THEIR_OWN",
     "ONE_D_TWINS",
@@ -407,10 +408,15 @@ def tflite_op(kind: str, config: Mapping[str, Any]) -> str:
 EXACT_WEIGHT_BITS = frozenset({4, 8})
 
 #: The requantization roundings the integer reference reproduces (docs/integer_inference.md).
-ROUNDINGS = ("reference", "optimized")
+ROUNDINGS = ("reference", "optimized", "micro")
+
+#: int8 operators the converter emits that TFLite Micro registers no kernel for (its
+#: interpreter refuses the model; tflite-micro ``micro_mutable_op_resolver.h``).
+MICRO_MISSING_OPS = frozenset({"GELU"})
 
 #: The rounding of each interpreter kernel set (see :func:`tfmot_ext.tflite.op_outputs`).
-KERNEL_ROUNDING = {"reference": "reference", "builtin": "optimized", "default": "optimized"}
+KERNEL_ROUNDING = {"reference": "reference", "builtin": "optimized", "default": "optimized",
+                   "micro": "micro"}
 
 
 #: 1-D weighted layers and their 2-D twins on ``(N, 1, L, C)``: TFLite has no 1-D

@@ -26,18 +26,20 @@ from tfmot_ext._compat import (
     QuantizeWrapper,
     called_weight_quantizers,
     check_keras2,
+    flatbuffer_bytes,
+    flatbuffer_model,
     interpreter_ops,
     keras,
     tf,
 )
 from tfmot_ext.dilation import native_dilations
 from tfmot_ext.errors import ConfigError, ConversionError
-from tfmot_ext.rules import EXACT_WEIGHT_BITS, FLOAT_ONLY_OPS
+from tfmot_ext.rules import EXACT_WEIGHT_BITS, FLOAT_ONLY_OPS, KERNEL_ROUNDING
 from tfmot_ext.summary import quantizer_bits, range_variables, weight_quantizers
 
-__all__ = ["KERNELS", "OpTensor", "WeightTensor", "float_ops", "interpreter", "keras_layout",
-           "op_outputs", "regridded_weights", "run_int8", "save_tflite", "to_tflite",
-           "unset_ranges", "weight_tensors", "wide_activations"]
+__all__ = ["KERNELS", "OpTensor", "WeightTensor", "fixed_shapes", "float_ops", "interpreter",
+           "keras_layout", "op_outputs", "regridded_weights", "run_int8", "save_tflite",
+           "to_tflite", "undelegated", "unset_ranges", "weight_tensors", "wide_activations"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +79,9 @@ def interpreter(model_content: bytes, **kwargs: Any) -> Any:
 
 
 #: Interpreter kernel sets: TFLite's reference kernels, its optimized builtin kernels
-#: without delegates, and the default (XNNPACK-delegated) configuration.
-KERNELS = ("reference", "builtin", "default")
+#: without delegates, the default (XNNPACK-delegated) configuration, and TFLite Micro's
+#: kernels (the ``tflite-micro`` package, :mod:`tfmot_ext.micro`).
+KERNELS = tuple(KERNEL_ROUNDING)
 
 
 def _backend() -> tuple[Any, Any]:
@@ -94,7 +97,7 @@ def _backend() -> tuple[Any, Any]:
 def _resolver(kernels: str) -> dict[str, Any]:
     if kernels not in KERNELS:
         raise ConfigError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    if kernels == "default":
+    if kernels in ("default", "micro"):
         return {}
     types = _backend()[1]
     return {"experimental_op_resolver_type": types.BUILTIN_REF if kernels == "reference"
@@ -126,13 +129,15 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
             the model's input scale and zero point the way TFLite's QUANTIZE does
             (:func:`tfmot_ext.kernels.quantize_input`).
         kernels: ``"reference"`` (``BUILTIN_REF``), ``"builtin"`` (optimized kernels,
-            no delegate) or ``"default"`` (XNNPACK delegate; only the outputs can be
-            read, the delegate does not materialize intermediate tensors).
+            no delegate), ``"default"`` (XNNPACK delegate; only the outputs can be
+            read, the delegate does not materialize intermediate tensors) or
+            ``"micro"`` (TFLite Micro's interpreter, :func:`tfmot_ext.micro.op_outputs`).
         intermediates: read every operator's output, not only the model's outputs.
     """
     kw = _resolver(kernels)
-    preserve = intermediates and kernels != "default"
-    interp = interpreter(model_content, experimental_preserve_all_tensors=preserve, **kw)
+    preserve = intermediates and kernels not in ("default", "micro")
+    interp = (undelegated(model_content)[0] if kernels == "micro" else
+              interpreter(model_content, experimental_preserve_all_tensors=preserve, **kw))
     inp = interp.get_input_details()[0]
     in_type = np.dtype(inp["dtype"])
     if in_type.kind == "f":
@@ -141,6 +146,10 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
         from tfmot_ext.kernels import quantize_input
 
         x = quantize_input(x, *inp["quantization"])
+    if kernels == "micro":
+        from tfmot_ext import micro
+
+        return micro.op_outputs(model_content, np.asarray(x, in_type), intermediates)
     details = {d["index"]: d for d in interp.get_tensor_details()}
     if preserve:
         wanted = [o for op in interpreter_ops(interp) for o in op["outputs"]]
@@ -193,7 +202,7 @@ class WeightTensor:
     output_zero_point: int
 
 
-def _undelegated(model_content: bytes) -> tuple[Any, dict[int, dict[str, Any]]]:
+def undelegated(model_content: bytes) -> tuple[Any, dict[int, dict[str, Any]]]:
     """A ``tf.lite`` interpreter without default delegates (whose delegate nodes would
     hide the model's own operators) and its tensor details by index."""
     interp = _tf_interpreter(
@@ -204,9 +213,42 @@ def _undelegated(model_content: bytes) -> tuple[Any, dict[int, dict[str, Any]]]:
     return interp, {d["index"]: d for d in interp.get_tensor_details()}
 
 
+def fixed_shapes(model_content: bytes) -> bytes:
+    """The same model with every tensor's stored shape the one it has at batch 1.
+
+    A dynamic-batch conversion stores a shape signature with -1 for the batch (and
+    for any dimension merged with it, e.g. the ``(N * T, C)`` input of a Dense on a
+    sequence) and a placeholder 1 there in the shape; the TFLite interpreter resizes
+    at run time, but TFLite Micro plans its arena from the stored shapes and cannot
+    (its RESHAPE then sees 2 elements where there are 10). Here the model is run once
+    at batch 1 on zeros and each tensor's shape and signature are set to the shape it
+    had: operators, tensors, weights and quantization are unchanged, so everything
+    extracted for the dynamic conversion holds for the result.
+
+    Raises:
+        ConversionError: the model is not a single-subgraph TFLite model.
+    """
+    interp, _ = undelegated(model_content)
+    for d in interp.get_input_details():
+        shape = tuple(int(v) for v in d["shape"])
+        interp.set_tensor(d["index"], np.zeros(shape, d["dtype"]))
+    interp.invoke()
+    shapes = {d["index"]: [int(v) for v in d["shape"]] for d in interp.get_tensor_details()}
+    model = flatbuffer_model(model_content)
+    if len(model.subgraphs) != 1:
+        raise ConversionError(f"fixed_shapes: the model has {len(model.subgraphs)} "
+                              "subgraphs; only single-subgraph models are supported")
+    for i, tensor in enumerate(model.subgraphs[0].tensors):
+        if i in shapes and tensor.shapeSignature is not None and -1 in list(
+                tensor.shapeSignature):
+            tensor.shape = np.asarray(shapes[i], np.int32)
+            tensor.shapeSignature = np.asarray(shapes[i], np.int32)
+    return flatbuffer_bytes(model)
+
+
 def weight_tensors(model_content: bytes) -> list[WeightTensor]:
     """The weighted operators of a ``.tflite`` model with their tensors, in graph order."""
-    interp, details = _undelegated(model_content)
+    interp, details = undelegated(model_content)
     out = []
     for op in interpreter_ops(interp):
         if op["op_name"] not in _WEIGHT_OPS:
@@ -268,7 +310,7 @@ def float_ops(model_content: bytes, allow_io: bool = False) -> list[str]:
     Reads the model's own operators (an interpreter without default delegates, whose
     delegate nodes would hide them).
     """
-    interp, details = _undelegated(model_content)
+    interp, details = undelegated(model_content)
     found = []
     for op in interpreter_ops(interp):
         if allow_io and op["op_name"] in _IO_OPS:
@@ -348,7 +390,8 @@ def _converter(model: Any, static_batch: bool) -> Any:
 
 
 def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
-              int8_io: bool = True, static_batch: bool | None = None) -> bytes:
+              int8_io: bool = True, static_batch: bool | None = None,
+              fixed_batch: bool = False) -> bytes:
     """Convert a QAT (or float) tf_keras model to a full-integer TFLite flatbuffer.
 
     Args:
@@ -360,6 +403,9 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
         static_batch: convert a batch-1 signature instead of Keras's dynamic batch.
             TFLite fuses a Keras LSTM/GRU into its sequence op only with a static
             batch, so None (the default) means "when the model has an RNN layer".
+        fixed_batch: store every tensor's shape at batch 1 (:func:`fixed_shapes`), as
+            TFLite Micro needs; unlike ``static_batch`` the operators and quantization
+            stay those of the dynamic-batch conversion, which extraction predicts.
 
     Returns:
         The ``.tflite`` bytes.
@@ -424,7 +470,7 @@ def to_tflite(model: Any, representative_data: Iterable[Any] | np.ndarray, *,
             "int8 scale (s * qmax / 127), so the deployed integers are not the trained ones "
             "(docs/extraction.md); use tfmot_ext quantizers (their grid is embedded in "
             "int8) or train at 8 or 4 bits", model.name, ", ".join(regridded))
-    return bytes(content)
+    return fixed_shapes(bytes(content)) if fixed_batch else bytes(content)
 
 
 def unset_ranges(model: Any) -> list[str]:

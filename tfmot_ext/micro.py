@@ -1,0 +1,224 @@
+"""TFLite Micro, the runtime micro-controllers run: its interpreter on a ``.tflite``.
+
+The ``tflite-micro`` package (the optional ``micro`` extra) holds TFLite Micro's own
+kernels compiled for the host, with the interpreter its firmware runs. This module
+reads every operator's int8 output with it (:func:`op_outputs`, the ``"micro"``
+kernel set of :func:`tfmot_ext.tflite.op_outputs`) and measures the tensor arena a
+model needs (:func:`arena_bytes`). ``run_reference(params, x, rounding="micro")``
+reproduces these kernels bit for bit (docs/integer_inference.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from tfmot_ext.errors import ConfigError, ConversionError
+
+__all__ = ["DEFAULT_ARENA", "arena_bytes", "available", "interpreter", "op_outputs"]
+
+logger = logging.getLogger(__name__)
+
+#: The arena the first interpreter gets: large enough for every model the tests build
+#: (MobileNetV2 alpha 0.35 at 96x96 needs under 1 MiB); :func:`arena_bytes` finds the
+#: least that works.
+DEFAULT_ARENA = 64 * 2**20
+
+
+def _runtime() -> Any:
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError as e:
+        raise ConfigError(
+            "kernels='micro' needs TensorFlow Lite Micro's Python interpreter: "
+            "pip install 'tfmot-ext[micro]' (the tflite-micro package)") from e
+    return runtime
+
+
+def available() -> bool:
+    """Whether the ``tflite-micro`` package is installed."""
+    try:
+        _runtime()
+    except ConfigError:
+        return False
+    return True
+
+
+def _dynamic_shapes(model_content: bytes) -> bool:
+    from tfmot_ext.tflite import undelegated
+
+    details = undelegated(model_content)[1].values()
+    return any(-1 in d.get("shape_signature", ()) for d in details)
+
+
+def interpreter(model_content: bytes, arena: int = DEFAULT_ARENA,
+                preserve_all_tensors: bool = False) -> Any:
+    """A TFLite Micro interpreter on ``model_content`` with an ``arena``-byte tensor arena.
+
+    ``preserve_all_tensors`` keeps every intermediate tensor readable (``GetTensor``)
+    instead of letting TFLite Micro's planner reuse their memory.
+
+    Raises:
+        ConversionError: TFLite Micro cannot run the model (an operator it does not
+            register, a dynamic shape, an arena too small), with TFLite Micro's own
+            log of the reason.
+    """
+    rt = _runtime()
+    config = (rt.InterpreterConfig.kPreserveAllTensors if preserve_all_tensors
+              else rt.InterpreterConfig.kAllocationRecording)
+    try:
+        with _c_stderr() as log:
+            interp = rt.Interpreter.from_bytes(model_content, arena_size=arena,
+                                               intrepreter_config=config)
+    except RuntimeError as e:
+        why = " | ".join(line.strip() for line in log[0].splitlines() if line.strip())
+        hint = ("the model was converted with a dynamic batch, which TFLite Micro cannot "
+                "resize (where it names a shape): convert it with "
+                "to_tflite(..., fixed_batch=True)" if _dynamic_shapes(model_content)
+                else "replace the layer of the operator it names, or deploy with the "
+                "TFLite interpreter")
+        raise ConversionError(
+            f"TFLite Micro cannot run this model in a {arena}-byte arena: {why or e}; "
+            f"{hint}") from e
+    for line in log[0].splitlines():
+        if line.strip():
+            logger.info("TFLite Micro: %s", line.strip())
+    return interp
+
+
+def _invoke(interp: Any, x: np.ndarray) -> None:
+    try:
+        with _c_stderr() as log:
+            interp.set_input(x, 0)
+            interp.invoke()
+    except RuntimeError as e:
+        why = " | ".join(line.strip() for line in log[0].splitlines() if line.strip())
+        raise ConversionError(f"TFLite Micro failed to run the model: {why or e}") from e
+
+
+def op_outputs(model_content: bytes, x: np.ndarray, intermediates: bool = True
+               ) -> list[Any]:
+    """Every operator's int8 output as TFLite Micro computes it (see
+    :func:`tfmot_ext.tflite.op_outputs`, whose ``OpTensor`` rows this returns, in the
+    same order as the TFLite interpreter's).
+
+    Args:
+        model_content: an int8-I/O ``.tflite`` model.
+        x: inputs ``(N, ...)`` in the model's input type, one example per invoke.
+        intermediates: every operator's output, not only the model's outputs.
+    """
+    from tfmot_ext._compat import interpreter_ops
+    from tfmot_ext.tflite import OpTensor, undelegated
+
+    graph, details = undelegated(model_content)
+    ops = interpreter_ops(graph)
+    if intermediates:
+        wanted = [o for op in ops for o in op["outputs"]]
+        op_of = {o: op["op_name"] for op in ops for o in op["outputs"]}
+    else:
+        wanted = [d["index"] for d in graph.get_output_details()]
+        op_of = {i: "OUTPUT" for i in wanted}
+    wanted = [i for i in wanted if details[i]["dtype"] == np.int8]
+    interp = interpreter(model_content, preserve_all_tensors=True)
+    in_type = np.dtype(graph.get_input_details()[0]["dtype"])
+    rows: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
+    for i in range(len(x)):
+        _invoke(interp, np.ascontiguousarray(x[i : i + 1], in_type))
+        for t in wanted:
+            v = np.asarray(interp.GetTensor(t, 0)["tensor_data"])
+            rows[t].append((v[0] if v.shape[:1] == (1,) else v).copy())
+    out = []
+    for t in wanted:
+        s, z = details[t]["quantization"]
+        out.append(OpTensor(details[t]["name"], op_of[t], np.stack(rows[t]), float(s), int(z)))
+    return out
+
+
+@contextlib.contextmanager
+def _c_stderr() -> Iterator[list[str]]:
+    """Capture what TFLite Micro's C++ code logs to the process's stderr (fd 2): its
+    interpreter reports why a model cannot run only there. The captured text is the
+    list's one item once the block exits."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    got: list[str] = []
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield got
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            got.append(f.read().decode(errors="replace"))
+
+
+def _probe(model_path: str, arena: int) -> int:
+    """Exit status of one run in an ``arena``-byte arena: 0 it runs, 1 it does not."""
+    rt = _runtime()
+    with open(model_path, "rb") as f:
+        content = f.read()
+    try:
+        interp = rt.Interpreter.from_bytes(content, arena_size=arena)
+        shape = tuple(interp.get_input_details(0)["shape"])
+        interp.set_input(np.zeros(shape, interp.get_input_details(0)["dtype"]), 0)
+        interp.invoke()
+    except RuntimeError:
+        return 1
+    return 0
+
+
+def _runs_in(model_path: str, arena: int) -> bool:
+    """Whether the model runs in ``arena`` bytes, tried in a child process: TFLite Micro
+    crashes the process (SIGSEGV), instead of failing, in some arenas too small."""
+    done = subprocess.run([sys.executable, "-m", "tfmot_ext.micro", model_path, str(arena)],
+                          capture_output=True, timeout=120, check=False)
+    return done.returncode == 0
+
+
+def arena_bytes(model_content: bytes, granularity: int = 16) -> int:
+    """The least tensor arena (bytes, a multiple of ``granularity``) in which TFLite
+    Micro allocates and invokes the model, found by bisection.
+
+    TFLite Micro plans the arena once, at allocation (activation buffers shared by
+    lifetime, scratch buffers, its persistent structures, and temporary memory while
+    operators prepare, which its allocation report leaves out), so the figure does not
+    depend on the input's values. Each probe runs in a child process (about 0.2 s):
+    TFLite Micro crashes, instead of failing, in some arenas that are too small. The
+    figure holds for this host's TFLite Micro build (64-bit pointers); a 32-bit MCU's
+    structures are smaller, so it is an upper bound there.
+
+    Raises:
+        ConversionError: TFLite Micro cannot run the model even in
+            :data:`DEFAULT_ARENA` bytes (with its log of the reason).
+    """
+    interpreter(model_content)  # raises, with TFLite Micro's reason, if it cannot run
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(model_content)
+        lo, hi = 0, max(len(model_content) // granularity, 64)
+        while not _runs_in(path, hi * granularity):  # then: not at lo, at hi (* granularity)
+            if hi * granularity >= DEFAULT_ARENA:
+                raise ConversionError(f"TFLite Micro does not run this model in a "
+                                      f"{DEFAULT_ARENA}-byte arena in a child process")
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _runs_in(path, mid * granularity):
+                hi = mid
+            else:
+                lo = mid
+    return hi * granularity
+
+
+if __name__ == "__main__":  # the child process of _runs_in
+    sys.exit(_probe(sys.argv[1], int(sys.argv[2])))
