@@ -28,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # a script, not the library
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from modelgen import FAMILIES, ModelSpec, Outcome, check_model, model_specs  # noqa: E402
 
+from tfmot_ext.rules import KERNEL_ROUNDING  # noqa: E402
+
 
 def run(n: int, start_seed: int, families: list[str] | None, show: bool,
         supported_only: bool = False, only: set[int] | None = None,
@@ -123,7 +125,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the matrix (Markdown) here")
     ap.add_argument("--only", type=int, nargs="*", help="check only these models (1-based)")
     ap.add_argument("--kernels", nargs="+", default=["builtin", "reference"],
-                    choices=["builtin", "reference", "micro"],
+                    choices=[k for k in KERNEL_ROUNDING if k != "default"],
                     help="kernel sets the integer reference is checked against "
                          "(micro: TFLite Micro, the tflite-micro package)")
     args = ap.parse_args()

@@ -436,11 +436,11 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32,
         (:func:`tfmot_ext.parity.op_drift`).
     """
     import tfmot_ext as te
-    from tfmot_ext._compat import keras, tf
+    from tfmot_ext._compat import interpreter_ops, keras, tf
     from tfmot_ext.errors import IntegerReferenceError, TfmotExtError
     from tfmot_ext.parity import op_drift
     from tfmot_ext.rules import MICRO_MISSING_OPS
-    from tfmot_ext.tflite import fixed_shapes, op_outputs
+    from tfmot_ext.tflite import fixed_shapes, undelegated
 
     keras.backend.clear_session()
     tf.random.set_seed(seed)
@@ -461,14 +461,16 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32,
         for kernel_set in kernels:
             if kernel_set == "micro":  # TFLite Micro has no dynamic shapes
                 tfl = fixed_shapes(tfl)
-                if MICRO_MISSING_OPS & {op.op for op in op_outputs(tfl, x[:1])}:
+                ops = {op["op_name"] for op in interpreter_ops(undelegated(tfl)[0])}
+                if MICRO_MISSING_OPS & ops:
                     continue  # TFLite Micro refuses it (tests/test_micro.py)
             try:
                 drift = op_drift(qat, tfl, x, kernels=kernel_set, params=params)
             except IntegerReferenceError as e:  # no kernel: reported below with the rest
                 drift = []
                 logging.getLogger(__name__).debug("op_drift: %s", e)
-            report = te.verify(qat, tfl, x, kernels=kernel_set, params=params, arena=False)
+            report = te.verify(qat, tfl, x, kernels=kernel_set, params=params,
+                               measure_arena=False)
             if kernel_set == "builtin":
                 for w in report.weights:
                     if not w.exact:

@@ -126,23 +126,23 @@ def test_relu6_clamps_without_requantizing(lo, hi):
 @pytest.mark.parametrize("r1,r2", [((-1.0, 1.0), (-5.0, 3.0)), ((-0.7, 0.2), (-0.1, 0.9)),
                                    ((-30.0, 30.0), (-1.0, 1.0))])
 def test_sub_is_tflite_micros(r1, r2):
-    """SUB of two inputs at different scales, every pair of an int8 row: TFLite Micro
+    """SUB of two inputs at different scales on all 65,536 int8 pairs: TFLite Micro
     equals the reference's ``"micro"`` SUB (float32 multiplier quotients)."""
     a, b = keras.Input((256,)), keras.Input((256,))
     content = _convert(keras.Model([a, b], L.Subtract()([a, b])), [r1, r2])
     interp, _ = undelegated(content)
     (qa, qb), out = interp.get_input_details(), interp.get_output_details()[0]
     assert [op["op_name"] for op in interpreter_ops(interp)] == ["SUB"]
-    rng = np.random.default_rng(1)
-    xa = rng.permutation(ALL_INT8.ravel()).reshape(1, 256)
-    for xb in (ALL_INT8, rng.integers(-128, 128, (1, 256)).astype(np.int8)):
-        s, z = out["quantization"]
-        p = LayerQuantParams(name="s", kind="Subtract", inputs=("a", "b"), quantized=True,
-                             output=TensorQuant(s, z, 8, -1.0, 1.0, -1.0, 1.0))
-        y = ops.add_sub(p, [ops.IntTensor(xa, *qa["quantization"]),
-                            ops.IntTensor(xb, *qb["quantization"])],
-                        ops.Call("s", "micro"), subtract=True)
-        np.testing.assert_array_equal(_micro(content, xa, xb), y.values)
+    xa = np.repeat(ALL_INT8, 256, axis=0)                  # (256, 256): every pair
+    xb = np.repeat(ALL_INT8.reshape(256, 1), 256, axis=1)
+    micro = np.stack([_micro(content, xa[i : i + 1], xb[i : i + 1]) for i in range(256)])
+    s, z = out["quantization"]
+    p = LayerQuantParams(name="s", kind="Subtract", inputs=("a", "b"), quantized=True,
+                         output=TensorQuant(s, z, 8, -1.0, 1.0, -1.0, 1.0))
+    y = ops.add_sub(p, [ops.IntTensor(xa, *qa["quantization"]),
+                        ops.IntTensor(xb, *qb["quantization"])], ops.Call("s", "micro"),
+                    subtract=True)
+    np.testing.assert_array_equal(micro.reshape(256, 256), y.values)
 
 
 def test_fully_connected_rounds_twice_in_tflite_micro(rng):
@@ -188,3 +188,22 @@ def test_prelu_is_tflite_micros(lo, hi, rng):
                                   xk.prelu(x, alpha, s_out, z_out, "micro").values)
     builtin = op_outputs(content, ALL_INT8, "builtin", intermediates=False)[0].values
     np.testing.assert_array_equal(builtin.reshape(1, 256), xk.prelu(x, alpha, s_out, z_out).values)
+
+
+def test_softmax_is_the_reference_kernels_gemmlowp(rng):
+    """A lone SOFTMAX: TFLite Micro's is TFLite's reference kernel (gemmlowp), which
+    ``rounding="micro"`` runs, on 200 random rows and on the rows of 20,000 random
+    candidates where TFLite's optimized kernel (float32 tables) differs."""
+    inp = keras.Input((10,))
+    content = _convert(keras.Model(inp, L.Softmax()(inp)), [(-6.0, 6.0)])
+    (s, z), _, names = _io(content)
+    assert names == ["SOFTMAX"]
+    candidates = rng.integers(-128, 128, (20000, 10)).astype(np.int8)
+    ref, opt = (ops.softmax(ops.IntTensor(candidates, s, z), ops.Call("s", r)).values
+                for r in ("micro", "optimized"))
+    ties = candidates[(ref != opt).any(axis=1)][:20]
+    assert len(ties) > 0  # the optimized kernel does differ somewhere
+    x = np.concatenate([rng.integers(-128, 128, (200, 10)).astype(np.int8), ties])
+    micro = np.stack([_micro(content, row[None]) for row in x]).reshape(x.shape)
+    np.testing.assert_array_equal(micro, ops.softmax(ops.IntTensor(x, s, z),
+                                                     ops.Call("s", "micro")).values)

@@ -35,7 +35,9 @@ The requantization of Conv/Depthwise/FullyConnected rounds differently in TFLite
 kernel sets (measured, see docs/integer_inference.md): the reference kernels use
 the form above for Conv/Depthwise but a single rounding for FullyConnected; the
 optimized kernels use the form above with a final shift whose ties go up.
-``rounding="reference"`` / ``"optimized"`` reproduce each bit for bit.
+``rounding="reference"`` / ``"optimized"`` reproduce each bit for bit, and
+``"micro"`` TFLite Micro's kernels (the form above for all three; its other
+differences are :mod:`tfmot_ext.microkernels`).
 """
 
 from __future__ import annotations
@@ -234,12 +236,12 @@ def _finish(p: LayerQuantParams, acc: np.ndarray, call: Call, fc: bool = False,
 
 def softmax(x: IntTensor, call: Call) -> IntTensor:
     """TFLite's int8 SOFTMAX over the last axis at its fixed output grid (1/256, -128):
-    :func:`tfmot_ext.softmax.softmax_reference` with the reference kernels,
-    :func:`tfmot_ext.softmax.softmax_optimized` with the optimized ones (which differ
-    on near-ties)."""
+    :func:`tfmot_ext.softmax.softmax_reference` with the reference kernels and TFLite
+    Micro's, :func:`tfmot_ext.softmax.softmax_optimized` with the optimized ones (which
+    differ on near-ties)."""
     s, z = _LUT_OUTPUT["softmax"]
     try:
-        fn = softmax_reference if call.rounding == "reference" else softmax_optimized
+        fn = softmax_optimized if call.rounding == "optimized" else softmax_reference
         return IntTensor(fn(x.values, x.scale, x.zero_point), s, z)
     except IntegerReferenceError as e:
         raise IntegerReferenceError(f"{call.where}: {e}") from e

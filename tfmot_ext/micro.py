@@ -27,10 +27,12 @@ __all__ = ["DEFAULT_ARENA", "arena_bytes", "available", "interpreter", "op_outpu
 
 logger = logging.getLogger(__name__)
 
-#: The arena the first interpreter gets: large enough for every model the tests build
-#: (MobileNetV2 alpha 0.35 at 96x96 needs under 1 MiB); :func:`arena_bytes` finds the
-#: least that works.
+#: The arena of an interpreter that plans normally (TFLite Micro shares buffers by
+#: lifetime): MobileNetV2 alpha 0.35 at 96x96 needs 210,000 bytes; :func:`arena_bytes`
+#: finds the least that works.
 DEFAULT_ARENA = 64 * 2**20
+#: Exit status of :func:`_probe` when the model does not fit its arena.
+_TOO_SMALL = 3
 
 
 def _runtime() -> Any:
@@ -78,13 +80,17 @@ def interpreter(model_content: bytes, arena: int = DEFAULT_ARENA,
         with _c_stderr() as log:
             interp = rt.Interpreter.from_bytes(model_content, arena_size=arena,
                                                intrepreter_config=config)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         why = " | ".join(line.strip() for line in log[0].splitlines() if line.strip())
-        hint = ("the model was converted with a dynamic batch, which TFLite Micro cannot "
-                "resize (where it names a shape): convert it with "
-                "to_tflite(..., fixed_batch=True)" if _dynamic_shapes(model_content)
-                else "replace the layer of the operator it names, or deploy with the "
-                "TFLite interpreter")
+        if "Failed to allocate" in why:
+            hint = "pass a larger arena"
+        elif _dynamic_shapes(model_content):
+            hint = ("the model was converted with a dynamic batch, which TFLite Micro "
+                    "cannot resize (where it names a shape): convert it with "
+                    "to_tflite(..., fixed_batch=True)")
+        else:
+            hint = ("replace the layer of the operator it names, or deploy with the "
+                    "TFLite interpreter")
         raise ConversionError(
             f"TFLite Micro cannot run this model in a {arena}-byte arena: {why or e}; "
             f"{hint}") from e
@@ -99,9 +105,10 @@ def _invoke(interp: Any, x: np.ndarray) -> None:
         with _c_stderr() as log:
             interp.set_input(x, 0)
             interp.invoke()
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:  # ValueError: input shape or type
         why = " | ".join(line.strip() for line in log[0].splitlines() if line.strip())
-        raise ConversionError(f"TFLite Micro failed to run the model: {why or e}") from e
+        raise ConversionError(f"TFLite Micro failed to run the model: {why or e}; give it "
+                              "inputs of the model's batch-1 shape and type") from e
 
 
 def op_outputs(model_content: bytes, x: np.ndarray, intermediates: bool = True
@@ -115,31 +122,21 @@ def op_outputs(model_content: bytes, x: np.ndarray, intermediates: bool = True
         x: inputs ``(N, ...)`` in the model's input type, one example per invoke.
         intermediates: every operator's output, not only the model's outputs.
     """
-    from tfmot_ext._compat import interpreter_ops
-    from tfmot_ext.tflite import OpTensor, undelegated
+    from tfmot_ext.tflite import collect_outputs, undelegated
 
     graph, details = undelegated(model_content)
-    ops = interpreter_ops(graph)
-    if intermediates:
-        wanted = [o for op in ops for o in op["outputs"]]
-        op_of = {o: op["op_name"] for op in ops for o in op["outputs"]}
-    else:
-        wanted = [d["index"] for d in graph.get_output_details()]
-        op_of = {i: "OUTPUT" for i in wanted}
-    wanted = [i for i in wanted if details[i]["dtype"] == np.int8]
-    interp = interpreter(model_content, preserve_all_tensors=True)
+    # every tensor stays in the arena (the planner is linear then): room for all of them
+    tensors = sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
+                  for d in details.values())
+    interp = interpreter(model_content, max(DEFAULT_ARENA, 2 * tensors),
+                         preserve_all_tensors=True)
     in_type = np.dtype(graph.get_input_details()[0]["dtype"])
-    rows: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
-    for i in range(len(x)):
-        _invoke(interp, np.ascontiguousarray(x[i : i + 1], in_type))
-        for t in wanted:
-            v = np.asarray(interp.GetTensor(t, 0)["tensor_data"])
-            rows[t].append((v[0] if v.shape[:1] == (1,) else v).copy())
-    out = []
-    for t in wanted:
-        s, z = details[t]["quantization"]
-        out.append(OpTensor(details[t]["name"], op_of[t], np.stack(rows[t]), float(s), int(z)))
-    return out
+
+    def run(xi: np.ndarray) -> Any:
+        _invoke(interp, np.ascontiguousarray(xi, in_type))
+        return lambda t: interp.GetTensor(t, 0)["tensor_data"]
+
+    return collect_outputs(graph, np.asarray(x), run, intermediates)
 
 
 @contextlib.contextmanager
@@ -162,7 +159,8 @@ def _c_stderr() -> Iterator[list[str]]:
 
 
 def _probe(model_path: str, arena: int) -> int:
-    """Exit status of one run in an ``arena``-byte arena: 0 it runs, 1 it does not."""
+    """Exit status of one run in an ``arena``-byte arena: 0 it runs, :data:`_TOO_SMALL`
+    it does not (anything else is a failure of the probe itself)."""
     rt = _runtime()
     with open(model_path, "rb") as f:
         content = f.read()
@@ -172,16 +170,32 @@ def _probe(model_path: str, arena: int) -> int:
         interp.set_input(np.zeros(shape, interp.get_input_details(0)["dtype"]), 0)
         interp.invoke()
     except RuntimeError:
-        return 1
+        return _TOO_SMALL
     return 0
 
 
 def _runs_in(model_path: str, arena: int) -> bool:
     """Whether the model runs in ``arena`` bytes, tried in a child process: TFLite Micro
-    crashes the process (SIGSEGV), instead of failing, in some arenas too small."""
-    done = subprocess.run([sys.executable, "-m", "tfmot_ext.micro", model_path, str(arena)],
-                          capture_output=True, timeout=120, check=False)
-    return done.returncode == 0
+    crashes the process (SIGSEGV), instead of failing, in some arenas too small.
+
+    Raises:
+        ConversionError: the probe itself failed (not a too-small arena), with its
+            error output.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "tfmot_ext.micro", model_path,
+                               str(arena)], capture_output=True, timeout=300, check=False,
+                              env=env)
+    except subprocess.TimeoutExpired as e:
+        raise ConversionError(f"TFLite Micro's arena probe ({arena} bytes) did not finish "
+                              "in 300 s") from e
+    if done.returncode == 0:
+        return True
+    if done.returncode == _TOO_SMALL or done.returncode < 0:  # < 0: killed by a signal
+        return False
+    raise ConversionError(f"TFLite Micro's arena probe failed (exit {done.returncode}): "
+                          f"{done.stderr.decode(errors='replace')[-600:]}")
 
 
 def arena_bytes(model_content: bytes, granularity: int = 16) -> int:
@@ -195,6 +209,9 @@ def arena_bytes(model_content: bytes, granularity: int = 16) -> int:
     TFLite Micro crashes, instead of failing, in some arenas that are too small. The
     figure holds for this host's TFLite Micro build (64-bit pointers); a 32-bit MCU's
     structures are smaller, so it is an upper bound there.
+
+    The recording allocator the probes run with keeps its records in the arena, so
+    firmware with a plain allocator needs somewhat less (not measured).
 
     Raises:
         ConversionError: TFLite Micro cannot run the model even in

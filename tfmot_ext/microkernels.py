@@ -32,6 +32,7 @@ from tfmot_ext.fixedpoint import (
 )
 from tfmot_ext.gemmlowp import logistic, tanh
 from tfmot_ext.qmath import round_half_away
+from tfmot_ext.rules import fused_activation_range
 
 __all__ = ["TANH_LOGISTIC_INPUT_BITS", "fixed_point_input", "logistic_int8", "relu6_int8",
            "sub_multipliers", "tanh_int8"]
@@ -114,9 +115,8 @@ def relu6_int8(q: npt.ArrayLike, input_scale: float, input_zero_point: int
     >>> relu6_int8([-5, 3, 100], 0.1, -2).tolist()  # six = -2 + 60
     [-2, 3, 58]
     """
-    six = input_zero_point + int(round_half_away(np.float32(6.0) / np.float32(input_scale)))
-    hi = min(max(six, -128), 127)
-    return np.clip(np.asarray(q, np.int64), input_zero_point, hi).astype(np.int8)
+    lo, hi = fused_activation_range("relu6", input_scale, input_zero_point)
+    return np.clip(np.asarray(q, np.int64), lo, hi).astype(np.int8)
 
 
 I32 = npt.NDArray[np.int32]

@@ -414,7 +414,7 @@ def _check_belongs(model: Any, params: QuantizedModelParams, tflite_bytes: bytes
 def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builtin",
            reference: bool = True, params: QuantizedModelParams | None = None,
            min_within_1lsb: float = 0.999, require_weights: bool = True,
-           require_reference: bool = False, arena: bool = True) -> ParityReport:
+           require_reference: bool = False, measure_arena: bool = True) -> ParityReport:
     """Compare a QAT model with its int8 TFLite conversion (see the module docstring).
 
     Args:
@@ -434,7 +434,7 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
             elements that must be within 1 LSB (:attr:`ParityReport.passed`).
         require_weights: the verdict also requires exact weights.
         require_reference: the verdict also requires a bit-exact integer reference.
-        arena: with ``kernels="micro"``, also measure the least tensor arena
+        measure_arena: with ``kernels="micro"``, also measure the least tensor arena
             (:func:`tfmot_ext.micro.arena_bytes`, a bisection of about 20 child
             processes).
 
@@ -470,6 +470,7 @@ def verify(model: Any, tflite_bytes: bytes, data: Any, *, kernels: str = "builti
         except IntegerReferenceError as e:
             error = str(e)
             logger.warning("integer reference not run: %s", e)
-    arena_size = micro.arena_bytes(tflite_bytes) if kernels == "micro" and arena else None
+    arena_size = (micro.arena_bytes(tflite_bytes) if kernels == "micro" and measure_arena
+                  else None)
     return ParityReport(tuple(outputs), tuple(weights), matches, kernels, error,
                         min_within_1lsb, require_weights, require_reference, arena_size)

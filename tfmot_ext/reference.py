@@ -7,7 +7,8 @@ requantization, no float anywhere on the data path (except TFLite's own float ``
 multiplier, replicated in float32 where TFLite uses it). It is what a hardware team
 implements, and it matches the TFLite interpreter's kernels bit for bit, with the
 rounding of its reference kernels (``rounding="reference"``) or of its optimized ones
-(``"optimized"``; measured, see docs/integer_inference.md).
+(``"optimized"``), or TFLite Micro's kernels (``"micro"``); measured, see
+docs/integer_inference.md.
 """
 
 from __future__ import annotations
@@ -133,8 +134,9 @@ def run_reference(params: QuantizedModelParams, x: npt.ArrayLike, rounding: str 
             quantization (what an int8-I/O TFLite model takes), or float32 values,
             which are quantized first with :func:`quantize_input`.
         rounding: the requantization rounding of Conv/Depthwise/FullyConnected:
-            ``"reference"`` (TFLite's reference kernels) or ``"optimized"`` (its
-            optimized kernels); see :data:`tfmot_ext.rules.ROUNDINGS`.
+            ``"reference"`` (TFLite's reference kernels), ``"optimized"`` (its
+            optimized kernels) or ``"micro"`` (TFLite Micro's); see
+            :data:`tfmot_ext.rules.ROUNDINGS`.
 
     Returns:
         :class:`ReferenceRun`: every layer's int8 tensor.

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +37,10 @@ from tfmot_ext.errors import ConfigError, ConversionError
 from tfmot_ext.rules import EXACT_WEIGHT_BITS, FLOAT_ONLY_OPS, KERNEL_ROUNDING
 from tfmot_ext.summary import quantizer_bits, range_variables, weight_quantizers
 
-__all__ = ["KERNELS", "OpTensor", "WeightTensor", "fixed_shapes", "float_ops", "interpreter",
-           "keras_layout", "op_outputs", "regridded_weights", "run_int8", "save_tflite",
-           "to_tflite", "undelegated", "unset_ranges", "weight_tensors", "wide_activations"]
+__all__ = ["KERNELS", "OpTensor", "WeightTensor", "collect_outputs", "fixed_shapes",
+           "float_ops", "interpreter", "keras_layout", "op_outputs", "regridded_weights",
+           "run_int8", "save_tflite", "to_tflite", "undelegated", "unset_ranges",
+           "weight_tensors", "wide_activations"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,11 @@ def _backend() -> tuple[Any, Any]:
 
 
 def _resolver(kernels: str) -> dict[str, Any]:
-    if kernels not in KERNELS:
-        raise ConfigError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    if kernels in ("default", "micro"):
+    """The TFLite interpreter's arguments for a kernel set (TFLite Micro is not one)."""
+    if kernels not in KERNELS or kernels == "micro":
+        raise ConfigError(f"kernels must be one of {KERNELS} (micro: tfmot_ext.micro), "
+                          f"got {kernels!r}")
+    if kernels == "default":
         return {}
     types = _backend()[1]
     return {"experimental_op_resolver_type": types.BUILTIN_REF if kernels == "reference"
@@ -134,11 +137,14 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
             ``"micro"`` (TFLite Micro's interpreter, :func:`tfmot_ext.micro.op_outputs`).
         intermediates: read every operator's output, not only the model's outputs.
     """
-    kw = _resolver(kernels)
-    preserve = intermediates and kernels not in ("default", "micro")
-    interp = (undelegated(model_content)[0] if kernels == "micro" else
-              interpreter(model_content, experimental_preserve_all_tensors=preserve, **kw))
-    inp = interp.get_input_details()[0]
+    if kernels == "micro":
+        graph = undelegated(model_content)[0]
+    else:
+        preserve = intermediates and kernels != "default"
+        graph = interpreter(model_content, experimental_preserve_all_tensors=preserve,
+                            **_resolver(kernels))
+        intermediates = preserve
+    inp = graph.get_input_details()[0]
     in_type = np.dtype(inp["dtype"])
     if in_type.kind == "f":
         raise ConversionError("op_outputs needs an int8-input model (to_tflite(int8_io=True))")
@@ -150,20 +156,35 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
         from tfmot_ext import micro
 
         return micro.op_outputs(model_content, np.asarray(x, in_type), intermediates)
-    details = {d["index"]: d for d in interp.get_tensor_details()}
-    if preserve:
-        wanted = [o for op in interpreter_ops(interp) for o in op["outputs"]]
-        op_of = {o: op["op_name"] for op in interpreter_ops(interp) for o in op["outputs"]}
+
+    def run(xi: np.ndarray) -> Callable[[int], np.ndarray]:
+        graph.set_tensor(inp["index"], xi)
+        graph.invoke()
+        return graph.get_tensor
+
+    return collect_outputs(graph, np.asarray(x, in_type), run, intermediates)
+
+
+def collect_outputs(graph: Any, x: np.ndarray,
+                    run: Callable[[np.ndarray], Callable[[int], np.ndarray]],
+                    intermediates: bool) -> list[OpTensor]:
+    """The int8 outputs of every operator of ``graph`` (a ``tf.lite`` interpreter on
+    the model: its operators and tensor details), or of the model only, over ``x``:
+    ``run(x[i : i + 1])`` invokes one example on some runtime and returns a reader of
+    a tensor by index. A tensor with the batch merged in (a Dense on ``(T, C)`` runs
+    on ``(T, C)``) is kept whole: ``(N, T, C)`` when stacked."""
+    details = {d["index"]: d for d in graph.get_tensor_details()}
+    if intermediates:
+        ops = interpreter_ops(graph)
+        op_of = {o: op["op_name"] for op in ops for o in op["outputs"]}
     else:
-        wanted = [d["index"] for d in interp.get_output_details()]
-        op_of = {i: "OUTPUT" for i in wanted}
-    wanted = [i for i in wanted if details[i]["dtype"] == np.int8]
+        op_of = {d["index"]: "OUTPUT" for d in graph.get_output_details()}
+    wanted = [i for i in op_of if details[i]["dtype"] == np.int8]
     rows: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
     for i in range(len(x)):
-        interp.set_tensor(inp["index"], np.asarray(x[i : i + 1], in_type))
-        interp.invoke()
-        for t in wanted:  # a tensor with the batch merged in (a Dense on (T, C) runs
-            v = interp.get_tensor(t)  # on (T, C)) is kept whole: (N, T, C) when stacked
+        read = run(x[i : i + 1])
+        for t in wanted:
+            v = np.asarray(read(t))
             rows[t].append((v[0] if v.shape[:1] == (1,) else v).copy())
     out = []
     for t in wanted:
@@ -226,7 +247,8 @@ def fixed_shapes(model_content: bytes) -> bytes:
     extracted for the dynamic conversion holds for the result.
 
     Raises:
-        ConversionError: the model is not a single-subgraph TFLite model.
+        ConversionError: the model is not a single-subgraph TFLite model, or a tensor
+            with a dynamic dimension has no shape in the interpreter after the run.
     """
     interp, _ = undelegated(model_content)
     for d in interp.get_input_details():
@@ -237,10 +259,15 @@ def fixed_shapes(model_content: bytes) -> bytes:
     model = flatbuffer_model(model_content)
     if len(model.subgraphs) != 1:
         raise ConversionError(f"fixed_shapes: the model has {len(model.subgraphs)} "
-                              "subgraphs; only single-subgraph models are supported")
+                              "subgraphs (control flow); only single-subgraph models are "
+                              "supported: convert with to_tflite(..., static_batch=True)")
     for i, tensor in enumerate(model.subgraphs[0].tensors):
-        if i in shapes and tensor.shapeSignature is not None and -1 in list(
-                tensor.shapeSignature):
+        if tensor.shapeSignature is not None and -1 in list(tensor.shapeSignature):
+            if i not in shapes:
+                raise ConversionError(
+                    f"fixed_shapes: tensor {i} ({tensor.name!r}) has a dynamic shape and "
+                    "no shape after a batch-1 run; convert with "
+                    "to_tflite(..., static_batch=True)")
             tensor.shape = np.asarray(shapes[i], np.int32)
             tensor.shapeSignature = np.asarray(shapes[i], np.int32)
     return flatbuffer_bytes(model)
