@@ -9,7 +9,10 @@ demo``'s 8/4-bit policy, and MobileNetV2 alpha 0.35 at 96x96
 (random weights, calibrated on random inputs, 16 inputs). For every int8 tensor the
 interpreter exposes, it counts the elements where TFLite Micro (the ``tflite-micro``
 package) differs from ``run_reference`` with each rounding, and from TFLite's own
-reference and builtin kernels; and prints the tensor arena TFLite Micro needs.
+reference and builtin kernels; and prints the tensor arena TFLite Micro needs. Then
+it sweeps ``--quantizations`` random input quantizations of LOGISTIC and TANH, every
+int8 input each, and counts where TFLite Micro's fixed point
+(:mod:`tfmot_ext.microkernels`) and TFLite's table differ.
 Results in docs/integer_inference.md.
 """
 
@@ -73,9 +76,33 @@ def _row(name: str, qat: Any, tfl: bytes, x: np.ndarray) -> list[str]:
             f"{vs_tfl['reference']} / {vs_tfl['builtin']}", f"{arena:,}"]
 
 
+def _table_vs_fixed_point(n: int, seed: int = 0) -> str:
+    from tfmot_ext import microkernels as mk
+    from tfmot_ext.kernels import activation_lut
+
+    rng = np.random.default_rng(seed)
+    q = np.arange(-128, 128)
+    counts = {"sigmoid": 0, "tanh": 0}
+    scales: dict[str, list[float]] = {"sigmoid": [], "tanh": []}
+    for _ in range(n):
+        s = float(np.float32(10 ** rng.uniform(-3, 0.5)))
+        z = int(rng.integers(-128, 128))
+        for fn, micro_fn, out in (("sigmoid", mk.logistic_int8, (1 / 256, -128)),
+                                  ("tanh", mk.tanh_int8, (1 / 128, 0))):
+            d = int((activation_lut(fn, s, z, *out)[q + 128] != micro_fn(q, s, z)).sum())
+            counts[fn] += d
+            if d:
+                scales[fn].append(s)
+    return "; ".join(f"{fn}: {counts[fn]} of {n * 256:,} inputs differ"
+                     + (f" (input scales {min(scales[fn]):.3f}..{max(scales[fn]):.3f})"
+                        if scales[fn] else "") for fn in counts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000, help="MNIST test images (max 1000)")
+    ap.add_argument("--quantizations", type=int, default=3000,
+                    help="random input quantizations of the LOGISTIC/TANH sweep")
     args = ap.parse_args()
     rows = [["model", "inputs", "tensors / elements", "micro vs reference(micro)",
              "output vs reference(reference / optimized)",
@@ -87,6 +114,9 @@ def main() -> None:
     print("|" + "---|" * len(rows[0]))
     for r in rows[1:]:
         print("| " + " | ".join(r) + " |")
+    print(f"\nLOGISTIC / TANH, TFLite's table vs TFLite Micro's fixed point, "
+          f"{args.quantizations} random input quantizations (scale 1e-3..3.2, any zero "
+          f"point): {_table_vs_fixed_point(args.quantizations)}")
 
 
 if __name__ == "__main__":
