@@ -423,14 +423,16 @@ def _train(model: Any, x: np.ndarray, seed: int) -> None:
 
 
 def check_model(spec: ModelSpec, seed: int = 0, n: int = 32,
-                kernels: Sequence[str] = ("builtin", "reference")) -> Outcome:
+                kernels: Sequence[str] = ("builtin", "reference"),
+                static_batch: bool | None = None) -> Outcome:
     """Put the model of ``spec`` through ``te.quantize`` (defaults), a float and a QAT
     fit of 3 steps, ``to_tflite`` and the three checks of issue #19:
 
     (a) every weighted TFLite operator holds the extracted integers and scales exactly;
     (b) the integer reference reproduces every interpreter tensor bit for bit, with
         each kernel set of ``kernels`` (by default TFLite's optimized ``builtin`` and its
-        ``reference`` kernels; ``"micro"`` adds TFLite Micro's);
+        ``reference`` kernels; ``"micro"`` adds TFLite Micro's, on the model with
+        batch-1 shapes, :func:`tfmot_ext.tflite.fixed_shapes`);
     (c) every tensor a QAT layer accounts for is within 1 LSB of TFLite's on every
         element, the layer computed from the interpreter's own inputs
         (:func:`tfmot_ext.parity.op_drift`).
@@ -454,7 +456,7 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32,
     try:
         qat = te.quantize(model)
         _train(qat, x, seed + 1)
-        tfl = te.to_tflite(qat, x)
+        tfl = te.to_tflite(qat, x, static_batch=static_batch)
         params = te.extract(qat)  # once: verify and op_drift take it
         findings: list[tuple[str, str, str]] = []
         end_to_end = 0.0
