@@ -52,6 +52,22 @@ def convert_int8(model, data, int8_io: bool = True) -> bytes:
     return to_tflite(model, data, int8_io=int8_io)
 
 
+def ptq_int8(model, representative) -> bytes:
+    """The converter's own full-integer post-training conversion of a float model
+    (int8 I/O), calibrated on ``representative()`` (lone-operator test models)."""
+    import warnings
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bytes(conv.convert())
+
+
 def tflite_weight_ops(model_bytes: bytes) -> list[dict]:
     """Conv/DepthwiseConv/FullyConnected ops of a TFLite model (as dicts, for tests)."""
     from dataclasses import asdict

@@ -422,6 +422,27 @@ def _train(model: Any, x: np.ndarray, seed: int) -> None:
     model.fit(x, y, batch_size=16, epochs=1, steps_per_epoch=2, verbose=0)
 
 
+def _micro_findings(params: Any, tfl: bytes, x: np.ndarray) -> list[tuple[str, str, str]]:
+    """Check (b) against TFLite Micro, on the model with batch-1 shapes (it cannot
+    resize); a model with an operator TFLite Micro lacks is skipped (tests/test_micro.py
+    has its refusal)."""
+    from tfmot_ext._compat import interpreter_ops
+    from tfmot_ext.errors import IntegerReferenceError
+    from tfmot_ext.matching import compare_with_tflite
+    from tfmot_ext.rules import MICRO_MISSING_OPS
+    from tfmot_ext.tflite import fixed_shapes, undelegated
+
+    fixed = fixed_shapes(tfl)
+    if MICRO_MISSING_OPS & {op["op_name"] for op in interpreter_ops(undelegated(fixed)[0])}:
+        return []
+    try:
+        matches = compare_with_tflite(params, fixed, x, "micro")
+    except IntegerReferenceError as e:
+        return [("reference/micro", "", str(e))]
+    return [("reference/micro", str(m.layer), f"{m.op}: {m.mismatched}/{m.size} differ, "
+             f"max {m.max_abs_diff} LSB") for m in matches if m.mismatched or m.layer is None]
+
+
 def check_model(spec: ModelSpec, seed: int = 0, n: int = 32,
                 kernels: Sequence[str] = ("builtin", "reference"),
                 static_batch: bool | None = None) -> Outcome:
@@ -432,17 +453,15 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32,
     (b) the integer reference reproduces every interpreter tensor bit for bit, with
         each kernel set of ``kernels`` (by default TFLite's optimized ``builtin`` and its
         ``reference`` kernels; ``"micro"`` adds TFLite Micro's, on the model with
-        batch-1 shapes, :func:`tfmot_ext.tflite.fixed_shapes`);
+        batch-1 shapes, :func:`tfmot_ext.tflite.fixed_shapes`, for this check only);
     (c) every tensor a QAT layer accounts for is within 1 LSB of TFLite's on every
         element, the layer computed from the interpreter's own inputs
         (:func:`tfmot_ext.parity.op_drift`).
     """
     import tfmot_ext as te
-    from tfmot_ext._compat import interpreter_ops, keras, tf
+    from tfmot_ext._compat import keras, tf
     from tfmot_ext.errors import IntegerReferenceError, TfmotExtError
     from tfmot_ext.parity import op_drift
-    from tfmot_ext.rules import MICRO_MISSING_OPS
-    from tfmot_ext.tflite import fixed_shapes, undelegated
 
     keras.backend.clear_session()
     tf.random.set_seed(seed)
@@ -461,11 +480,9 @@ def check_model(spec: ModelSpec, seed: int = 0, n: int = 32,
         findings: list[tuple[str, str, str]] = []
         end_to_end = 0.0
         for kernel_set in kernels:
-            if kernel_set == "micro":  # TFLite Micro has no dynamic shapes
-                tfl = fixed_shapes(tfl)
-                ops = {op["op_name"] for op in interpreter_ops(undelegated(tfl)[0])}
-                if MICRO_MISSING_OPS & ops:
-                    continue  # TFLite Micro refuses it (tests/test_micro.py)
+            if kernel_set == "micro":  # the reference's tensors only: (a) and (c) are
+                findings += _micro_findings(params, tfl, x)  # TFLite's, the same model
+                continue
             try:
                 drift = op_drift(qat, tfl, x, kernels=kernel_set, params=params)
             except IntegerReferenceError as e:  # no kernel: reported below with the rest

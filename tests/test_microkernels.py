@@ -6,15 +6,15 @@ TFLite's own kernels differ there (so the ``"micro"`` rounding is needed)."""
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import pytest
+from conftest import ptq_int8
 
 from tfmot_ext import extrakernels as xk
 from tfmot_ext import kernels as ops
 from tfmot_ext import microkernels as mk
-from tfmot_ext._compat import interpreter_ops, keras, tf
+from tfmot_ext._compat import interpreter_ops, keras
 from tfmot_ext.fixedpoint import mbqm, quantize_multiplier, requant_multiplier
 from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.tflite import op_outputs, undelegated, weight_tensors
@@ -42,15 +42,7 @@ def _convert(model: keras.Model, ranges: list[tuple[float, float]]) -> bytes:
             yield [sample(tuple(inp.shape[1:]), lo, hi, k == 0)
                    for inp, (lo, hi) in zip(model.inputs, ranges, strict=True)]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return bytes(conv.convert())
+    return ptq_int8(model, representative)
 
 
 @functools.cache

@@ -18,6 +18,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from conftest import ptq_int8
 
 from tfmot_ext._compat import interpreter_ops, keras, tf
 from tfmot_ext.errors import IntegerReferenceError
@@ -52,15 +53,7 @@ def _model(shape: tuple[int, ...], data_range: float) -> bytes:
         for _ in range(8):
             yield [rng.uniform(-data_range, data_range, (1, *shape)).astype(np.float32)]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return bytes(conv.convert())
+    return ptq_int8(model, representative)
 
 
 def _with_beta(model: bytes, beta: float) -> bytes:
