@@ -63,7 +63,7 @@ from tfmot_ext.kernels import (
 )
 from tfmot_ext.params import LayerQuantParams, TensorQuant
 from tfmot_ext.qmath import round_half_away
-from tfmot_ext.rules import MICRO_MISSING_OPS, ONE_D_TWINS, relu_cap, twin_2d_config
+from tfmot_ext.rules import ONE_D_TWINS, relu_cap, twin_2d_config
 
 __all__ = [
     "MORE_NARY",
@@ -254,9 +254,6 @@ def _activation(p: LayerQuantParams, x: IntTensor, call: Call) -> IntTensor:
     :mod:`tfmot_ext.kernels` runs them."""
     if p.config.get("activation") != "gelu":
         return UNARY["Activation"](p, x, call)
-    if call.rounding == "micro" and "GELU" in MICRO_MISSING_OPS:
-        raise IntegerReferenceError(f"{call.where}: TFLite Micro has no GELU kernel; use "
-                                    "another activation (e.g. swish) for a micro-controller")
     s, z = _output_scale(p, [x], call)
     table = gelu_lut(x.scale, x.zero_point, s, z)
     return IntTensor(table[x.values.astype(np.int64) + 128], s, z)

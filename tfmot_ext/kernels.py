@@ -453,12 +453,13 @@ def add_sub(p: LayerQuantParams, xs: list[IntTensor], call: Call, subtract: bool
         raise IntegerReferenceError(f"{call.where}: output is not quantized")
     a, b = xs
     s1, s2, so = np.float32(a.scale), np.float32(b.scale), np.float32(p.output.scale)
-    twice_max = np.float64(np.float32(2) * max(s1, s2))
-    m1, sh1 = quantize_multiplier(np.float64(s1) / twice_max)
-    m2, sh2 = quantize_multiplier(np.float64(s2) / twice_max)
-    mo, sho = quantize_multiplier(twice_max / np.float64(np.float32(1 << 20) * so))
     if subtract and call.rounding == "micro":  # TFLite Micro's SUB: float32 quotients
         (m1, sh1), (m2, sh2), (mo, sho) = sub_multipliers(float(s1), float(s2), float(so))
+    else:
+        twice_max = np.float64(np.float32(2) * max(s1, s2))
+        m1, sh1 = quantize_multiplier(np.float64(s1) / twice_max)
+        m2, sh2 = quantize_multiplier(np.float64(s2) / twice_max)
+        mo, sho = quantize_multiplier(twice_max / np.float64(np.float32(1 << 20) * so))
 
     def scaled(t: IntTensor, m: Any, sh: Any) -> np.ndarray:
         v = (t.values.astype(np.int64) - t.zero_point) * (1 << 20)

@@ -81,7 +81,7 @@ def interpreter(model_content: bytes, arena: int = DEFAULT_ARENA,
             interp = rt.Interpreter.from_bytes(model_content, arena_size=arena,
                                                intrepreter_config=config)
     except (RuntimeError, ValueError) as e:
-        why = " | ".join(line.strip() for line in log[0].splitlines() if line.strip())
+        why = " | ".join(_lines(log[0]))
         if "Failed to allocate" in why:
             hint = "pass a larger arena"
         elif _dynamic_shapes(model_content):
@@ -94,10 +94,14 @@ def interpreter(model_content: bytes, arena: int = DEFAULT_ARENA,
         raise ConversionError(
             f"TFLite Micro cannot run this model in a {arena}-byte arena: {why or e}; "
             f"{hint}") from e
-    for line in log[0].splitlines():
-        if line.strip():
-            logger.info("TFLite Micro: %s", line.strip())
+    for line in _lines(log[0]):
+        logger.info("TFLite Micro: %s", line)
     return interp
+
+
+def _lines(log: str) -> list[str]:
+    """The non-empty lines of TFLite Micro's log, stripped."""
+    return [line.strip() for line in log.splitlines() if line.strip()]
 
 
 def _invoke(interp: Any, x: np.ndarray) -> None:
@@ -106,13 +110,13 @@ def _invoke(interp: Any, x: np.ndarray) -> None:
             interp.set_input(x, 0)
             interp.invoke()
     except (RuntimeError, ValueError) as e:  # ValueError: input shape or type
-        why = " | ".join(line.strip() for line in log[0].splitlines() if line.strip())
+        why = " | ".join(_lines(log[0]))
         raise ConversionError(f"TFLite Micro failed to run the model: {why or e}; give it "
                               "inputs of the model's batch-1 shape and type") from e
 
 
-def op_outputs(model_content: bytes, x: np.ndarray, intermediates: bool = True
-               ) -> list[Any]:
+def op_outputs(model_content: bytes, x: np.ndarray, intermediates: bool = True,
+               graph: Any = None) -> list[Any]:
     """Every operator's int8 output as TFLite Micro computes it (see
     :func:`tfmot_ext.tflite.op_outputs`, whose ``OpTensor`` rows this returns, in the
     same order as the TFLite interpreter's).
@@ -121,13 +125,15 @@ def op_outputs(model_content: bytes, x: np.ndarray, intermediates: bool = True
         model_content: an int8-I/O ``.tflite`` model.
         x: inputs ``(N, ...)`` in the model's input type, one example per invoke.
         intermediates: every operator's output, not only the model's outputs.
+        graph: the model's ``tf.lite`` interpreter without delegates, if at hand
+            (:func:`tfmot_ext.tflite.undelegated`): its operators and tensor details.
     """
     from tfmot_ext.tflite import collect_outputs, undelegated
 
-    graph, details = undelegated(model_content)
+    graph = undelegated(model_content)[0] if graph is None else graph
     # every tensor stays in the arena (the planner is linear then): room for all of them
     tensors = sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
-                  for d in details.values())
+                  for d in graph.get_tensor_details())
     interp = interpreter(model_content, max(DEFAULT_ARENA, 2 * tensors),
                          preserve_all_tensors=True)
     in_type = np.dtype(graph.get_input_details()[0]["dtype"])

@@ -32,7 +32,13 @@ from tfmot_ext.kernels import (
     requantize,
 )
 from tfmot_ext.params import LayerQuantParams, QuantizedModelParams, as_deployed
-from tfmot_ext.rules import ROUNDINGS, deploys_as_reshape, passes_input_scale
+from tfmot_ext.rules import (
+    MICRO_MISSING_OPS,
+    ROUNDINGS,
+    deploys_as_reshape,
+    passes_input_scale,
+    tflite_op,
+)
 
 __all__ = ["KERNELS", "ReferenceRun", "layer_output", "run_reference"]
 
@@ -97,6 +103,10 @@ def layer_output(params: QuantizedModelParams, name: str, inputs: Mapping[str, I
         raise IntegerReferenceError(
             f"{call.where}: the integer reference has no kernel for {p.kind}; supported: "
             f"{', '.join(sorted(KERNELS))}")
+    if rounding == "micro" and tflite_op(p.kind, p.config) in MICRO_MISSING_OPS:
+        raise IntegerReferenceError(
+            f"{call.where}: TFLite Micro has no {tflite_op(p.kind, p.config)} kernel; use "
+            "another activation (e.g. swish) for a micro-controller")
     missing = [i for i in p.inputs if i not in inputs]
     if missing:
         raise IntegerReferenceError(f"{call.where}: its inputs {missing} were not computed "

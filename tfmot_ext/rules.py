@@ -384,7 +384,7 @@ TFLITE_OPS = {
 #: Activation layer functions -> their TFLite op.
 TFLITE_ACTIVATION_OPS = {"relu": "RELU", "relu6": "RELU6", "sigmoid": "LOGISTIC",
                          "tanh": "TANH", "swish": "LOGISTIC+MUL", "silu": "LOGISTIC+MUL",
-                         "linear": "(none)"}
+                         "gelu": "GELU", "linear": "(none)"}
 
 
 def tflite_op(kind: str, config: Mapping[str, Any]) -> str:

@@ -155,7 +155,7 @@ def op_outputs(model_content: bytes, x: np.ndarray, kernels: str = "reference",
     if kernels == "micro":
         from tfmot_ext import micro
 
-        return micro.op_outputs(model_content, np.asarray(x, in_type), intermediates)
+        return micro.op_outputs(model_content, np.asarray(x, in_type), intermediates, graph)
 
     def run(xi: np.ndarray) -> Callable[[int], np.ndarray]:
         graph.set_tensor(inp["index"], xi)
